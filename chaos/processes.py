@@ -1,0 +1,115 @@
+"""Start, watch, kill and restart the lab's processes (API, workers, simulator, Redis).
+
+Each process is a real OS process in its own session, with its output appended to a log file of its
+own, so a kill hits exactly one component and the run folder keeps every process's log.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+
+def smslab_argv(*args: str) -> list[str]:
+    """The smslab command as this interpreter runs it (no reliance on PATH or an activated venv)."""
+    return [sys.executable, "-m", "chaos.cli", *args]
+
+
+class ProcessFailed(RuntimeError):
+    pass
+
+
+@dataclass
+class ManagedProcess:
+    name: str
+    argv: list[str]
+    log_path: Path
+    env: dict[str, str] = field(default_factory=dict)
+    ready_url: str | None = None
+    cwd: Path | None = None
+    process: subprocess.Popen[bytes] | None = None
+    starts: int = 0
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = self.log_path.open("ab")
+        try:
+            self.process = subprocess.Popen(
+                self.argv,
+                env={**os.environ, **self.env},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                cwd=self.cwd,
+            )
+        finally:
+            log.close()
+        self.starts += 1
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.alive:
+                raise ProcessFailed(f"{self.name} exited with {self.returncode}; last lines:\n{self.tail()}")
+            if self.ready_url is None:
+                return
+            try:
+                if httpx.get(self.ready_url, timeout=1.0).status_code < 500:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise ProcessFailed(f"{self.name} not ready after {timeout:.0f}s; last lines:\n{self.tail()}")
+
+    @property
+    def returncode(self) -> int | None:
+        return self.process.poll() if self.process else None
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if not self.alive:
+            return
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown hook runs, no transaction is finished, no job is handed back."""
+        if self.alive:
+            assert self.process is not None
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait()
+
+    def restart(self, ready_timeout: float = 30.0) -> None:
+        self.kill()
+        self.start()
+        self.wait_ready(ready_timeout)
+
+    def tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+def stop_all(processes: list[ManagedProcess]) -> None:
+    for process in reversed(processes):
+        process.stop()

@@ -1,0 +1,1 @@
+"""Campaigns: drafts, the idempotent enqueue, progress and completion."""

@@ -1,0 +1,162 @@
+"""Campaign drafts, reads and cancellation. Every query is scoped to the requesting shop."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from service.campaigns import progress
+from service.campaigns.segments import count_segments
+from service.db.models import (
+    Campaign,
+    CampaignRecipient,
+    CampaignStatus,
+    CreditLedgerEntry,
+    CreditReservation,
+    LedgerKind,
+    RecipientStatus,
+    utcnow,
+)
+from service.errors import CampaignNotCancellable, InvalidInput, NotFound
+from service.wallet import reservations
+
+MAX_BODY_CHARACTERS = 1_600
+MAX_PAGE = 200
+
+
+def _validate(name: Any, body: Any) -> tuple[str, str]:
+    errors = []
+    if not isinstance(name, str) or not name.strip() or len(name) > 200:
+        errors.append({"field": "name", "message": "must be 1 to 200 characters"})
+    if not isinstance(body, str) or not body.strip() or len(body) > MAX_BODY_CHARACTERS:
+        errors.append({"field": "body", "message": f"must be 1 to {MAX_BODY_CHARACTERS} characters"})
+    if errors:
+        raise InvalidInput("the campaign is invalid", errors=errors)
+    return str(name).strip(), str(body)
+
+
+async def create_campaign(session: AsyncSession, shop_id: int, name: Any, body: Any) -> Campaign:
+    name, body = _validate(name, body)
+    now = utcnow()
+    campaign = Campaign(
+        shop_id=shop_id,
+        name=name,
+        body=body,
+        segments=count_segments(body),
+        status=CampaignStatus.DRAFT,
+        created_at=now,
+        last_activity_at=now,
+    )
+    async with session.begin():
+        session.add(campaign)
+    return campaign
+
+
+async def get_campaign(session: AsyncSession, shop_id: int, campaign_id: int) -> Campaign:
+    """The campaign if it belongs to this shop; another shop's campaign is indistinguishable from none."""
+    campaign = await session.scalar(
+        select(Campaign).where(Campaign.id == campaign_id, Campaign.shop_id == shop_id)
+    )
+    if campaign is None:
+        raise NotFound(f"campaign {campaign_id} not found")
+    return campaign
+
+
+async def list_campaigns(
+    session: AsyncSession, shop_id: int, limit: int, after: int | None
+) -> tuple[list[Campaign], int | None]:
+    limit = max(1, min(limit, MAX_PAGE))
+    query = select(Campaign).where(Campaign.shop_id == shop_id).order_by(Campaign.id).limit(limit + 1)
+    if after is not None:
+        query = query.where(Campaign.id > after)
+    async with session.begin():
+        rows = list(await session.scalars(query))
+    next_cursor = rows[limit - 1].id if len(rows) > limit else None
+    return rows[:limit], next_cursor
+
+
+def summary(campaign: Campaign) -> dict[str, Any]:
+    return {
+        "id": campaign.id,
+        "name": campaign.name,
+        "status": campaign.status,
+        "status_reason": campaign.status_reason,
+        "segments": campaign.segments,
+        "recipient_count": campaign.recipient_count,
+        "sent_count": campaign.sent_count,
+        "failed_count": campaign.failed_count,
+        "created_at": campaign.created_at.isoformat(),
+        "enqueued_at": campaign.enqueued_at.isoformat() if campaign.enqueued_at else None,
+        "finished_at": campaign.finished_at.isoformat() if campaign.finished_at else None,
+        "last_activity_at": campaign.last_activity_at.isoformat(),
+    }
+
+
+async def campaign_detail(session: AsyncSession, shop_id: int, campaign_id: int) -> dict[str, Any]:
+    """Status, counts by recipient status (from the rows themselves), credits reserved and debited."""
+    async with session.begin():
+        campaign = await get_campaign(session, shop_id, campaign_id)
+        counts = await progress.status_counts(session, campaign_id)
+        debited = await session.scalar(
+            select(func.coalesce(-func.sum(CreditLedgerEntry.amount), 0)).where(
+                CreditLedgerEntry.campaign_id == campaign_id, CreditLedgerEntry.kind == LedgerKind.DEBIT
+            )
+        )
+        reservation = await session.scalar(
+            select(CreditReservation).where(CreditReservation.campaign_id == campaign_id)
+        )
+    return {
+        **summary(campaign),
+        "body": campaign.body,
+        "counts": counts,
+        "credits": {
+            "reserved": reservation.amount if reservation else 0,
+            "reserved_remaining": reservation.remaining if reservation else 0,
+            "reservation_status": reservation.status if reservation else None,
+            "debited": int(debited or 0),
+        },
+    }
+
+
+async def cancel_campaign(session: AsyncSession, shop_id: int, campaign_id: int) -> dict[str, Any]:
+    """Stop a draft or sending campaign: unsent recipients are cancelled and their credits released.
+
+    Recipients already claimed (`sending`) may have been accepted by the provider; they keep their share
+    of the reservation until they resolve, after which the reconciler releases the rest.
+    """
+    async with session.begin():
+        campaign = await progress.lock_campaign(session, campaign_id)
+        if campaign is None or campaign.shop_id != shop_id:
+            raise NotFound(f"campaign {campaign_id} not found")
+        moved = await session.scalar(
+            update(Campaign)
+            .where(
+                Campaign.id == campaign_id,
+                Campaign.status.in_([CampaignStatus.DRAFT, CampaignStatus.SENDING]),
+            )
+            .values(status=CampaignStatus.CANCELLED, finished_at=utcnow(), last_activity_at=utcnow())
+            .returning(Campaign.id)
+        )
+        if moved is None:
+            raise CampaignNotCancellable(f"campaign {campaign_id} is {campaign.status}")
+        cancelled = await cancel_unsent_recipients(session, campaign_id, reason="campaign_cancelled")
+        await progress.add_outcomes(session, campaign_id, failed=cancelled)
+        await reservations.release_part(
+            session, shop_id=shop_id, campaign_id=campaign_id, credits=cancelled * campaign.segments
+        )
+        await progress.settle_if_finished(session, campaign_id)
+    return await campaign_detail(session, shop_id, campaign_id)
+
+
+async def cancel_unsent_recipients(session: AsyncSession, campaign_id: int, reason: str) -> int:
+    """pending -> cancelled for one campaign; returns how many. Caller's transaction."""
+    result = await session.execute(
+        update(CampaignRecipient)
+        .where(
+            CampaignRecipient.campaign_id == campaign_id, CampaignRecipient.status == RecipientStatus.PENDING
+        )
+        .values(status=RecipientStatus.CANCELLED, failure_reason=reason, status_updated_at=utcnow())
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]

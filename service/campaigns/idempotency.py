@@ -1,0 +1,146 @@
+"""Idempotency-Key for the enqueue endpoint (safeguard 1), after Stripe and Brandur Leach's key table.
+
+Phase 1 (own transaction): claim the key by inserting it with a fingerprint of the request and a lock
+time. A concurrent request with the same key sees the row: same fingerprint and still locked -> 409;
+other fingerprint -> 422; finished -> the stored response, replayed byte for byte.
+Phase 2 is the enqueue transaction itself, which stores the response in the same commit as its effects.
+Errors (402, 409, 422) are not stored: the key is released so the client may retry once it has fixed
+the cause. A request that crashed between the phases leaves a lock that expires after
+`enqueue_lock_timeout_seconds`; the next request with the key then takes it over.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from service.db.dialect import insert_ignoring_conflicts
+from service.db.models import EnqueueRequest, utcnow
+from service.errors import IdempotencyKeyInFlight, IdempotencyKeyReused, InvalidInput
+from service.settings import Settings
+
+MAX_KEY_LENGTH = 255
+
+
+@dataclass(frozen=True)
+class StoredResponse:
+    status: int
+    body: dict[str, Any]
+
+
+def fingerprint(campaign_id: int, body: Any) -> str:
+    canonical = json.dumps({"campaign_id": campaign_id, "body": body}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def validate_key(key: str) -> str:
+    key = key.strip()
+    if not key or len(key) > MAX_KEY_LENGTH or not key.isprintable():
+        raise InvalidInput(
+            f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} printable characters",
+            errors=[{"field": "Idempotency-Key", "message": "invalid"}],
+        )
+    return key
+
+
+async def claim_key(
+    session: AsyncSession, settings: Settings, *, shop_id: int, key: str, campaign_id: int, fingerprint: str
+) -> StoredResponse | None:
+    """Hold the key for this request (None), or return the response to replay. Own transaction."""
+    now = utcnow()
+    expires_at = now + timedelta(seconds=settings.enqueue_key_ttl_seconds)
+    async with session.begin():
+        inserted = await session.scalar(
+            insert_ignoring_conflicts(session, EnqueueRequest, ["shop_id", "idempotency_key"])
+            .values(
+                shop_id=shop_id,
+                idempotency_key=key,
+                campaign_id=campaign_id,
+                fingerprint=fingerprint,
+                locked_at=now,
+                created_at=now,
+                expires_at=expires_at,
+            )
+            .returning(EnqueueRequest.id)
+        )
+        if inserted is not None:
+            return None
+        existing = await session.scalar(
+            select(EnqueueRequest)
+            .where(EnqueueRequest.shop_id == shop_id, EnqueueRequest.idempotency_key == key)
+            .with_for_update()
+        )
+        if existing is None:  # released between our insert and select; the client may simply retry
+            raise IdempotencyKeyInFlight("the key was just released; retry the request")
+        if existing.expires_at <= now:
+            await session.execute(
+                update(EnqueueRequest)
+                .where(EnqueueRequest.id == existing.id)
+                .values(
+                    campaign_id=campaign_id,
+                    fingerprint=fingerprint,
+                    locked_at=now,
+                    response_status=None,
+                    response_body=None,
+                    created_at=now,
+                    expires_at=expires_at,
+                )
+            )
+            return None
+        if existing.fingerprint != fingerprint:
+            raise IdempotencyKeyReused(
+                "this Idempotency-Key was first used for a different request",
+                campaign_id=existing.campaign_id,
+            )
+        if existing.response_status is not None and existing.response_body is not None:
+            return StoredResponse(existing.response_status, existing.response_body)
+        lock_age = (now - existing.locked_at).total_seconds() if existing.locked_at else None
+        if lock_age is not None and lock_age < settings.enqueue_lock_timeout_seconds:
+            raise IdempotencyKeyInFlight(
+                "a request with this Idempotency-Key is in progress",
+                headers={"Retry-After": str(max(1, int(settings.enqueue_lock_timeout_seconds - lock_age)))},
+            )
+        # The request that held the key died without finishing: take the key over, exactly once.
+        taken = await session.execute(
+            update(EnqueueRequest)
+            .where(EnqueueRequest.id == existing.id, EnqueueRequest.locked_at == existing.locked_at)
+            .values(locked_at=now)
+        )
+        if taken.rowcount != 1:  # type: ignore[attr-defined]
+            raise IdempotencyKeyInFlight("a request with this Idempotency-Key is in progress")
+        return None
+
+
+async def store_response(
+    session: AsyncSession, *, shop_id: int, key: str, status: int, body: dict[str, Any]
+) -> None:
+    """Record the outcome in the caller's transaction, i.e. in the same commit as the effects."""
+    await session.execute(
+        update(EnqueueRequest)
+        .where(EnqueueRequest.shop_id == shop_id, EnqueueRequest.idempotency_key == key)
+        .values(response_status=status, response_body=body, locked_at=None)
+    )
+
+
+async def release_key(session: AsyncSession, *, shop_id: int, key: str) -> None:
+    """Forget a key whose request failed, so a retry is judged afresh. Own transaction."""
+    async with session.begin():
+        await session.execute(
+            delete(EnqueueRequest).where(
+                EnqueueRequest.shop_id == shop_id,
+                EnqueueRequest.idempotency_key == key,
+                EnqueueRequest.response_status.is_(None),
+            )
+        )
+
+
+async def purge_expired(session: AsyncSession) -> int:
+    """Drop keys past their 24 h life (reconciler). Caller's transaction."""
+    result = await session.execute(delete(EnqueueRequest).where(EnqueueRequest.expires_at <= utcnow()))
+    return int(result.rowcount)  # type: ignore[attr-defined]

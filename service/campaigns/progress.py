@@ -1,0 +1,108 @@
+"""Campaign progress: counters kept with every outcome, completion, and settling the reservation.
+
+A campaign is `completed` once every recipient has a send outcome (sent or failed). A cancelled or failed
+campaign keeps its reservation until no recipient is still `sending`, because a claimed message may yet
+turn out to have been accepted and must then be paid from it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from service.db.models import (
+    ACCEPTED_RECIPIENT_STATUSES,
+    Campaign,
+    CampaignRecipient,
+    CampaignStatus,
+    RecipientStatus,
+    ReservationStatus,
+    utcnow,
+)
+from service.wallet import reservations
+
+
+async def lock_campaign(session: AsyncSession, campaign_id: int) -> Campaign | None:
+    """Lock the campaign row first: every writer takes campaign -> recipients -> reservation -> wallet."""
+    return await session.scalar(select(Campaign).where(Campaign.id == campaign_id).with_for_update())
+
+
+async def add_outcomes(session: AsyncSession, campaign_id: int, *, sent: int = 0, failed: int = 0) -> None:
+    await session.execute(
+        update(Campaign)
+        .where(Campaign.id == campaign_id)
+        .values(
+            sent_count=Campaign.sent_count + sent,
+            failed_count=Campaign.failed_count + failed,
+            last_activity_at=utcnow(),
+        )
+    )
+
+
+async def status_counts(session: AsyncSession, campaign_id: int) -> dict[str, int]:
+    rows = await session.execute(
+        select(CampaignRecipient.status, func.count())
+        .where(CampaignRecipient.campaign_id == campaign_id)
+        .group_by(CampaignRecipient.status)
+    )
+    counts = {status.value: 0 for status in RecipientStatus}
+    counts.update({status: count for status, count in rows.tuples()})
+    return counts
+
+
+async def settle_if_finished(session: AsyncSession, campaign_id: int) -> str | None:
+    """Complete the campaign / release its reservation when nothing is left in flight. Caller's transaction.
+
+    The caller holds the campaign row lock. Returns the campaign's status after settling.
+    """
+    campaign = await session.get(Campaign, campaign_id, populate_existing=True)
+    if campaign is None:
+        return None
+    if campaign.status == CampaignStatus.SENDING:
+        if campaign.sent_count + campaign.failed_count < campaign.recipient_count:
+            return campaign.status
+        await session.execute(
+            update(Campaign)
+            .where(Campaign.id == campaign_id, Campaign.status == CampaignStatus.SENDING)
+            .values(status=CampaignStatus.COMPLETED, finished_at=utcnow(), last_activity_at=utcnow())
+        )
+        await reservations.release(session, shop_id=campaign.shop_id, campaign_id=campaign_id)
+        return CampaignStatus.COMPLETED
+    stopped = campaign.status in (CampaignStatus.CANCELLED, CampaignStatus.FAILED)
+    if stopped and not await has_in_flight(session, campaign_id):
+        await reservations.release(
+            session, shop_id=campaign.shop_id, campaign_id=campaign_id, status=ReservationStatus.SETTLED
+        )
+    return campaign.status
+
+
+async def has_in_flight(session: AsyncSession, campaign_id: int) -> bool:
+    """Whether any recipient is claimed with an unknown outcome (it may still turn out accepted)."""
+    found = await session.scalar(
+        select(CampaignRecipient.id)
+        .where(
+            CampaignRecipient.campaign_id == campaign_id, CampaignRecipient.status == RecipientStatus.SENDING
+        )
+        .limit(1)
+    )
+    return found is not None
+
+
+async def recompute_counters(session: AsyncSession, campaign_id: int) -> dict[str, Any]:
+    """Set the counters from the recipient rows (the source of truth); returns what changed."""
+    counts = await status_counts(session, campaign_id)
+    sent = sum(counts[s.value] for s in ACCEPTED_RECIPIENT_STATUSES)
+    failed = counts[RecipientStatus.FAILED.value] + counts[RecipientStatus.CANCELLED.value]
+    total = sum(counts.values())
+    campaign = await session.get(Campaign, campaign_id, populate_existing=True)
+    if campaign is None:
+        return {}
+    changes: dict[str, Any] = {}
+    for field, value in (("sent_count", sent), ("failed_count", failed), ("recipient_count", total)):
+        if getattr(campaign, field) != value:
+            changes[field] = value
+    if changes:
+        await session.execute(update(Campaign).where(Campaign.id == campaign_id).values(**changes))
+    return changes

@@ -1,0 +1,1 @@
+"""Contacts: a shop's customers with their phone numbers and SMS consent."""

@@ -1,0 +1,279 @@
+"""The schema. Every "exactly once" of the pipeline is a constraint or a conditional update on these tables.
+
+Uniqueness that carries a safeguard is named after it:
+- `uq_enqueue_requests_shop_key`: one stored outcome per (shop, Idempotency-Key)       (safeguard 1)
+- `uq_campaign_recipients_campaign_contact`: one recipient per contact per campaign       (safeguard 2)
+- `uq_credit_reservations_shop_key`: one reservation per campaign                         (safeguard 2)
+- `uq_campaign_recipients_provider_message_id`: a provider message is recorded once        (safeguard 5)
+- `uq_credit_ledger_shop_key`: one ledger entry per debit attempt / grant / payment        (safeguard 5)
+- `uq_webhook_events_provider_event`: one effect per provider event                         (safeguard 6)
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# SQLite only auto-increments INTEGER PRIMARY KEY; PostgreSQL gets a BIGINT identity.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC in Python, the same instant on both backends (SQLite keeps naive text, so we normalise)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON()}
+
+
+class CampaignStatus(enum.StrEnum):
+    DRAFT = "draft"
+    SENDING = "sending"
+    COMPLETED = "completed"
+    CANCELLED = "cancelled"
+    FAILED = "failed"
+
+
+class RecipientStatus(enum.StrEnum):
+    PENDING = "pending"  # waiting for a batch job to claim it
+    SENDING = "sending"  # claimed by an attempt; the provider may or may not have accepted it
+    SENT = "sent"  # provider accepted it; debited
+    DELIVERED = "delivered"  # final delivery reports (still debited) ...
+    UNDELIVERED = "undelivered"
+    EXPIRED = "expired"
+    FAILED = "failed"  # the provider rejected it, or it could not be resolved; not debited
+    CANCELLED = "cancelled"  # never sent: campaign cancelled or its reservation expired
+
+
+# A recipient "has a send outcome" once it left pending/sending; a campaign completes when all have one.
+UNSETTLED_RECIPIENT_STATUSES = (RecipientStatus.PENDING, RecipientStatus.SENDING)
+ACCEPTED_RECIPIENT_STATUSES = (
+    RecipientStatus.SENT,
+    RecipientStatus.DELIVERED,
+    RecipientStatus.UNDELIVERED,
+    RecipientStatus.EXPIRED,
+)
+
+
+class LedgerKind(enum.StrEnum):
+    ADJUSTMENT = "adjustment"
+    PURCHASE = "purchase"
+    REFUND = "refund"
+    DEBIT = "debit"
+
+
+class ReservationStatus(enum.StrEnum):
+    ACTIVE = "active"
+    SETTLED = "settled"  # campaign finished; leftover released
+    EXPIRED = "expired"  # past its expiry; leftover released
+
+
+class Shop(Base):
+    __tablename__ = "shops"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    domain: Mapped[str] = mapped_column(String(255), unique=True)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    installed_at: Mapped[datetime] = mapped_column(default=utcnow)
+    uninstalled_at: Mapped[datetime | None]
+
+
+class Wallet(Base):
+    """Running totals of a shop's credits. `balance` must equal the sum of its ledger entries (I4)."""
+
+    __tablename__ = "wallets"
+
+    shop_id: Mapped[int] = mapped_column(BigId, ForeignKey("shops.id"), primary_key=True)
+    balance: Mapped[int] = mapped_column(BigInteger, default=0)
+    reserved: Mapped[int] = mapped_column(BigInteger, default=0)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Contact(Base):
+    __tablename__ = "contacts"
+    __table_args__ = (UniqueConstraint("shop_id", "phone_e164"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    shop_id: Mapped[int] = mapped_column(BigId, ForeignKey("shops.id"))
+    phone_e164: Mapped[str] = mapped_column(String(20))
+    email: Mapped[str | None] = mapped_column(String(320))
+    first_name: Mapped[str | None] = mapped_column(String(200))
+    sms_consent: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Campaign(Base):
+    __tablename__ = "campaigns"
+    __table_args__ = (Index(None, "shop_id", "id"), Index(None, "status", "last_activity_at"))
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    shop_id: Mapped[int] = mapped_column(BigId, ForeignKey("shops.id"))
+    name: Mapped[str] = mapped_column(String(200))
+    body: Mapped[str] = mapped_column(Text)
+    segments: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16), default=CampaignStatus.DRAFT)
+    status_reason: Mapped[str | None] = mapped_column(String(64))
+    recipient_count: Mapped[int] = mapped_column(Integer, default=0)
+    batch_count: Mapped[int] = mapped_column(Integer, default=0)
+    sent_count: Mapped[int] = mapped_column(Integer, default=0)
+    failed_count: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    enqueued_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    last_activity_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class CampaignRecipient(Base):
+    __tablename__ = "campaign_recipients"
+    __table_args__ = (
+        UniqueConstraint("campaign_id", "contact_id"),
+        UniqueConstraint("provider_message_id"),
+        Index(None, "campaign_id", "batch_no", "status"),
+        Index(None, "status", "lease_expires_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    campaign_id: Mapped[int] = mapped_column(BigId, ForeignKey("campaigns.id"))
+    shop_id: Mapped[int] = mapped_column(BigId, ForeignKey("shops.id"))
+    contact_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("contacts.id", ondelete="SET NULL"))
+    phone_e164: Mapped[str | None] = mapped_column(String(20))
+    batch_no: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16), default=RecipientStatus.PENDING)
+    attempt_id: Mapped[str | None] = mapped_column(String(36))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    lease_expires_at: Mapped[datetime | None]
+    claimed_at: Mapped[datetime | None]
+    provider_message_id: Mapped[str | None] = mapped_column(String(64))
+    provider_status: Mapped[str | None] = mapped_column(String(32))
+    error_code: Mapped[int | None] = mapped_column(Integer)
+    failure_reason: Mapped[str | None] = mapped_column(String(64))
+    sent_at: Mapped[datetime | None]
+    status_updated_at: Mapped[datetime | None]
+
+
+class CreditLedgerEntry(Base):
+    """Append-only. Nothing updates or deletes a row; corrections are new entries."""
+
+    __tablename__ = "credit_ledger"
+    __table_args__ = (UniqueConstraint("shop_id", "idempotency_key"), Index(None, "campaign_id"))
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    shop_id: Mapped[int] = mapped_column(BigId, ForeignKey("shops.id"))
+    amount: Mapped[int] = mapped_column(BigInteger)
+    kind: Mapped[str] = mapped_column(String(16))
+    idempotency_key: Mapped[str] = mapped_column(String(200))
+    campaign_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("campaigns.id"))
+    messages: Mapped[int] = mapped_column(Integer, default=0)
+    note: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class CreditReservation(Base):
+    __tablename__ = "credit_reservations"
+    __table_args__ = (UniqueConstraint("shop_id", "reservation_key"), Index(None, "status", "expires_at"))
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    shop_id: Mapped[int] = mapped_column(BigId, ForeignKey("shops.id"))
+    campaign_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("campaigns.id"), index=True)
+    reservation_key: Mapped[str] = mapped_column(String(200))
+    amount: Mapped[int] = mapped_column(BigInteger)
+    remaining: Mapped[int] = mapped_column(BigInteger)
+    status: Mapped[str] = mapped_column(String(16), default=ReservationStatus.ACTIVE)
+    expires_at: Mapped[datetime]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class BillingTransaction(Base):
+    __tablename__ = "billing_transactions"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    shop_id: Mapped[int] = mapped_column(BigId, ForeignKey("shops.id"))
+    idempotency_key: Mapped[str] = mapped_column(String(200), unique=True)
+    provider: Mapped[str] = mapped_column(String(16))
+    provider_ref: Mapped[str | None] = mapped_column(String(200), unique=True)
+    credits: Mapped[int] = mapped_column(BigInteger)
+    amount_cents: Mapped[int] = mapped_column(BigInteger)
+    currency: Mapped[str] = mapped_column(String(3))
+    status: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class WebhookEvent(Base):
+    __tablename__ = "webhook_events"
+    __table_args__ = (UniqueConstraint("provider", "event_id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    provider: Mapped[str] = mapped_column(String(16))
+    event_id: Mapped[str] = mapped_column(String(200))
+    event_type: Mapped[str] = mapped_column(String(100))
+    shop_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("shops.id"))
+    payload: Mapped[dict[str, Any] | None]
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class EnqueueRequest(Base):
+    """A stored Idempotency-Key of the enqueue endpoint (Brandur Leach's key table, one local phase)."""
+
+    __tablename__ = "enqueue_requests"
+    __table_args__ = (UniqueConstraint("shop_id", "idempotency_key"), Index(None, "expires_at"))
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    shop_id: Mapped[int] = mapped_column(BigId, ForeignKey("shops.id"))
+    idempotency_key: Mapped[str] = mapped_column(String(255))
+    campaign_id: Mapped[int] = mapped_column(BigId, ForeignKey("campaigns.id"))
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    locked_at: Mapped[datetime | None]
+    response_status: Mapped[int | None] = mapped_column(Integer)
+    response_body: Mapped[dict[str, Any] | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime]

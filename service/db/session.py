@@ -1,0 +1,67 @@
+"""Engines and sessions for both backends, with each backend's concurrency made explicit.
+
+SQLite: one writer at a time. Every transaction starts with `BEGIN IMMEDIATE`, so a transaction that
+reads and then writes never fails half-way on a lock upgrade; WAL lets readers run beside the writer and
+`busy_timeout` makes writers queue instead of failing. PostgreSQL: READ COMMITTED, where the pipeline's
+conditional updates (`... WHERE status = 'pending'`) are what decide races, not isolation.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+from service.settings import Settings
+
+SQLITE_BUSY_TIMEOUT_SECONDS = 30
+
+
+def create_engine(settings: Settings, application_name: str = "smslab", pool_size: int = 10) -> AsyncEngine:
+    url = make_url(settings.database_url)
+    if url.get_backend_name() == "sqlite":
+        return _sqlite_engine(settings.database_url)
+    server_settings = {"application_name": application_name}
+    if settings.database_schema:
+        server_settings["search_path"] = settings.database_schema
+    return create_async_engine(
+        settings.database_url,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,
+        pool_recycle=1800,
+        connect_args={"server_settings": server_settings, "timeout": 10, "command_timeout": 60},
+    )
+
+
+def _sqlite_engine(database_url: str) -> AsyncEngine:
+    database = make_url(database_url).database
+    if database and database != ":memory:":
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_async_engine(
+        database_url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS}, pool_size=5, max_overflow=5
+    )
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Take transaction control away from the driver so that BEGIN IMMEDIATE below is the only BEGIN.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_SECONDS * 1000}")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)

@@ -1,0 +1,113 @@
+"""Named crash points for the lab: make a process die (or stall) at an exact line.
+
+A safeguard is only proven if the lab can put a crash exactly where the unsafe variant breaks: after the
+provider accepted but before the result was written, between recording and debiting, and so on. These
+points are inert unless armed, and arming them from the environment is refused outside lab runs
+(`SMSLAB_LAB_ALLOW_UNSAFE=true`).
+
+Spec (`SMSLAB_FAILPOINTS`): comma-separated `point=action[*count]`, where action is `raise` (a
+`SimulatedCrash`, which no handler of ours catches), `kill` (SIGKILL to this very process, as the OOM
+killer or `kill -9` would) or `sleep:SECONDS` (a stall, e.g. a GC pause longer than a lease). `*count`
+limits how many hits fire; without it every hit fires.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+POINTS: dict[str, str] = {
+    "enqueue.after_status_change": "campaign moved to sending, recipients not yet snapshotted",
+    "enqueue.after_recipients": "recipients snapshotted, credits not yet reserved",
+    "enqueue.before_commit": "everything written, transaction not yet committed",
+    "enqueue.before_jobs": "enqueue committed, send jobs not yet queued",
+    "send.after_claim": "recipients claimed and committed, provider not yet called",
+    "send.after_provider_accepted": "provider answered, nothing recorded yet",
+    "send.between_record_and_debit": "rows marked sent, debit not yet written",
+    "reconcile.after_lookup": "provider lookup answered, resolution not yet written",
+}
+
+
+class SimulatedCrash(BaseException):
+    """Raised by an armed `raise` point. A BaseException so that no `except Exception` cleans up after it."""
+
+
+@dataclass
+class _Armed:
+    action: str
+    argument: float
+    remaining: int | None
+
+
+_armed: dict[str, _Armed] = {}
+
+
+def parse_spec(spec: str) -> dict[str, _Armed]:
+    armed: dict[str, _Armed] = {}
+    for entry in filter(None, (part.strip() for part in spec.split(","))):
+        point, sep, action = entry.partition("=")
+        if not sep:
+            raise ValueError(f"{entry!r} is not point=action")
+        if point not in POINTS:
+            raise ValueError(f"unknown failpoint {point!r}; known: {', '.join(POINTS)}")
+        count: int | None = None
+        if "*" in action:
+            action, _, count_text = action.partition("*")
+            if not count_text.isdigit() or int(count_text) < 1:
+                raise ValueError(f"{entry!r}: count after * must be a whole number >= 1")
+            count = int(count_text)
+        name, _, arg_text = action.partition(":")
+        argument = 0.0
+        if name == "sleep":
+            try:
+                argument = float(arg_text)
+            except ValueError:
+                raise ValueError(f"{entry!r}: sleep needs seconds, as sleep:2.5") from None
+        elif name not in ("raise", "kill") or arg_text:
+            raise ValueError(f"{entry!r}: action must be raise, kill or sleep:SECONDS")
+        armed[point] = _Armed(name, argument, count)
+    return armed
+
+
+def configure(spec: str) -> None:
+    """Arm points from a spec (called once at process start from settings)."""
+    _armed.clear()
+    _armed.update(parse_spec(spec))
+
+
+@contextmanager
+def armed(point: str, action: str = "raise", count: int | None = None) -> Iterator[None]:
+    """Arm one point for the duration of a block (tests running domain code in-process)."""
+    spec = f"{point}={action}" + (f"*{count}" if count else "")
+    previous = _armed.get(point)
+    _armed.update(parse_spec(spec))
+    try:
+        yield
+    finally:
+        if previous is None:
+            _armed.pop(point, None)
+        else:
+            _armed[point] = previous
+
+
+async def hit(point: str) -> None:
+    """Mark a crash point in domain code. Costs a dict lookup when nothing is armed."""
+    if not _armed:
+        return
+    entry = _armed.get(point)
+    if entry is None:
+        return
+    if entry.remaining is not None:
+        if entry.remaining <= 0:
+            return
+        entry.remaining -= 1
+    if entry.action == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    elif entry.action == "sleep":
+        await asyncio.sleep(entry.argument)
+    else:
+        raise SimulatedCrash(point)

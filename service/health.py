@@ -1,0 +1,79 @@
+"""Health: `/health` says the process is alive; `/health/full` checks everything the pipeline needs.
+
+`/health/full` answers 200 only when the database answers and is migrated, Redis answers, and at least
+one worker's heartbeat is fresh (SAQ workers refresh theirs every few seconds). Otherwise 503, with each
+check's outcome, so a load balancer and an operator read the same thing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from litestar import Controller, Response, get
+from litestar.datastructures import State
+from sqlalchemy import text
+
+from service.http import runtime_of
+from service.runtime import Runtime
+
+CHECK_TIMEOUT_SECONDS = 2.0
+
+
+async def _timed(check: Callable[[], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
+    started = time.perf_counter()
+    try:
+        result = await asyncio.wait_for(check(), CHECK_TIMEOUT_SECONDS)
+        result.setdefault("ok", True)
+    except Exception as exc:
+        result = {"ok": False, "error": type(exc).__name__}
+    result["latency_ms"] = round((time.perf_counter() - started) * 1000, 2)
+    return result
+
+
+async def full_report(runtime: Runtime) -> dict[str, Any]:
+    async def database() -> dict[str, Any]:
+        async with runtime.engine.connect() as connection:
+            revision = (await connection.execute(text("SELECT version_num FROM alembic_version"))).scalar()
+        return {"ok": revision is not None, "revision": revision}
+
+    async def redis() -> dict[str, Any]:
+        pong = await runtime.queue.redis.ping()
+        return {"ok": bool(pong)}
+
+    info: dict[str, Any] = {}
+
+    async def queue() -> dict[str, Any]:
+        info.update(await runtime.queue.info())
+        return {
+            "queued": info.get("queued"),
+            "active": info.get("active"),
+            "scheduled": info.get("scheduled"),
+        }
+
+    checks = dict(
+        zip(
+            ("database", "redis", "queue"),
+            await asyncio.gather(_timed(database), _timed(redis), _timed(queue)),
+            strict=True,
+        )
+    )
+    workers = info.get("workers") or {}
+    checks["workers"] = {"ok": bool(workers), "alive": len(workers)}
+    return {"status": "ok" if all(c["ok"] for c in checks.values()) else "degraded", "checks": checks}
+
+
+class HealthController(Controller):
+    path = "/health"
+    tags = ["health"]
+
+    @get("/", summary="Liveness: the API process answers")
+    async def live(self) -> dict[str, str]:
+        return {"status": "ok"}
+
+    @get("/full", summary="Readiness: database, Redis, queue and worker heartbeat")
+    async def full(self, state: State) -> Response[dict[str, Any]]:
+        report = await full_report(runtime_of(state))
+        return Response(content=report, status_code=200 if report["status"] == "ok" else 503)

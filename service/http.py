@@ -1,0 +1,153 @@
+"""HTTP plumbing shared by every controller: problem details, request ids, the session and the shop.
+
+No error leaves as a bare 500 with a traceback: domain errors carry their own status; a unique-constraint
+race becomes a 409; a database or queue outage a 503 with Retry-After (the client retries, with its
+Idempotency-Key where it has one); anything else a 500 problem whose detail names only the request id.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import AsyncGenerator
+from typing import Any
+
+import structlog
+from litestar import Request, Response
+from litestar.datastructures import State
+from litestar.exceptions import HTTPException
+from litestar.middleware import ASGIMiddleware
+from litestar.types import ASGIApp, ExceptionHandlersMap, Message, Receive, Scope, Send
+from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from service import logs
+from service.auth import shop_from_authorization
+from service.db.models import Shop
+from service.errors import PROBLEM_TYPE_BASE, ProblemError
+from service.runtime import Runtime
+from service.shops import shop_for_request
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+REQUEST_ID_HEADER = "x-request-id"
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+log = logs.get_logger("service.http")
+
+
+def runtime_of(state: State) -> Runtime:
+    runtime: Runtime = state.runtime
+    return runtime
+
+
+def problem_response(status: int, slug: str, title: str, detail: str, **extra: Any) -> Response[Any]:
+    headers = extra.pop("headers", None) or {}
+    body = {"type": PROBLEM_TYPE_BASE + slug, "title": title, "status": status, "detail": detail, **extra}
+    request_id = logs.current_request_id()
+    if request_id:
+        body["request_id"] = request_id
+    return Response(content=body, status_code=status, media_type=PROBLEM_MEDIA_TYPE, headers=headers)
+
+
+def handle_problem(_request: Request[Any, Any, Any], exc: ProblemError) -> Response[Any]:
+    return problem_response(exc.status, exc.slug, exc.title, exc.detail, headers=exc.headers, **exc.extra)
+
+
+def handle_http_exception(_request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
+    status = exc.status_code
+    slug = {400: "bad-request", 401: "unauthorized", 404: "not-found", 405: "method-not-allowed"}.get(
+        status, "http-error"
+    )
+    extra: dict[str, Any] = {}
+    if isinstance(exc.extra, dict | list) and exc.extra:
+        extra["errors"] = exc.extra
+    return problem_response(
+        status, slug, exc.detail or "Request error", exc.detail or "", headers=exc.headers, **extra
+    )
+
+
+def handle_integrity_error(_request: Request[Any, Any, Any], exc: IntegrityError) -> Response[Any]:
+    log.warning("integrity_conflict", error=type(exc.orig).__name__ if exc.orig else "IntegrityError")
+    return problem_response(
+        409,
+        "conflict",
+        "Conflict",
+        "the request raced with another change; retry it",
+        headers={"Retry-After": "1"},
+    )
+
+
+def handle_database_unavailable(_request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    log.warning("database_unavailable", error=type(exc).__name__)
+    return problem_response(
+        503,
+        "unavailable",
+        "Service temporarily unavailable",
+        "the database could not be reached; retry the request",
+        headers={"Retry-After": "1"},
+    )
+
+
+def handle_unexpected(_request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return handle_database_unavailable(_request, exc)
+    log.error("unhandled_error", exc_info=exc)
+    return problem_response(
+        500, "internal-error", "Internal error", "an unexpected error occurred; see the request id"
+    )
+
+
+EXCEPTION_HANDLERS: ExceptionHandlersMap = {
+    ProblemError: handle_problem,
+    HTTPException: handle_http_exception,
+    IntegrityError: handle_integrity_error,
+    OperationalError: handle_database_unavailable,
+    InterfaceError: handle_database_unavailable,
+    PoolTimeout: handle_database_unavailable,
+    Exception: handle_unexpected,
+}
+
+
+class RequestContextMiddleware(ASGIMiddleware):
+    """Binds a request id (the client's `X-Request-Id` if sane) and logs one line per request."""
+
+    scopes = ("http",)  # type: ignore[assignment]
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
+        headers = dict(scope.get("headers") or [])
+        given = headers.get(REQUEST_ID_HEADER.encode(), b"").decode("latin-1")
+        request_id = given if _REQUEST_ID.match(given) else logs.new_request_id()
+        started = time.perf_counter()
+        status_holder: dict[str, int] = {}
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status_holder["status"] = message["status"]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+            await send(message)
+
+        with structlog.contextvars.bound_contextvars(request_id=request_id):
+            try:
+                await next_app(scope, receive, send_with_id)
+            finally:
+                log.info(
+                    "request",
+                    method=scope.get("method"),
+                    path=scope.get("path"),
+                    status=status_holder.get("status"),
+                    duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                )
+
+
+async def provide_session(state: State) -> AsyncGenerator[AsyncSession, None]:
+    async with runtime_of(state).sessions() as session:
+        yield session
+
+
+async def provide_shop(request: Request[Any, Any, Any], state: State, db_session: AsyncSession) -> Shop:
+    runtime = runtime_of(state)
+    domain = shop_from_authorization(runtime.settings, request.headers.get("authorization"))
+    shop = await shop_for_request(db_session, domain)
+    structlog.contextvars.bind_contextvars(shop_id=shop.id)
+    return shop

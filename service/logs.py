@@ -1,0 +1,157 @@
+"""Structured logs that never carry personal data or secrets (safeguard 10, invariant I8).
+
+Every log line, ours or a library's (uvicorn, SAQ, SQLAlchemy), passes through `redact` before it is
+rendered: values under sensitive keys are dropped, and phone numbers, email addresses, bearer tokens,
+JWTs, `token=` query parameters and the configured secrets are masked wherever they appear in text.
+A request id is bound per request and travels into the jobs the request causes.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+import uuid
+from collections.abc import Iterable, MutableMapping
+from typing import Any
+
+import structlog
+
+REDACTED = "[redacted]"
+
+SENSITIVE_KEYS = re.compile(
+    r"(^|_)(phone|phones|to|msisdn|email|emails|token|secret|password|authorization|cookie|api_key|apikey|"
+    r"signature|hmac|first_name|last_name|address)($|_)",
+    re.IGNORECASE,
+)
+
+_TEXT_PATTERNS: list[tuple[re.Pattern[str], str]] = [
+    (re.compile(r"(?i)\bbearer\s+[^\s\"',;]+"), "Bearer " + REDACTED),
+    (re.compile(r"\beyJ[\w-]{4,}\.[\w-]{4,}\.[\w-]*"), REDACTED),
+    (re.compile(r"(?i)([?&;](?:token|api_key|key|secret|signature)=)[^&\s\"']+"), r"\1" + REDACTED),
+    (re.compile(r"\b(?:whsec|sk_live|sk_test|rk_live|rk_test|shpss|shpat)_[\w]+"), REDACTED),
+    (re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+"), REDACTED),
+    # E.164 and loosely formatted international numbers (+1 202-555-0143, +44 (0)7700 900123)
+    (re.compile(r"\+\d[\d\s().-]{5,18}\d"), REDACTED),
+    # bare national numbers: a run of 9-15 digits standing alone
+    (re.compile(r"(?<![\w.:-])\d{9,15}(?![\w.:-])"), REDACTED),
+]
+
+_known_secrets: list[str] = []
+
+
+def register_secrets(values: Iterable[str]) -> None:
+    """Secrets from settings are masked verbatim wherever they appear, whatever their shape."""
+    for value in values:
+        if value and len(value) >= 6 and value not in _known_secrets:
+            _known_secrets.append(value)
+    _known_secrets.sort(key=len, reverse=True)
+
+
+def redact_text(text: str) -> str:
+    for secret in _known_secrets:
+        if secret in text:
+            text = text.replace(secret, REDACTED)
+    for pattern, replacement in _TEXT_PATTERNS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def _redact_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact_text(value)
+    if isinstance(value, dict):
+        return {k: REDACTED if _is_sensitive(k) else _redact_value(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set):
+        return [_redact_value(v) for v in value]
+    if isinstance(value, bytes):
+        return redact_text(value.decode("utf-8", "replace"))
+    if isinstance(value, int | float | bool) or value is None:
+        return value
+    return redact_text(str(value))
+
+
+def _is_sensitive(key: Any) -> bool:
+    return isinstance(key, str) and bool(SENSITIVE_KEYS.search(key))
+
+
+def redact(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """structlog processor: the last step before rendering, so nothing escapes it."""
+    for key in list(event_dict):
+        if key in ("timestamp", "level", "logger"):
+            continue
+        event_dict[key] = REDACTED if _is_sensitive(key) else _redact_value(event_dict[key])
+    return event_dict
+
+
+def _render_exception_then_redact(
+    logger: Any, method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    # Tracebacks quote local values (an httpx error quotes the URL), so they are rendered first and redacted.
+    event_dict = structlog.processors.format_exc_info(logger, method, event_dict)
+    return redact(logger, method, event_dict)
+
+
+def configure_logging(level: str = "info", fmt: str = "auto", process: str = "smslab") -> None:
+    """Route structlog and stdlib logging through one redacting pipeline, JSON lines or console."""
+    if fmt == "auto":
+        fmt = "console" if sys.stderr.isatty() else "json"
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.StackInfoRenderer(),
+        _render_exception_then_redact,
+    ]
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if fmt == "json"
+        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    )
+    structlog.configure(
+        processors=[
+            structlog.stdlib.filter_by_level,
+            *shared,
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[structlog.stdlib.ExtraAdder(), *shared],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "saq", "sqlalchemy", "httpx", "litestar"):
+        lib_logger = logging.getLogger(name)
+        lib_logger.handlers[:] = []
+        lib_logger.propagate = True
+    # httpx logs every request line at INFO: too chatty for a send loop, and URLs may carry tokens.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("httpcore").setLevel(logging.WARNING)
+    structlog.contextvars.bind_contextvars(process=process)
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+def bind_request_id(request_id: str | None) -> str:
+    request_id = request_id or new_request_id()
+    structlog.contextvars.bind_contextvars(request_id=request_id)
+    return request_id
+
+
+def current_request_id() -> str | None:
+    value = structlog.contextvars.get_contextvars().get("request_id")
+    return value if isinstance(value, str) else None
+
+
+def get_logger(name: str) -> Any:
+    return structlog.get_logger(name)

@@ -1,0 +1,1 @@
+"""Reconciliation: the pass that heals lost jobs, expired claims and stale reservations."""

@@ -1,0 +1,60 @@
+"""What a process of the service holds while it runs: settings, the database, the queue, the provider client.
+
+The API and the workers build one `Runtime` at start-up and close it at shutdown; domain code receives
+only the pieces it needs (a session, the settings, a client), never the runtime itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from saq.queue.redis import RedisQueue
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from service import failpoints, logs
+from service.db.session import create_engine, create_sessionmaker
+from service.queue import create_queue
+from service.sending.mitto import MittoClient
+from service.settings import Settings
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    redis_url: str
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+    queue: RedisQueue
+    mitto: MittoClient
+
+    @classmethod
+    def build(cls, settings: Settings, redis_url: str, role: str) -> Runtime:
+        failpoints.configure(settings.failpoints)
+        logs.register_secrets(
+            [
+                settings.mitto_api_key,
+                settings.mitto_dlr_token,
+                settings.shopify_api_secret,
+                settings.shopify_api_key,
+            ]
+        )
+        engine = create_engine(settings, application_name=f"smslab-{role}")
+        return cls(
+            settings=settings,
+            redis_url=redis_url,
+            engine=engine,
+            sessions=create_sessionmaker(engine),
+            queue=create_queue(settings, redis_url),
+            mitto=MittoClient(settings),
+        )
+
+    async def start(self) -> None:
+        await self.queue.connect()
+
+    async def close(self) -> None:
+        await self.mitto.aclose()
+        try:
+            await self.queue.disconnect()
+        except Exception:
+            logs.get_logger(__name__).warning("queue_disconnect_failed")
+        await self.engine.dispose()

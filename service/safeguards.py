@@ -1,0 +1,105 @@
+"""The safeguard registry: each safeguard, the invariant it protects, the fault it survives, and its switch.
+
+Every safeguard is on in production. The lab may switch one off (`SMSLAB_SAFEGUARDS_OFF=name,...`, only
+with `SMSLAB_LAB_ALLOW_UNSAFE=true`) to show that the checker notices its absence. Code that implements a
+safeguard asks `is_on(settings, NAME)` at the exact place where the unsafe variant diverges, so a reader can
+grep a safeguard's name and find its implementation, its unsafe variant, its test and its runbook.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from service.settings import Settings
+
+
+@dataclass(frozen=True)
+class Safeguard:
+    number: int
+    name: str
+    invariant: str
+    protects: str
+    survives: str
+    unsafe_variant: str
+    test: str
+
+
+ENQUEUE_IDEMPOTENCY = "enqueue_idempotency"
+ENQUEUE_TRANSACTION = "enqueue_transaction"
+CLAIM_BEFORE_SEND = "claim_before_send"
+RESOLVE_AMBIGUOUS_SENDS = "resolve_ambiguous_sends"
+DEBIT_WITH_RESULT = "debit_with_result"
+RECONCILER = "reconciler"
+
+REGISTRY: dict[str, Safeguard] = {
+    sg.name: sg
+    for sg in (
+        Safeguard(
+            1,
+            ENQUEUE_IDEMPOTENCY,
+            "I6",
+            "one enqueue per campaign; the same Idempotency-Key always gets the same response",
+            "client retries after a timeout, duplicate submits, two enqueues racing",
+            "keys ignored and the draft check is a read followed by a write",
+            "tests/test_enqueue.py",
+        ),
+        Safeguard(
+            2,
+            ENQUEUE_TRANSACTION,
+            "I4",
+            "status change, recipient snapshot, credit reservation and stored response commit together",
+            "a crash or an error half-way through enqueue (e.g. insufficient credits found late)",
+            "each step commits on its own, as in the seed",
+            "tests/test_enqueue.py",
+        ),
+        Safeguard(
+            3,
+            CLAIM_BEFORE_SEND,
+            "I1",
+            "a recipient is claimed (pending -> sending, attempt id, lease) and committed before any "
+            "provider call",
+            "a batch job run twice at once, a worker killed after the provider accepted",
+            "the job selects pending rows and sends them without claiming",
+            "tests/test_sending.py",
+        ),
+        Safeguard(
+            4,
+            RESOLVE_AMBIGUOUS_SENDS,
+            "I1",
+            "a send whose outcome is unknown is resolved by looking up its reference before any resend",
+            "the provider accepted but the response was lost (timeout, reset, worker killed)",
+            "an expired claim is assumed unsent and goes back to pending",
+            "tests/test_reconcile.py",
+        ),
+        Safeguard(
+            5,
+            DEBIT_WITH_RESULT,
+            "I3",
+            "rows marked sent, the debit, the reservation decrement and campaign counters commit in one "
+            "transaction, conditional on the rows still being claimed by the same attempt",
+            "a crash between recording and debiting; a slow worker finishing after the reconciler resolved",
+            "rows are marked sent in one transaction and debited in a second, keyed by the provider's "
+            "bulk id",
+            "tests/test_sending.py",
+        ),
+        Safeguard(
+            8,
+            RECONCILER,
+            "I2",
+            "a periodic job resolves expired claims, re-enqueues pending batches, completes finished "
+            "campaigns, releases leftover and expired reservations",
+            "lost queue jobs (Redis restarted empty), killed workers, a crash between commit and job enqueue",
+            "the reconcile job does nothing",
+            "tests/test_reconcile.py",
+        ),
+    )
+}
+
+
+def is_on(settings: Settings, name: str) -> bool:
+    """True unless the lab explicitly switched this safeguard off (settings validation guards the switch)."""
+    if name not in REGISTRY:
+        raise KeyError(f"unknown safeguard {name!r}")
+    return name not in settings.safeguards_off

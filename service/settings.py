@@ -1,0 +1,275 @@
+"""Settings from `SMSLAB_*` environment variables.
+
+One frozen object, read once at start-up. A bad value raises `SettingsError` naming the variable, so a
+command can stop with one clear line instead of a traceback deep inside a connection attempt.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+PREFIX = "SMSLAB_"
+T = TypeVar("T")
+
+
+class SettingsError(ValueError):
+    """A setting that cannot be used; `str()` is the one line to show the user."""
+
+    def __init__(self, name: str, problem: str) -> None:
+        super().__init__(f"bad setting {name}: {problem}")
+        self.name = name
+
+
+UNRESOLVED_POLICIES = ("at-most-once", "at-least-once")
+LOG_FORMATS = ("auto", "json", "console")
+
+
+@dataclass(frozen=True)
+class Settings:
+    var_dir: Path = Path("var")
+    database_url: str = ""
+    database_schema: str | None = None
+    redis_url: str | None = None
+    queue_name: str = "smslab"
+
+    mitto_base_url: str = "http://127.0.0.1:8025/mitto"
+    mitto_api_key: str = "lab-mitto-key"
+    mitto_dlr_token: str = "lab-dlr-token-change-me-in-production"  # noqa: S105 - lab default; production sets its own
+    mitto_sender: str = "SMSLab"
+    mitto_timeout_seconds: float = 10.0
+
+    shopify_api_key: str = "lab-api-key"
+    shopify_api_secret: str = "lab-shopify-secret-change-me-in-production"  # noqa: S105 - lab default; production sets its own
+
+    batch_size: int = 500
+    send_lease_seconds: float = 60.0
+    send_max_tries: int = 5
+    reconcile_interval_seconds: float = 30.0
+    reservation_ttl_seconds: float = 86_400.0
+    enqueue_key_ttl_seconds: float = 86_400.0
+    enqueue_lock_timeout_seconds: float = 60.0
+    unresolved_send_policy: str = "at-most-once"
+    unresolved_give_up_seconds: float = 600.0
+    default_phone_region: str = "US"
+
+    log_format: str = "auto"
+    log_level: str = "info"
+
+    lab_allow_unsafe: bool = False
+    safeguards_off: frozenset[str] = field(default_factory=frozenset)
+    failpoints: str = ""
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.database_url.startswith("postgresql")
+
+    def with_overrides(self, **changes: Any) -> Settings:
+        """A copy with some fields changed, re-validated like the original."""
+        return validate(replace(self, **changes))
+
+
+def normalize_database_url(url: str) -> str:
+    """Accept the URLs users actually type and return the async driver's form."""
+    for plain, async_form in (
+        ("postgres://", "postgresql+asyncpg://"),
+        ("postgresql://", "postgresql+asyncpg://"),
+        ("postgresql+psycopg://", "postgresql+asyncpg://"),
+        ("sqlite://", "sqlite+aiosqlite://"),
+    ):
+        if url.startswith(plain):
+            return async_form + url[len(plain) :]
+    return url
+
+
+def _text(name: str, raw: str) -> str:
+    if not raw.strip():
+        raise SettingsError(name, "must not be empty")
+    return raw.strip()
+
+
+def _positive_int(name: str, raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(name, f"expected a whole number >= 1, got {raw!r}") from None
+    if value < 1:
+        raise SettingsError(name, f"expected a whole number >= 1, got {raw!r}")
+    return value
+
+
+def _positive_float(name: str, raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(name, f"expected a number of seconds > 0, got {raw!r}") from None
+    if not value > 0:
+        raise SettingsError(name, f"expected a number of seconds > 0, got {raw!r}")
+    return value
+
+
+def _boolean(name: str, raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise SettingsError(name, f"expected true or false, got {raw!r}")
+
+
+def _choice(choices: tuple[str, ...]) -> Callable[[str, str], str]:
+    def parse(name: str, raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in choices:
+            raise SettingsError(name, f"expected one of {', '.join(choices)}, got {raw!r}")
+        return value
+
+    return parse
+
+
+def _name_set(name: str, raw: str) -> frozenset[str]:
+    return frozenset(part.strip() for part in raw.split(",") if part.strip())
+
+
+def _http_url(name: str, raw: str) -> str:
+    parts = urlsplit(raw.strip())
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise SettingsError(name, f"expected an http(s) URL, got {raw!r}")
+    return raw.strip().rstrip("/")
+
+
+def _database_url(name: str, raw: str) -> str:
+    url = normalize_database_url(raw.strip())
+    if not (url.startswith("sqlite+aiosqlite://") or url.startswith("postgresql+asyncpg://")):
+        raise SettingsError(
+            name, f"expected a sqlite+aiosqlite:// or postgresql+asyncpg:// URL, got {url.split(':')[0]!r}"
+        )
+    return url
+
+
+def _redis_url(name: str, raw: str) -> str:
+    url = raw.strip()
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise SettingsError(name, "expected a redis://, rediss:// or unix:// URL")
+    return url
+
+
+def _schema_name(name: str, raw: str) -> str:
+    value = raw.strip()
+    if not value.replace("_", "").isalnum() or value[0].isdigit():
+        raise SettingsError(name, f"expected a plain identifier, got {raw!r}")
+    return value
+
+
+_PARSERS: dict[str, Callable[[str, str], Any]] = {
+    "var_dir": lambda _n, raw: Path(raw),
+    "database_url": _database_url,
+    "database_schema": _schema_name,
+    "redis_url": _redis_url,
+    "queue_name": _text,
+    "mitto_base_url": _http_url,
+    "mitto_api_key": _text,
+    "mitto_dlr_token": _text,
+    "mitto_sender": _text,
+    "mitto_timeout_seconds": _positive_float,
+    "shopify_api_key": _text,
+    "shopify_api_secret": _text,
+    "batch_size": _positive_int,
+    "send_lease_seconds": _positive_float,
+    "send_max_tries": _positive_int,
+    "reconcile_interval_seconds": _positive_float,
+    "reservation_ttl_seconds": _positive_float,
+    "enqueue_key_ttl_seconds": _positive_float,
+    "enqueue_lock_timeout_seconds": _positive_float,
+    "unresolved_send_policy": _choice(UNRESOLVED_POLICIES),
+    "unresolved_give_up_seconds": _positive_float,
+    "default_phone_region": lambda n, raw: _text(n, raw).upper(),
+    "log_format": _choice(LOG_FORMATS),
+    "log_level": _choice(("debug", "info", "warning", "error")),
+    "lab_allow_unsafe": _boolean,
+    "safeguards_off": _name_set,
+    "failpoints": lambda _n, raw: raw.strip(),
+}
+
+
+def env_name(field_name: str) -> str:
+    return PREFIX + field_name.upper()
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Read every `SMSLAB_*` variable; unknown ones are an error so typos do not pass silently."""
+    env = os.environ if environ is None else environ
+    known = {env_name(name) for name in _PARSERS}
+    # SMSLAB_TEST_* variables belong to the test suite, not to the service.
+    unknown = sorted(
+        key
+        for key in env
+        if key.startswith(PREFIX) and key not in known and not key.startswith("SMSLAB_TEST_")
+    )
+    if unknown:
+        raise SettingsError(unknown[0], "unknown setting (see docs/settings.md for the list)")
+    values: dict[str, Any] = {}
+    for name, parse in _PARSERS.items():
+        raw = env.get(env_name(name))
+        if raw is not None:
+            values[name] = parse(env_name(name), raw)
+    return validate(Settings(**values))
+
+
+def validate(settings: Settings) -> Settings:
+    """Cross-field checks and defaults that depend on other fields."""
+    from service import failpoints, safeguards  # late: both import nothing from here at module level
+
+    var_dir = settings.var_dir.resolve()
+    database_url = (
+        normalize_database_url(settings.database_url) or f"sqlite+aiosqlite:///{var_dir / 'smslab.db'}"
+    )
+    settings = replace(settings, var_dir=var_dir, database_url=database_url)
+
+    unknown = sorted(settings.safeguards_off - set(safeguards.REGISTRY))
+    if unknown:
+        raise SettingsError(
+            env_name("safeguards_off"),
+            f"unknown safeguard {unknown[0]!r}; known: {', '.join(safeguards.REGISTRY)}",
+        )
+    if settings.safeguards_off and not settings.lab_allow_unsafe:
+        raise SettingsError(
+            env_name("safeguards_off"),
+            "switching safeguards off is refused unless SMSLAB_LAB_ALLOW_UNSAFE=true (lab runs only)",
+        )
+    if settings.failpoints:
+        if not settings.lab_allow_unsafe:
+            raise SettingsError(
+                env_name("failpoints"),
+                "failpoints are refused unless SMSLAB_LAB_ALLOW_UNSAFE=true (lab runs only)",
+            )
+        try:
+            failpoints.parse_spec(settings.failpoints)
+        except ValueError as exc:
+            raise SettingsError(env_name("failpoints"), str(exc)) from None
+    if settings.database_schema and not settings.is_postgres:
+        raise SettingsError(env_name("database_schema"), "only applies to a PostgreSQL database URL")
+    return settings
+
+
+def settings_as_env(settings: Settings) -> dict[str, str]:
+    """The environment that reproduces these settings in a child process."""
+    env: dict[str, str] = {}
+    for name in _PARSERS:
+        value = getattr(settings, name)
+        if value is None:
+            continue
+        if isinstance(value, frozenset):
+            value = ",".join(sorted(value))
+        elif isinstance(value, bool):
+            value = "true" if value else "false"
+        env[env_name(name)] = str(value)
+    return env

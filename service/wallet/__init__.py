@@ -1,0 +1,1 @@
+"""Credits: an append-only ledger, a running wallet, and per-campaign reservations."""

@@ -1,0 +1,97 @@
+"""SAQ worker: the job functions (thin shells around domain code) and the worker's life cycle.
+
+Jobs:
+- `send_batch(campaign_id, batch_no, request_id)`: key `send:{campaign}:{batch}`; see `sending.batch`.
+- `reconcile()`: a SAQ cron job, unique across workers; see `reconcile.reconciler`.
+Every job is idempotent, because SAQ can run a job twice (an aborted job may still finish; a swept job
+is retried) and can lose jobs (Redis restarted empty): the database, not the queue, decides.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+from saq import CronJob, Worker
+from saq.types import PartialTimersDict
+
+from service import logs
+from service.reconcile.reconciler import reconcile_once
+from service.runtime import Runtime
+from service.sending.batch import send_batch as send_batch_domain
+from service.settings import Settings
+
+log = logs.get_logger(__name__)
+
+HEARTBEAT_SECONDS = 5
+
+
+async def send_batch(
+    ctx: dict[str, Any], *, campaign_id: int, batch_no: int, request_id: str | None = None
+) -> Any:
+    runtime: Runtime = ctx["runtime"]
+    logs.bind_request_id(request_id)
+    async with runtime.sessions() as session:
+        report = await send_batch_domain(
+            session, runtime.settings, runtime.mitto, campaign_id=campaign_id, batch_no=batch_no
+        )
+    return report.as_dict()
+
+
+async def reconcile(ctx: dict[str, Any]) -> Any:
+    runtime: Runtime = ctx["runtime"]
+    logs.bind_request_id(None)
+    report = await reconcile_once(runtime.sessions, runtime.settings, runtime.mitto, runtime.queue)
+    return report.as_dict()
+
+
+def cron_for_interval(seconds: float) -> str:
+    """A croniter expression firing about every `seconds` (seconds-field form below a minute)."""
+    whole = max(1, round(seconds))
+    if whole < 60:
+        return f"* * * * * */{whole}"
+    if whole < 3600:
+        return f"*/{max(1, whole // 60)} * * * *"
+    return f"0 */{max(1, whole // 3600)} * * *"
+
+
+def build_worker(runtime: Runtime, concurrency: int) -> Worker[Any]:
+    settings = runtime.settings
+
+    async def startup(ctx: dict[str, Any]) -> None:
+        ctx["runtime"] = runtime
+        log.info("worker_started", pid=os.getpid(), concurrency=concurrency, queue=settings.queue_name)
+
+    return Worker(
+        runtime.queue,
+        functions=[send_batch],
+        cron_jobs=[
+            CronJob(
+                reconcile,
+                cron=cron_for_interval(settings.reconcile_interval_seconds),
+                unique=True,
+                timeout=max(60, int(settings.send_lease_seconds) * 2),
+                retries=1,
+            )
+        ],
+        concurrency=concurrency,
+        startup=startup,
+        timers=PartialTimersDict(worker_info=HEARTBEAT_SECONDS, sweep=30, schedule=1, abort=1),
+        shutdown_grace_period_s=5,
+        metadata={"pid": os.getpid()},
+    )
+
+
+async def run_worker(settings: Settings, redis_url: str, concurrency: int) -> None:
+    runtime = Runtime.build(settings, redis_url, role="worker")
+    await runtime.start()
+    worker = build_worker(runtime, concurrency)
+    try:
+        await worker.start()
+    finally:
+        await runtime.close()
+
+
+def main(settings: Settings, redis_url: str, concurrency: int) -> None:
+    asyncio.run(run_worker(settings, redis_url, concurrency))

@@ -1,0 +1,140 @@
+"""The simulator process: every fake under its own path prefix, faults applied in front of each endpoint.
+
+`/mitto/...` the fake Mitto; `/control/...` the control API. (`/stripe` and `/shopify` join later.)
+For a provider endpoint the fault engine decides first: added latency, then at most one of: a status
+answered instead of doing the work, a cut connection without the work, or the work done and its answer
+lost (held past the client's timeout, or cut mid-response). Every fault that fires is written to
+`simulator_events.jsonl` so a run's evidence shows which requests were tampered with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from simulator import control
+from simulator.faults import FaultEngine
+from simulator.http import BodyTooLarge, ConnectionCut, Receive, Request, Response, Scope, Send, read_request
+from simulator.ledger import JsonLinesLedger
+from simulator.mitto import FakeMitto, mitto_error
+
+EVENTS_LEDGER = "simulator_events.jsonl"
+
+
+@dataclass(frozen=True)
+class SimulatorConfig:
+    data_dir: Path
+    seed: int = 0
+    mitto_api_key: str = "lab-mitto-key"
+    fsync: bool = False
+
+
+@dataclass(frozen=True)
+class ProviderRoute:
+    target: str
+    handler: Callable[[Request], Awaitable[Response]]
+    error: Callable[[int, str], Response]
+
+
+class SimulatorApp:
+    def __init__(self, config: SimulatorConfig) -> None:
+        self.config = config
+        self.started_at = time.time()
+        self.faults = FaultEngine(config.seed)
+        self.mitto = FakeMitto(config.data_dir, config.mitto_api_key, config.seed, fsync=config.fsync)
+        self.events = JsonLinesLedger(config.data_dir / EVENTS_LEDGER, fsync=config.fsync)
+
+        def mitto_problem(status: int, message: str) -> Response:
+            return mitto_error(status, message, status)
+
+        self.provider_routes: dict[tuple[str, str], ProviderRoute] = {
+            ("POST", "/mitto/api/v1.1/Messages/sendmessagesbulk"): ProviderRoute(
+                "mitto.send", self.mitto.send_bulk, mitto_problem
+            ),
+            ("GET", "/mitto/api/v1/Messages"): ProviderRoute(
+                "mitto.lookup", self.mitto.lookup, mitto_problem
+            ),
+        }
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        try:
+            request = await read_request(scope, receive)
+        except BodyTooLarge:
+            await Response.json(413, {"error": {"code": 413, "message": "body too large"}}).send(send)
+            return
+        route = self.provider_routes.get((request.method, request.path))
+        try:
+            if route is not None:
+                await self._provider_call(route, request, send)
+            elif request.path.startswith("/control/") or request.path == "/control":
+                await (await control.handle(self, request)).send(send)
+            else:
+                await Response.json(404, {"error": {"code": 404, "message": "no such endpoint"}}).send(send)
+        except ConnectionCut:
+            return  # the response is left incomplete; the server closes the connection
+
+    async def _provider_call(self, route: ProviderRoute, request: Request, send: Send) -> None:
+        decision = self.faults.decide(route.target)
+        if decision.delay:
+            await asyncio.sleep(decision.delay)
+        rule = decision.terminal
+        if rule is None:
+            await (await route.handler(request)).send(send)
+            return
+        self.events.append(
+            {
+                "t": time.time(),
+                "target": route.target,
+                "fault": rule.kind,
+                "rule": rule.id,
+                "params": rule.params,
+            }
+        )
+        if rule.kind == "status":
+            status = int(rule.params["status"])
+            response = route.error(status, "simulated failure")
+            if status == 429:
+                response.headers["Retry-After"] = str(rule.params.get("retry_after", 1))
+            await response.send(send)
+        elif rule.kind == "reset":
+            await Response.json(200, {"cut": True}).send_cut(send)
+        elif rule.kind == "timeout":
+            response = await route.handler(request)
+            await asyncio.sleep(float(rule.params.get("seconds", 30)))
+            await response.send(send)
+        elif rule.kind == "accept_then_lose":
+            response = await route.handler(request)
+            if rule.params.get("mode", "cut") == "hang":
+                await asyncio.sleep(float(rule.params.get("seconds", 30)))
+            await response.send_cut(send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                self.close()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    def close(self) -> None:
+        self.mitto.close()
+        self.events.close()
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "status": "ok",
+            "seed": self.config.seed,
+            "uptime_seconds": round(time.time() - self.started_at, 3),
+            "data_dir": str(self.config.data_dir),
+        }

@@ -1,0 +1,81 @@
+"""The control API, in the spirit of Toxiproxy's: list, set and clear faults, read counters, reset.
+
+GET    /control/health              the simulator is up; its seed and data directory
+GET    /control/faults              the active fault rules, with how often each fired
+POST   /control/faults              add a rule: {"target", "kind", "probability", "count", "params"}
+DELETE /control/faults              clear every rule (or ?target=mitto.send for one endpoint)
+GET    /control/counters            requests and fired faults per endpoint; messages accepted
+GET    /control/mitto/messages      ground truth for ?reference=... (every acceptance, duplicates too)
+POST   /control/reset               clear rules, counters and fault generators (ledgers are never erased)
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from simulator.faults import FaultSpecError
+from simulator.http import Request, Response
+
+if TYPE_CHECKING:
+    from simulator.app import SimulatorApp
+
+
+def _problem(status: int, detail: str) -> Response:
+    return Response.json(status, {"status": status, "detail": detail})
+
+
+async def handle(app: SimulatorApp, request: Request) -> Response:
+    path, method = request.path.rstrip("/"), request.method
+    if path == "/control/health" and method == "GET":
+        return Response.json(200, app.status())
+    if path == "/control/faults":
+        if method == "GET":
+            return Response.json(200, {"faults": [rule.as_dict() for rule in app.faults.rules]})
+        if method == "POST":
+            try:
+                spec = request.json()
+            except msgspec.DecodeError:
+                return _problem(400, "body is not JSON")
+            try:
+                if isinstance(spec, dict):
+                    rules = [app.faults.add(spec)]
+                elif isinstance(spec, list):
+                    rules = app.faults.add_many(spec)
+                else:
+                    raise FaultSpecError("fault: must be an object or a list of objects")
+            except FaultSpecError as exc:
+                return _problem(422, str(exc))
+            return Response.json(201, {"faults": [rule.as_dict() for rule in rules]})
+        if method == "DELETE":
+            return Response.json(200, {"cleared": app.faults.clear(request.query_one("target"))})
+    if path == "/control/counters" and method == "GET":
+        return Response.json(
+            200,
+            {
+                "endpoints": app.faults.counters_snapshot(),
+                "mitto": {
+                    "accepted": app.mitto.state.sequence,
+                    "bulks": app.mitto.state.bulks,
+                    "references": len(app.mitto.state.by_reference),
+                },
+            },
+        )
+    if path == "/control/mitto/messages" and method == "GET":
+        reference = request.query_one("reference")
+        if not reference:
+            return _problem(400, "reference is required")
+        found = app.mitto.state.by_reference.get(reference, [])
+        return Response.json(
+            200,
+            {
+                "messages": [
+                    {"message_id": m.message_id, "to": m.to, "accepted_at": m.accepted_at} for m in found
+                ]
+            },
+        )
+    if path == "/control/reset" and method == "POST":
+        app.faults.reset()
+        return Response.json(200, {"reset": True})
+    return _problem(404, f"no control endpoint {method} {path}")

@@ -1,0 +1,181 @@
+"""The fake Mitto: bulk send and lookup by reference, per the contract in docs/providers.md.
+
+It never deduplicates: a reference sent twice is accepted twice and recorded twice, because a real
+provider would deliver both and the lab must see double sends, not hide them. Every accepted message is
+in the ground-truth ledger (`mitto_accepted.jsonl`) before the response is sent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from simulator.http import Request, Response
+from simulator.ledger import JsonLinesLedger, read_ledger
+
+ACCEPTED_LEDGER = "mitto_accepted.jsonl"
+E164 = re.compile(r"^\+[1-9]\d{6,14}$")
+ERROR_INVALID_NUMBER = 8
+MAX_BULK = 1_000
+MAX_TEXT = 1_600
+_ID_NAMESPACE = uuid.UUID("6f1c2a52-31f7-4a3e-9b1e-5b4a6d0c9e11")
+
+
+@dataclass
+class StoredMessage:
+    message_id: str
+    reference: str
+    to: str
+    delivery_status: str
+    accepted_at: float
+
+
+@dataclass
+class MittoState:
+    by_reference: dict[str, list[StoredMessage]] = field(default_factory=dict)
+    by_id: dict[str, StoredMessage] = field(default_factory=dict)
+    sequence: int = 0
+    bulks: int = 0
+
+
+def mitto_error(status: int, message: str, code: int) -> Response:
+    # The real error body is not documented publicly; this shape is the contract's (docs/providers.md).
+    return Response.json(status, {"error": {"code": code, "message": message}})
+
+
+class FakeMitto:
+    def __init__(self, data_dir: Path, api_key: str, seed: int, fsync: bool = False) -> None:
+        self.api_key = api_key
+        self.seed = seed
+        self.ledger_path = data_dir / ACCEPTED_LEDGER
+        self.state = MittoState()
+        self._recover()
+        self.ledger = JsonLinesLedger(self.ledger_path, fsync=fsync)
+
+    def _recover(self) -> None:
+        """Rebuild the lookup index from the ledger, so lookups survive a restart of the simulator."""
+        for record in read_ledger(self.ledger_path):
+            self._index(
+                StoredMessage(
+                    record["message_id"], record["reference"], record["to"], "Accepted", record["t"]
+                )
+            )
+            self.state.sequence = max(self.state.sequence, int(record["seq"]))
+            self.state.bulks = max(self.state.bulks, int(record["bulk_seq"]))
+
+    def _index(self, message: StoredMessage) -> None:
+        self.state.by_reference.setdefault(message.reference, []).append(message)
+        self.state.by_id[message.message_id] = message
+
+    def _id(self, kind: str, number: int) -> str:
+        # Deterministic for a seed and request order, and unique across restarts (numbers continue).
+        return str(uuid.uuid5(_ID_NAMESPACE, f"{self.seed}:{kind}:{number}"))
+
+    def _authorised(self, request: Request) -> bool:
+        return request.headers.get("x-mitto-api-key") == self.api_key
+
+    async def send_bulk(self, request: Request) -> Response:
+        if not self._authorised(request):
+            return mitto_error(401, "invalid API key", 401)
+        try:
+            document = request.json()
+            messages = document["messages"]
+            if not isinstance(messages, list) or not messages or len(messages) > MAX_BULK:
+                raise ValueError(f"messages must hold 1 to {MAX_BULK} entries")
+            for index, message in enumerate(messages):
+                _validate_message(message, index)
+        except (msgspec.DecodeError, ValueError, KeyError, TypeError) as exc:
+            return mitto_error(400, f"malformed request: {exc}", 400)
+        now = time.time()
+        self.state.bulks += 1
+        bulk_seq = self.state.bulks
+        bulk_id = self._id("bulk", bulk_seq)
+        results: list[dict[str, Any]] = []
+        records: list[dict[str, Any]] = []
+        stored: list[StoredMessage] = []
+        for message in messages:
+            to = message["to"]
+            if not E164.match(to):
+                results.append(
+                    {
+                        "messageId": None,
+                        "reference": message["reference"],
+                        "to": to,
+                        "status": "Rejected",
+                        "errorCode": ERROR_INVALID_NUMBER,
+                    }
+                )
+                continue
+            self.state.sequence += 1
+            message_id = self._id("message", self.state.sequence)
+            results.append(
+                {
+                    "messageId": message_id,
+                    "reference": message["reference"],
+                    "to": to,
+                    "status": "Accepted",
+                    "errorCode": None,
+                }
+            )
+            records.append(
+                {
+                    "seq": self.state.sequence,
+                    "bulk_seq": bulk_seq,
+                    "t": now,
+                    "bulk_id": bulk_id,
+                    "message_id": message_id,
+                    "reference": message["reference"],
+                    "to": to,
+                    "from": message["from"],
+                    "text_sha256": hashlib.sha256(message["text"].encode()).hexdigest(),
+                }
+            )
+            stored.append(StoredMessage(message_id, message["reference"], to, "Accepted", now))
+        # Ground truth first: on disk before the answer can leave (or be lost by a fault).
+        self.ledger.append_many(records)
+        for message in stored:
+            self._index(message)
+        return Response.json(200, {"bulkId": bulk_id, "messages": results})
+
+    async def lookup(self, request: Request) -> Response:
+        if not self._authorised(request):
+            return mitto_error(401, "invalid API key", 401)
+        reference = request.query_one("reference")
+        if not reference:
+            return mitto_error(400, "reference is required", 400)
+        found = self.state.by_reference.get(reference, [])
+        return Response.json(
+            200,
+            {
+                "messages": [
+                    {
+                        "messageId": m.message_id,
+                        "reference": m.reference,
+                        "to": m.to,
+                        "deliveryStatus": m.delivery_status,
+                    }
+                    for m in found
+                ]
+            },
+        )
+
+    def close(self) -> None:
+        self.ledger.close()
+
+
+def _validate_message(message: Any, index: int) -> None:
+    if not isinstance(message, dict):
+        raise ValueError(f"messages[{index}] must be an object")
+    for name in ("from", "to", "text", "reference"):
+        value = message.get(name)
+        if not isinstance(value, str) or not value:
+            raise ValueError(f"messages[{index}].{name} is required")
+    if len(message["text"]) > MAX_TEXT:
+        raise ValueError(f"messages[{index}].text is longer than {MAX_TEXT} characters")
