@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 POINTS: dict[str, str] = {
+    "enqueue.after_key_claimed": "Idempotency-Key held, enqueue transaction not yet started",
     "enqueue.after_status_change": "campaign moved to sending, recipients not yet snapshotted",
     "enqueue.after_recipients": "recipients snapshotted, credits not yet reserved",
     "enqueue.before_commit": "everything written, transaction not yet committed",

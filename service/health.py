@@ -27,7 +27,7 @@ async def _timed(check: Callable[[], Awaitable[dict[str, Any]]]) -> dict[str, An
     try:
         result = await asyncio.wait_for(check(), CHECK_TIMEOUT_SECONDS)
         result.setdefault("ok", True)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - a failed check is a result, not an error
         result = {"ok": False, "error": type(exc).__name__}
     result["latency_ms"] = round((time.perf_counter() - started) * 1000, 2)
     return result

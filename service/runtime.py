@@ -55,6 +55,6 @@ class Runtime:
         await self.mitto.aclose()
         try:
             await self.queue.disconnect()
-        except Exception:
+        except Exception:  # noqa: BLE001 - shutting down; Redis may already be gone
             logs.get_logger(__name__).warning("queue_disconnect_failed")
         await self.engine.dispose()

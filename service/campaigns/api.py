@@ -92,7 +92,7 @@ class CampaignsController(Controller):
                     outcome.batches_to_queue,
                     logs.current_request_id(),
                 )
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - committed already; the reconciler queues them
                 log.warning("send_jobs_not_queued", campaign_id=campaign_id, error=type(exc).__name__)
         headers = {"Idempotent-Replayed": "true"} if outcome.replayed else {}
         return Response(content=outcome.body, status_code=outcome.status, headers=headers)

@@ -64,6 +64,7 @@ async def enqueue_campaign(
         )
         if stored is not None:
             return EnqueueOutcome(stored.status, stored.body, replayed=True)
+        await failpoints.hit("enqueue.after_key_claimed")
     try:
         outcome = await _enqueue_effects(
             session, settings, shop_id=shop_id, campaign_id=campaign_id, key=key if keyed else None

@@ -48,7 +48,7 @@ async def status_counts(session: AsyncSession, campaign_id: int) -> dict[str, in
         .group_by(CampaignRecipient.status)
     )
     counts = {status.value: 0 for status in RecipientStatus}
-    counts.update({status: count for status, count in rows.tuples()})
+    counts.update({status: count for status, count in rows})
     return counts
 
 

@@ -101,7 +101,13 @@ async def send_batch(
 async def deliver(
     mitto: MittoClient, settings: Settings, claim: Claim, started: float, report: BatchReport
 ) -> Outcomes:
-    """Send the claim's messages until each has an outcome, tries run out, or the lease is nearly over."""
+    """Send the claim's messages until each has an outcome, tries run out, or the lease is nearly over.
+
+    After an ambiguous failure the references are looked up before anything is resent. If the provider
+    answered (a 5xx), "not found" is conclusive and those messages are resent. If no answer came, the
+    provider may still be processing the request: what the lookup finds is recorded, the rest stays
+    `sending` and is resolved by the reconciler once the lease has expired.
+    """
     outcomes = Outcomes()
     remaining: dict[str, OutgoingMessage] = {}
     recipient_of: dict[str, int] = {}
@@ -115,25 +121,9 @@ async def deliver(
     # A new provider call starts only if it can finish (timeout included) well inside the lease.
     lease_end = started + settings.send_lease_seconds * 0.8
     resolve = safeguards.is_on(settings, safeguards.RESOLVE_AMBIGUOUS_SENDS)
-    ambiguous: set[str] = set()
+    unknown: set[str] = set()
     tries = 0
     while remaining:
-        if ambiguous:
-            if not resolve:
-                ambiguous.clear()  # unsafe variant (lab only): assume the lost request did nothing
-            else:
-                resolution = await resolve_references(mitto, {ref: recipient_of[ref] for ref in ambiguous})
-                for rid, message_id in resolution.found.items():
-                    outcomes.accepted[rid] = message_id
-                for ref in list(remaining):
-                    if recipient_of[ref] in resolution.found:
-                        del remaining[ref]
-                still_unknown = {ref for ref in ambiguous if recipient_of[ref] in resolution.failed}
-                if still_unknown:
-                    break  # cannot tell; do not resend any of them
-                ambiguous.clear()
-                if not remaining:
-                    break
         if tries >= settings.send_max_tries or time.monotonic() + settings.mitto_timeout_seconds > lease_end:
             break
         tries += 1
@@ -146,8 +136,22 @@ async def deliver(
         except MittoUnavailable:
             await asyncio.sleep(backoff(tries))
             continue
-        except MittoOutcomeUnknown:
-            ambiguous = set(remaining)
+        except MittoOutcomeUnknown as exc:
+            if not resolve:
+                # Unsafe variant (lab only): assume the lost request did nothing and send again.
+                await asyncio.sleep(backoff(tries))
+                continue
+            resolution = await resolve_references(mitto, {ref: recipient_of[ref] for ref in remaining})
+            for rid, message_id in resolution.found.items():
+                outcomes.accepted[rid] = message_id
+            for ref in list(remaining):
+                rid = recipient_of[ref]
+                if rid in resolution.found:
+                    del remaining[ref]
+                elif rid in resolution.failed or not exc.provider_finished:
+                    unknown.add(ref)
+            if unknown:
+                break  # cannot tell yet: resend none of these; the reconciler resolves them later
             await asyncio.sleep(backoff(tries))
             continue
         except MittoRequestRefused as exc:
@@ -166,5 +170,5 @@ async def deliver(
                 outcomes.rejected[rid] = (result.error_code, "provider_rejected")
             remaining.pop(result.reference, None)
     for ref in remaining:
-        (outcomes.unknown if ref in ambiguous else outcomes.not_sent).add(recipient_of[ref])
+        (outcomes.unknown if ref in unknown else outcomes.not_sent).add(recipient_of[ref])
     return outcomes

@@ -80,5 +80,5 @@ async def claim_batch(
                 )
                 .returning(CampaignRecipient.id, CampaignRecipient.phone_e164)
             )
-        claim.recipients = {rid: phone for rid, phone in rows.tuples()}
+        claim.recipients = {rid: phone for rid, phone in rows}
     return claim if claim.recipients else None

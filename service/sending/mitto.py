@@ -3,8 +3,11 @@
 Its errors say what matters for exactly-once: whether the provider may have acted on the request.
 - `MittoRateLimited` (429) and `MittoUnavailable` (could not connect): certainly not processed; resend.
 - `MittoRequestRefused` (400/401/403): not processed and a resend would be refused too.
-- `MittoOutcomeUnknown` (timeout after sending, connection reset, 5xx, a garbled 200): it may have
-  been processed; look the references up before sending any of them again.
+- `MittoOutcomeUnknown`: it may have been processed; look the references up before sending any of them
+  again. `provider_finished` tells how far a lookup can be trusted: True when a complete answer came
+  back (a 5xx, a garbled 200), so the provider is done with the request and "not found" means never
+  accepted; False when no answer came (timeout, connection cut), so the provider may still be working
+  on it and only "found" is conclusive.
 """
 
 from __future__ import annotations
@@ -74,6 +77,10 @@ class MittoRequestRefused(MittoError):
 class MittoOutcomeUnknown(MittoError):
     """The provider may or may not have acted on the request."""
 
+    def __init__(self, message: str, provider_finished: bool) -> None:
+        super().__init__(message)
+        self.provider_finished = provider_finished
+
 
 def parse_retry_after(value: str | None, default: float = 1.0) -> float:
     if not value:
@@ -121,7 +128,7 @@ class MittoClient:
             ]
             return BulkSendResult(bulk_id=str(document["bulkId"]), results=results)
         except (ValueError, KeyError, TypeError) as exc:
-            raise MittoOutcomeUnknown(f"unreadable send response: {exc}") from None
+            raise MittoOutcomeUnknown(f"unreadable send response: {exc}", provider_finished=True) from None
 
     async def lookup(self, reference: str) -> list[LookupResult]:
         """Every message the provider accepted under this reference; empty means never accepted."""
@@ -137,7 +144,7 @@ class MittoClient:
                 if m.get("reference") == reference
             ]
         except (ValueError, KeyError, TypeError) as exc:
-            raise MittoOutcomeUnknown(f"unreadable lookup response: {exc}") from None
+            raise MittoOutcomeUnknown(f"unreadable lookup response: {exc}", provider_finished=True) from None
 
     async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
@@ -145,11 +152,13 @@ class MittoClient:
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
             raise MittoUnavailable(f"could not reach the provider: {type(exc).__name__}") from None
         except httpx.TransportError as exc:
-            raise MittoOutcomeUnknown(f"no complete response: {type(exc).__name__}") from None
+            raise MittoOutcomeUnknown(
+                f"no complete response: {type(exc).__name__}", provider_finished=False
+            ) from None
         if response.status_code == 429:
             raise MittoRateLimited(parse_retry_after(response.headers.get("Retry-After")))
         if response.status_code >= 500:
-            raise MittoOutcomeUnknown(f"provider error {response.status_code}")
+            raise MittoOutcomeUnknown(f"provider error {response.status_code}", provider_finished=True)
         if response.status_code != 200:
             raise MittoRequestRefused(response.status_code, response.text[:200])
         return response

@@ -1,0 +1,131 @@
+"""The evidence a verdict rests on: the fake Mitto's ledger and a snapshot of the service's database.
+
+Nothing here trusts the service's own counters (`sent_count`, wallet totals) as truth; they are loaded
+only so that the checker can compare them with what really happened.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from service.db.models import (
+    Campaign,
+    CampaignRecipient,
+    CreditLedgerEntry,
+    CreditReservation,
+    Wallet,
+)
+from service.sending.references import parse_reference
+from simulator.ledger import read_ledger
+from simulator.mitto import ACCEPTED_LEDGER
+
+
+@dataclass(frozen=True)
+class Acceptance:
+    """One message the provider really accepted."""
+
+    reference: str
+    message_id: str
+    to: str
+    at: float
+    campaign_id: int | None
+    recipient_id: int | None
+
+
+def load_acceptances(simulator_data_dir: Path) -> list[Acceptance]:
+    acceptances = []
+    for record in read_ledger(simulator_data_dir / ACCEPTED_LEDGER):
+        parsed = parse_reference(record["reference"])
+        acceptances.append(
+            Acceptance(
+                reference=record["reference"],
+                message_id=record["message_id"],
+                to=record["to"],
+                at=record["t"],
+                campaign_id=parsed[0] if parsed else None,
+                recipient_id=parsed[1] if parsed else None,
+            )
+        )
+    return acceptances
+
+
+@dataclass
+class DatabaseSnapshot:
+    campaigns: dict[int, dict[str, Any]] = field(default_factory=dict)
+    recipients: dict[int, dict[str, Any]] = field(default_factory=dict)
+    ledger: list[dict[str, Any]] = field(default_factory=list)
+    wallets: dict[int, dict[str, Any]] = field(default_factory=dict)
+    reservations: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _rows(result: Any) -> list[dict[str, Any]]:
+    return [dict(row) for row in result.mappings()]
+
+
+async def load_snapshot(session: AsyncSession) -> DatabaseSnapshot:
+    """One consistent read of everything the invariants need (one transaction)."""
+    snapshot = DatabaseSnapshot()
+    async with session.begin():
+        for row in _rows(
+            await session.execute(
+                select(
+                    Campaign.id,
+                    Campaign.shop_id,
+                    Campaign.status,
+                    Campaign.segments,
+                    Campaign.recipient_count,
+                    Campaign.sent_count,
+                    Campaign.failed_count,
+                    Campaign.enqueued_at,
+                    Campaign.last_activity_at,
+                )
+            )
+        ):
+            snapshot.campaigns[row["id"]] = row
+        for row in _rows(
+            await session.execute(
+                select(
+                    CampaignRecipient.id,
+                    CampaignRecipient.campaign_id,
+                    CampaignRecipient.phone_e164,
+                    CampaignRecipient.status,
+                    CampaignRecipient.provider_message_id,
+                    CampaignRecipient.attempts,
+                    CampaignRecipient.failure_reason,
+                )
+            )
+        ):
+            snapshot.recipients[row["id"]] = row
+        snapshot.ledger = _rows(
+            await session.execute(
+                select(
+                    CreditLedgerEntry.id,
+                    CreditLedgerEntry.shop_id,
+                    CreditLedgerEntry.amount,
+                    CreditLedgerEntry.kind,
+                    CreditLedgerEntry.campaign_id,
+                    CreditLedgerEntry.messages,
+                    CreditLedgerEntry.idempotency_key,
+                )
+            )
+        )
+        for row in _rows(await session.execute(select(Wallet.shop_id, Wallet.balance, Wallet.reserved))):
+            snapshot.wallets[row["shop_id"]] = row
+        snapshot.reservations = _rows(
+            await session.execute(
+                select(
+                    CreditReservation.id,
+                    CreditReservation.shop_id,
+                    CreditReservation.campaign_id,
+                    CreditReservation.amount,
+                    CreditReservation.remaining,
+                    CreditReservation.status,
+                )
+            )
+        )
+    return snapshot

@@ -1,0 +1,53 @@
+"""I2: after quiescence every enqueued campaign and every recipient of it is terminal.
+
+Ground truth: the database after the run has healed and the quiescence bound has passed. A draft
+(never enqueued) is not "stuck". Safeguard: the reconciler (8).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from chaos.checker.evidence import DatabaseSnapshot
+from chaos.checker.result import CheckResult
+from service.db.models import CampaignStatus, RecipientStatus
+
+ID = "I2"
+TITLE = "after quiescence every campaign and recipient is terminal"
+UNSETTLED_CAMPAIGN = {CampaignStatus.SENDING.value}
+UNSETTLED_RECIPIENT = {RecipientStatus.PENDING.value, RecipientStatus.SENDING.value}
+
+
+def check(snapshot: DatabaseSnapshot) -> CheckResult:
+    result = CheckResult(ID, TITLE, True)
+    stuck_campaigns = [c for c in snapshot.campaigns.values() if c["status"] in UNSETTLED_CAMPAIGN]
+    stuck_recipients = [r for r in snapshot.recipients.values() if r["status"] in UNSETTLED_RECIPIENT]
+    for campaign in stuck_campaigns:
+        result.witness(
+            {
+                "campaign_id": campaign["id"],
+                "status": campaign["status"],
+                "last_activity_at": str(campaign["last_activity_at"]),
+                "unsettled_recipients": sum(
+                    1 for r in stuck_recipients if r["campaign_id"] == campaign["id"]
+                ),
+            }
+        )
+    by_status = Counter(r["status"] for r in stuck_recipients)
+    for recipient in stuck_recipients[:5]:
+        result.witness(
+            {
+                "recipient_id": recipient["id"],
+                "campaign_id": recipient["campaign_id"],
+                "status": recipient["status"],
+            }
+        )
+    result.counts = {
+        "campaigns": len(snapshot.campaigns),
+        "campaigns_not_terminal": len(stuck_campaigns),
+        "recipients": len(snapshot.recipients),
+        "recipients_pending": by_status.get(RecipientStatus.PENDING.value, 0),
+        "recipients_sending": by_status.get(RecipientStatus.SENDING.value, 0),
+    }
+    result.valid = not stuck_campaigns and not stuck_recipients
+    return result

@@ -1,0 +1,109 @@
+"""Fixtures: every integration test runs on SQLite and PostgreSQL, with real Redis and the real simulator."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from service import failpoints
+from service.db import migrate
+from service.settings import Settings, validate
+from tests.support.infra import (
+    POSTGRES_URL,
+    REQUIRE_POSTGRES,
+    RedisForTests,
+    SimulatorProcess,
+    create_schema,
+    drop_schema,
+    postgres_available,
+)
+from tests.support.lab import Lab
+
+BACKENDS = ["sqlite", "postgresql"]
+
+
+@pytest.fixture(scope="session")
+def redis_for_tests(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisForTests]:
+    redis = RedisForTests(tmp_path_factory.mktemp("redis"))
+    yield redis
+    redis.close()
+
+
+@pytest.fixture
+def queue_name(redis_for_tests: RedisForTests) -> Iterator[str]:
+    name = f"smslab-test-{uuid.uuid4().hex[:10]}"
+    yield name
+    redis_for_tests.delete_queue(name)
+
+
+@pytest.fixture(params=BACKENDS)
+async def database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[dict[str, str | None]]:
+    """A fresh, migrated database: {"url": ..., "schema": ...}."""
+    if request.param == "sqlite":
+        yield {"url": f"sqlite+aiosqlite:///{tmp_path / 'service.db'}", "schema": None}
+        return
+    if not await postgres_available():
+        if REQUIRE_POSTGRES:
+            pytest.fail(
+                f"PostgreSQL required (SMSLAB_TEST_REQUIRE_POSTGRES) but not reachable at {POSTGRES_URL}"
+            )
+        pytest.skip(f"PostgreSQL not reachable at {POSTGRES_URL}")
+    schema = await create_schema()
+    try:
+        yield {"url": POSTGRES_URL, "schema": schema}
+    finally:
+        await drop_schema(schema)
+
+
+@pytest.fixture
+def simulator(tmp_path: Path) -> Iterator[SimulatorProcess]:
+    process = SimulatorProcess(tmp_path / "simulator")
+    process.start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def settings(
+    database: dict[str, str | None],
+    simulator: SimulatorProcess,
+    redis_for_tests: RedisForTests,
+    queue_name: str,
+    tmp_path: Path,
+) -> Settings:
+    return validate(
+        Settings(
+            var_dir=tmp_path / "var",
+            database_url=str(database["url"]),
+            database_schema=database["schema"],
+            redis_url=redis_for_tests.url,
+            queue_name=queue_name,
+            mitto_base_url=simulator.mitto_url,
+            mitto_timeout_seconds=2.0,
+            send_lease_seconds=10.0,
+            reconcile_interval_seconds=1.0,
+            batch_size=50,
+            log_format="json",
+        )
+    )
+
+
+@pytest.fixture
+async def lab(
+    settings: Settings, simulator: SimulatorProcess, redis_for_tests: RedisForTests, tmp_path: Path
+) -> AsyncIterator[Lab]:
+    await migrate.upgrade_async(settings)
+    lab = Lab.build(settings, simulator, redis_for_tests.url, tmp_path)
+    try:
+        yield lab
+    finally:
+        await lab.close()
+
+
+@pytest.fixture(autouse=True)
+def _disarm_failpoints() -> Iterator[None]:
+    yield
+    failpoints.configure("")

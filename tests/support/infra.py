@@ -1,0 +1,177 @@
+"""Real infrastructure for tests: a fresh database per test on each backend, Redis, the simulator process.
+
+- SQLite: a file in the test's temp dir.
+- PostgreSQL: a fresh schema in SMSLAB_TEST_POSTGRES_URL (default: the machine's `test` database),
+  dropped afterwards. Without a reachable PostgreSQL the PostgreSQL cases are skipped with the reason,
+  unless SMSLAB_TEST_REQUIRE_POSTGRES=1 (CI), where they fail instead.
+- Redis: SMSLAB_TEST_REDIS_URL (default the machine's 127.0.0.1:6379), else an embedded redis-server;
+  each test gets its own queue name and deletes only its own keys.
+- The simulator: a real `python -m simulator` process per test, with its own ledgers.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import redis
+
+from service.embedded_redis import EmbeddedRedis, free_port, ping
+
+POSTGRES_URL = os.environ.get("SMSLAB_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("SMSLAB_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+REQUIRE_POSTGRES = os.environ.get("SMSLAB_TEST_REQUIRE_POSTGRES", "") in ("1", "true", "yes")
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def plain_postgres_url(url: str) -> str:
+    return url.replace("postgresql+asyncpg://", "postgresql://")
+
+
+_postgres_ok: bool | None = None
+
+
+async def postgres_available() -> bool:
+    global _postgres_ok
+    if _postgres_ok is None:
+        try:
+            connection = await asyncpg.connect(plain_postgres_url(POSTGRES_URL), timeout=3)
+        except (OSError, asyncpg.PostgresError):
+            _postgres_ok = False
+        else:
+            await connection.close()
+            _postgres_ok = True
+    return _postgres_ok
+
+
+async def create_schema() -> str:
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    connection = await asyncpg.connect(plain_postgres_url(POSTGRES_URL))
+    try:
+        await connection.execute(f'CREATE SCHEMA "{schema}"')
+    finally:
+        await connection.close()
+    return schema
+
+
+async def drop_schema(schema: str) -> None:
+    connection = await asyncpg.connect(plain_postgres_url(POSTGRES_URL))
+    try:
+        # The service's pools may still hold connections; end them so DROP does not wait.
+        await connection.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE pid <> pg_backend_pid() AND query LIKE $1",
+            f"%{schema}%",
+        )
+        await connection.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    finally:
+        await connection.close()
+
+
+class RedisForTests:
+    """The machine's Redis if it answers, else one embedded redis-server for the whole session."""
+
+    def __init__(self, tmp_dir: Path) -> None:
+        self._embedded: EmbeddedRedis | None = None
+        if ping(REDIS_URL):
+            self.url = REDIS_URL
+        else:
+            self._embedded = EmbeddedRedis(tmp_dir / "redis")
+            self.url = self._embedded.start()
+
+    def delete_queue(self, queue_name: str) -> None:
+        client = redis.Redis.from_url(self.url)
+        try:
+            for pattern in (f"saq:{queue_name}:*", f"saq:job:{queue_name}:*"):
+                keys = list(client.scan_iter(match=pattern, count=1000))
+                if keys:
+                    client.delete(*keys)
+        finally:
+            client.close()
+
+    def close(self) -> None:
+        if self._embedded:
+            self._embedded.stop()
+
+
+@dataclass
+class SimulatorProcess:
+    """The fake providers as a real process, with a client for its control API."""
+
+    data_dir: Path
+    seed: int = 7
+    port: int = 0
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def mitto_url(self) -> str:
+        return f"{self.base_url}/mitto"
+
+    def start(self) -> None:
+        self.port = self.port or free_port()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log = (self.data_dir / "simulator.log").open("ab")
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "simulator",
+                "--port",
+                str(self.port),
+                "--data-dir",
+                str(self.data_dir),
+                "--seed",
+                str(self.seed),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
+        log.close()
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError((self.data_dir / "simulator.log").read_text())
+            try:
+                httpx.get(f"{self.base_url}/control/health", timeout=0.5)
+                return
+            except httpx.HTTPError:
+                time.sleep(0.05)
+        raise RuntimeError("simulator did not start")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def kill(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def add_fault(self, **rule: Any) -> dict[str, Any]:
+        response = httpx.post(f"{self.base_url}/control/faults", json=rule, timeout=5)
+        response.raise_for_status()
+        return dict(response.json()["faults"][0])
+
+    def clear_faults(self) -> None:
+        httpx.delete(f"{self.base_url}/control/faults", timeout=5).raise_for_status()
+
+    def counters(self) -> dict[str, Any]:
+        return dict(httpx.get(f"{self.base_url}/control/counters", timeout=5).json())
