@@ -11,6 +11,7 @@ import pytest
 from service import failpoints
 from service.db import migrate
 from service.settings import Settings, validate
+from tests.support.api import Api, start_api
 from tests.support.infra import (
     POSTGRES_URL,
     REQUIRE_POSTGRES,
@@ -107,3 +108,15 @@ async def lab(
 def _disarm_failpoints() -> Iterator[None]:
     yield
     failpoints.configure("")
+
+
+@pytest.fixture
+async def api(lab: Lab, tmp_path: Path) -> AsyncIterator[Api]:
+    """The API as its own process, on the lab's database, Redis and simulator."""
+    process = start_api(lab.settings, tmp_path / "logs")
+    client = Api(lab.settings, process)
+    try:
+        yield client
+    finally:
+        await client.close()
+        process.stop()

@@ -180,3 +180,30 @@ async def test_drifted_counters_are_recomputed_from_the_rows(lab: Lab) -> None:
     assert report.counters_fixed == 1
     campaign = await lab.campaign_row(campaign_id)
     assert (campaign.status, campaign.sent_count) == ("completed", 20)
+
+
+async def test_a_job_held_by_a_dead_worker_is_replaced_not_waited_for(lab: Lab) -> None:
+    from saq.job import Status
+
+    from service.queue import send_job_key
+
+    _, campaign_id = await lab.sending_campaign(recipients=10)
+    queue = create_queue(lab.settings, lab.redis_url)
+    await queue.connect()
+    try:
+        assert await enqueue_send_batches(queue, lab.settings, campaign_id, [0], None) == 1
+        # A worker takes the job and is SIGKILLed: the job stays "active" under a worker id that no
+        # longer sends heartbeats, and SAQ silently drops any enqueue with the same key.
+        job = await queue.dequeue(timeout=1)
+        assert job is not None
+        job.worker_id = "worker-that-was-killed"
+        await job.update(status=Status.ACTIVE)
+        assert await enqueue_send_batches(queue, lab.settings, campaign_id, [0], None) == 0
+        assert (
+            await enqueue_send_batches(queue, lab.settings, campaign_id, [0], None, replace_orphans=True) == 1
+        )
+        fresh = await queue.job(send_job_key(campaign_id, 0))
+        assert fresh is not None
+        assert fresh.status == Status.QUEUED
+    finally:
+        await queue.disconnect()
