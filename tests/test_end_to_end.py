@@ -21,7 +21,7 @@ SHOP = "alpha.myshopify.com"
 
 async def wait_for_status(
     client: httpx.AsyncClient, campaign: int, status: str, timeout: float = 30.0
-) -> dict:
+) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     detail: dict[str, Any] = {}
     while time.monotonic() < deadline:
