@@ -8,6 +8,7 @@ restarted empty, a worker killed mid-job), so the reconciler re-enqueues from th
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterable
 
 from saq.job import Status
@@ -33,55 +34,58 @@ def send_job_timeout(settings: Settings) -> int:
 
 
 async def enqueue_send_batches(
-    queue: RedisQueue,
-    settings: Settings,
-    campaign_id: int,
-    batch_nos: Iterable[int],
-    request_id: str | None,
-    replace_orphans: bool = False,
+    queue: RedisQueue, settings: Settings, campaign_id: int, batch_nos: Iterable[int], request_id: str | None
 ) -> int:
-    """Queue one job per batch; returns how many were queued (the rest were already queued or running).
-
-    With `replace_orphans` (the reconciler), a job that holds a batch's key but belongs to a worker whose
-    heartbeat is gone (SIGKILLed, OOM-killed) is aborted and queued afresh, instead of waiting for SAQ to
-    notice its timeout. Wrongly judging a live job orphaned costs nothing but a wasted run: the claim, not
-    the queue, decides who sends.
-    """
+    """Queue one job per batch; returns how many were new (the rest were already queued or running)."""
     semaphore = asyncio.Semaphore(16)
-    live_workers: set[str] | None = None
-
-    async def enqueue(batch_no: int) -> bool:
-        job = await queue.enqueue(
-            SEND_BATCH,
-            key=send_job_key(campaign_id, batch_no),
-            timeout=send_job_timeout(settings),
-            retries=3,
-            retry_delay=1.0,
-            retry_backoff=True,
-            ttl=600,
-            campaign_id=campaign_id,
-            batch_no=batch_no,
-            request_id=request_id,
-        )
-        return job is not None
 
     async def one(batch_no: int) -> bool:
-        nonlocal live_workers
         async with semaphore:
-            if await enqueue(batch_no):
-                return True
-            if not replace_orphans:
-                return False
-            holder = await queue.job(send_job_key(campaign_id, batch_no))
-            if holder is None or holder.status not in (Status.ACTIVE, Status.ABORTING):
-                return False
-            if live_workers is None:
-                live_workers = set((await queue.info())["workers"])
-            if holder.worker_id in live_workers:
-                return False
-            await queue.abort(holder, "orphaned: its worker is gone")
-            await queue.finish_abort(holder)
-            return await enqueue(batch_no)
+            job = await queue.enqueue(
+                SEND_BATCH,
+                key=send_job_key(campaign_id, batch_no),
+                timeout=send_job_timeout(settings),
+                retries=3,
+                retry_delay=1.0,
+                retry_backoff=True,
+                ttl=600,
+                campaign_id=campaign_id,
+                batch_no=batch_no,
+                request_id=request_id,
+            )
+            return job is not None
 
     results = await asyncio.gather(*(one(b) for b in batch_nos))
     return sum(results)
+
+
+async def requeue_orphaned_jobs(queue: RedisQueue, unclaimed_grace_seconds: float = 10.0) -> list[str]:
+    """Put back on the queue every job left "active" by a worker whose heartbeat is gone.
+
+    A SIGKILLed worker leaves its jobs active, and SAQ drops any enqueue with the same key until its own
+    sweep notices the job's timeout, a minute or more later. That would block the reconcile cron job
+    itself (key `cron:reconcile`), and with it the healing of everything else. Every worker runs this
+    every few seconds; a short Redis lock keeps two workers from requeueing the same job. Requeueing a
+    job that was in fact alive costs only a wasted run: the database claim decides who sends.
+    """
+    info = await queue.info(jobs=True, offset=0, limit=10_000)
+    live = set(info["workers"])
+    now_ms = time.time() * 1000
+    requeued: list[str] = []
+    for entry in info["jobs"]:
+        if entry.get("status") not in (Status.ACTIVE, Status.ABORTING):
+            continue
+        owner = entry.get("worker_id")
+        if owner in live:
+            continue
+        if owner is None and now_ms - float(entry.get("touched") or now_ms) < unclaimed_grace_seconds * 1000:
+            continue  # just dequeued by a live worker that has not stamped it yet
+        key = str(entry["key"])
+        if not await queue.redis.set(f"smslab:orphan:{queue.name}:{key}", 1, nx=True, ex=30):
+            continue
+        job = await queue.job(key)
+        if job is None or job.status not in (Status.ACTIVE, Status.ABORTING) or job.worker_id in live:
+            continue
+        await queue.retry(job, f"orphaned: worker {job.worker_id} is gone")
+        requeued.append(key)
+    return requeued

@@ -17,6 +17,7 @@ from saq import CronJob, Worker
 from saq.types import PartialTimersDict
 
 from service import logs
+from service.queue import requeue_orphaned_jobs
 from service.reconcile.reconciler import reconcile_once
 from service.runtime import Runtime
 from service.sending.batch import send_batch as send_batch_domain
@@ -46,6 +47,19 @@ async def reconcile(ctx: dict[str, Any]) -> Any:
     return report.as_dict()
 
 
+async def watch_for_orphaned_jobs(runtime: Runtime) -> None:
+    """Every heartbeat period, requeue jobs whose worker died (see `queue.requeue_orphaned_jobs`)."""
+    while True:
+        await asyncio.sleep(HEARTBEAT_SECONDS)
+        try:
+            requeued = await requeue_orphaned_jobs(runtime.queue)
+        except Exception as exc:  # noqa: BLE001 - Redis may be down; try again next period
+            log.warning("orphan_watch_failed", error=type(exc).__name__)
+            continue
+        if requeued:
+            log.warning("orphaned_jobs_requeued", jobs=requeued)
+
+
 def cron_for_interval(seconds: float) -> str:
     """A croniter expression firing about every `seconds` (seconds-field form below a minute)."""
     whole = max(1, round(seconds))
@@ -61,7 +75,14 @@ def build_worker(runtime: Runtime, concurrency: int) -> Worker[Any]:
 
     async def startup(ctx: dict[str, Any]) -> None:
         ctx["runtime"] = runtime
+        ctx["watchdog"] = asyncio.create_task(watch_for_orphaned_jobs(runtime))
         log.info("worker_started", pid=os.getpid(), concurrency=concurrency, queue=settings.queue_name)
+
+    async def shutdown(ctx: dict[str, Any]) -> None:
+        watchdog = ctx.get("watchdog")
+        if watchdog:
+            watchdog.cancel()
+            await asyncio.gather(watchdog, return_exceptions=True)
 
     return Worker(
         runtime.queue,
@@ -77,6 +98,7 @@ def build_worker(runtime: Runtime, concurrency: int) -> Worker[Any]:
         ],
         concurrency=concurrency,
         startup=startup,
+        shutdown=shutdown,
         timers=PartialTimersDict(worker_info=HEARTBEAT_SECONDS, sweep=30, schedule=1, abort=1),
         shutdown_grace_period_s=5,
         metadata={"pid": os.getpid()},

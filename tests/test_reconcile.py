@@ -182,10 +182,10 @@ async def test_drifted_counters_are_recomputed_from_the_rows(lab: Lab) -> None:
     assert (campaign.status, campaign.sent_count) == ("completed", 20)
 
 
-async def test_a_job_held_by_a_dead_worker_is_replaced_not_waited_for(lab: Lab) -> None:
+async def test_a_job_held_by_a_dead_worker_is_requeued_not_waited_for(lab: Lab) -> None:
     from saq.job import Status
 
-    from service.queue import send_job_key
+    from service.queue import requeue_orphaned_jobs, send_job_key
 
     _, campaign_id = await lab.sending_campaign(recipients=10)
     queue = create_queue(lab.settings, lab.redis_url)
@@ -199,11 +199,11 @@ async def test_a_job_held_by_a_dead_worker_is_replaced_not_waited_for(lab: Lab) 
         job.worker_id = "worker-that-was-killed"
         await job.update(status=Status.ACTIVE)
         assert await enqueue_send_batches(queue, lab.settings, campaign_id, [0], None) == 0
-        assert (
-            await enqueue_send_batches(queue, lab.settings, campaign_id, [0], None, replace_orphans=True) == 1
-        )
-        fresh = await queue.job(send_job_key(campaign_id, 0))
-        assert fresh is not None
-        assert fresh.status == Status.QUEUED
+        assert await requeue_orphaned_jobs(queue) == [send_job_key(campaign_id, 0)]
+        assert await requeue_orphaned_jobs(queue) == []  # once
+        requeued = await queue.job(send_job_key(campaign_id, 0))
+        assert requeued is not None
+        assert requeued.status == Status.QUEUED
+        assert await queue.count("incomplete") == 1  # back in the queue (after its retry delay)
     finally:
         await queue.disconnect()

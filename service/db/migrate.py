@@ -40,6 +40,15 @@ def upgrade(settings: Settings, revision: str = "head") -> None:
     command.upgrade(alembic_config(settings), revision)
 
 
+def downgrade(settings: Settings, revision: str) -> None:
+    """Step the schema back to `revision` (`base` drops every table). Data in dropped tables is lost."""
+    command.downgrade(alembic_config(settings), revision)
+
+
+async def downgrade_async(settings: Settings, revision: str) -> None:
+    await asyncio.to_thread(downgrade, settings, revision)
+
+
 async def upgrade_async(settings: Settings, revision: str = "head") -> None:
     # Alembic's env runs its own event loop, so from async code it runs on a thread of its own.
     await asyncio.to_thread(upgrade, settings, revision)

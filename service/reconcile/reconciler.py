@@ -89,7 +89,7 @@ async def reconcile_once(
     if queue is not None:
         for campaign_id, batch_nos in to_queue.items():
             report.requeued_batches += await enqueue_send_batches(
-                queue, settings, campaign_id, batch_nos, None, replace_orphans=True
+                queue, settings, campaign_id, batch_nos, None
             )
     if any(v for k, v in report.as_dict().items() if k != "skipped"):
         log.info("reconciled", **report.as_dict())

@@ -1,0 +1,97 @@
+"""Settings refuse bad values with one clear line; the smslab commands do what they say."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jwt
+import pytest
+
+from service.settings import SettingsError, load_settings, normalize_database_url
+from tests.support.infra import ROOT
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"SMSLAB_BATCH_SIZE": "abc"}, "SMSLAB_BATCH_SIZE: expected a whole number >= 1, got 'abc'"),
+        ({"SMSLAB_BATCH_SIZE": "0"}, "SMSLAB_BATCH_SIZE"),
+        ({"SMSLAB_SEND_LEASE_SECONDS": "-1"}, "SMSLAB_SEND_LEASE_SECONDS"),
+        ({"SMSLAB_DATABASE_URL": "mysql://x/y"}, "SMSLAB_DATABASE_URL"),
+        ({"SMSLAB_REDIS_URL": "http://localhost"}, "SMSLAB_REDIS_URL"),
+        ({"SMSLAB_MITTO_BASE_URL": "localhost:8025"}, "SMSLAB_MITTO_BASE_URL"),
+        ({"SMSLAB_UNRESOLVED_SEND_POLICY": "maybe"}, "SMSLAB_UNRESOLVED_SEND_POLICY"),
+        ({"SMSLAB_BATCHSIZE": "10"}, "SMSLAB_BATCHSIZE: unknown setting"),
+        ({"SMSLAB_SAFEGUARDS_OFF": "reconciler"}, "refused unless SMSLAB_LAB_ALLOW_UNSAFE=true"),
+        ({"SMSLAB_FAILPOINTS": "send.after_claim=raise"}, "refused unless SMSLAB_LAB_ALLOW_UNSAFE=true"),
+        (
+            {"SMSLAB_LAB_ALLOW_UNSAFE": "true", "SMSLAB_SAFEGUARDS_OFF": "seatbelts"},
+            "unknown safeguard 'seatbelts'",
+        ),
+        ({"SMSLAB_LAB_ALLOW_UNSAFE": "true", "SMSLAB_FAILPOINTS": "nowhere=raise"}, "unknown failpoint"),
+        ({"SMSLAB_DATABASE_SCHEMA": "lab"}, "only applies to a PostgreSQL"),
+    ],
+)
+def test_bad_settings_are_refused_naming_the_variable(env: dict[str, str], message: str) -> None:
+    with pytest.raises(SettingsError, match="bad setting") as refused:
+        load_settings(env)
+    assert message in str(refused.value)
+
+
+def test_database_urls_are_accepted_as_users_type_them() -> None:
+    assert normalize_database_url("postgresql://u@h/db") == "postgresql+asyncpg://u@h/db"
+    assert normalize_database_url("postgres://u@h/db") == "postgresql+asyncpg://u@h/db"
+    assert normalize_database_url("sqlite:///x.db") == "sqlite+aiosqlite:///x.db"
+    settings = load_settings({"SMSLAB_VAR_DIR": "/tmp/lab"})
+    assert settings.database_url == "sqlite+aiosqlite:////tmp/lab/smslab.db"
+    assert settings.redis_url is None  # embedded
+
+
+def smslab(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("SMSLAB_")}
+    return subprocess.run(
+        [sys.executable, "-m", "chaos.cli", *args],
+        env={**clean, **(env or {})},
+        cwd=cwd or ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_a_bad_setting_stops_a_command_with_one_line(tmp_path: Path) -> None:
+    result = smslab("api", env={"SMSLAB_BATCH_SIZE": "lots"}, cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "smslab: bad setting SMSLAB_BATCH_SIZE: expected a whole number >= 1, got 'lots'"
+    ]
+
+
+def test_token_prints_a_session_token_for_the_shop(tmp_path: Path) -> None:
+    result = smslab("token", "demo.myshopify.com", cwd=tmp_path)
+    claims = jwt.decode(
+        result.stdout.strip(),
+        load_settings({}).shopify_api_secret,
+        algorithms=["HS256"],
+        audience="lab-api-key",
+    )
+    assert claims["dest"] == "https://demo.myshopify.com"
+    assert smslab("token", "not a shop", cwd=tmp_path).returncode == 2
+
+
+def test_db_upgrade_and_credit_grants_on_the_embedded_default(tmp_path: Path) -> None:
+    assert smslab("db", "upgrade", cwd=tmp_path).returncode == 0
+    assert smslab("db", "upgrade", cwd=tmp_path).returncode == 0  # nothing left to apply
+    assert (tmp_path / "var" / "smslab.db").exists()
+    first = smslab("credits", "grant", "demo.myshopify.com", "500", "--key", "welcome", cwd=tmp_path)
+    assert first.stdout.strip() == "granted 500 credits; balance 500"
+    repeat = smslab("credits", "grant", "demo.myshopify.com", "500", "--key", "welcome", cwd=tmp_path)
+    assert repeat.stdout.strip() == "already granted with this key; 500 credits; balance 500"
+    other = smslab("credits", "grant", "demo.myshopify.com", "250", cwd=tmp_path)
+    assert other.stdout.strip() == "granted 250 credits; balance 750"

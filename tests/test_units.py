@@ -1,0 +1,208 @@
+"""Pure functions: segments, phones, log redaction, failpoint specs, cron intervals, references, checkers."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+
+import pytest
+import structlog
+
+from chaos.checker import i1_single_acceptance, i2_nothing_stuck, i3_debits_match, i4_credits_conserved
+from chaos.checker.evidence import Acceptance, DatabaseSnapshot
+from chaos.checker.result import CheckResult, compose, guarded
+from service import failpoints, logs
+from service.campaigns.segments import count_segments
+from service.contacts.phones import InvalidPhone, normalize_phone
+from service.sending.references import parse_reference, reference_for
+from service.worker import cron_for_interval
+
+
+@pytest.mark.parametrize(
+    ("body", "segments"),
+    [
+        ("hi", 1),
+        ("x" * 160, 1),
+        ("x" * 161, 2),
+        ("x" * 306, 2),
+        ("x" * 307, 3),
+        ("{" * 80, 1),  # extension characters count twice
+        ("{" * 81, 2),
+        ("é" * 160, 1),  # é is in the GSM alphabet
+        ("ç" * 70, 1),  # ç is not (only Ç is): UCS-2
+        ("ç" * 71, 2),
+        ("🎉" * 35, 1),  # two UTF-16 units each
+        ("🎉" * 36, 2),
+    ],
+)
+def test_segments_follow_gsm_and_ucs2_rules(body: str, segments: int) -> None:
+    assert count_segments(body) == segments
+
+
+def test_phones_are_normalised_to_e164() -> None:
+    assert normalize_phone("(202) 555-0143", "US") == "+12025550143"
+    assert normalize_phone("+44 20 7946 0958", "US") == "+442079460958"
+    assert normalize_phone("691 234 5678", "GR") == "+306912345678"
+    for bad in ("", "12345", "+1999", "not a phone", "+" + "1" * 40):
+        with pytest.raises(InvalidPhone):
+            normalize_phone(bad, "US")
+
+
+def test_redaction_masks_pii_and_secrets_wherever_they_appear() -> None:
+    logs.register_secrets(["super-secret-dlr-token"])
+    text = (
+        "to +1 (202) 555-0143 and 2025550143 mail ada@example.com auth Bearer abc.def "
+        "jwt eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.sig url /dlr?token=xyz&x=1 key whsec_abc123 "
+        "raw super-secret-dlr-token"
+    )
+    redacted = logs.redact_text(text)
+    for leaked in (
+        "555-0143",
+        "2025550143",
+        "ada@example.com",
+        "abc.def",
+        "eyJ",
+        "xyz",
+        "whsec_abc123",
+        "super-secret",
+    ):
+        assert leaked not in redacted, leaked
+    assert logs.redact_text("campaign 42 batch 3") == "campaign 42 batch 3"
+    event = logs.redact(None, "info", {"event": "x", "phone": "+12025550143", "nested": {"email": "a@b.co"}})
+    assert event == {"event": "x", "phone": logs.REDACTED, "nested": {"email": logs.REDACTED}}
+
+
+def test_library_log_lines_go_through_the_same_redaction() -> None:
+    logs.configure_logging("info", "json", process="unit")
+    stream = io.StringIO()
+    handler = logging.getLogger().handlers[0]
+    assert isinstance(handler, logging.StreamHandler)
+    handler.setStream(stream)
+    try:
+        logging.getLogger("saq").info("Enqueuing job for %s", "+12025550143")
+        structlog.get_logger("x").info("sent", to="+12025550143", authorization="Bearer t")
+    finally:
+        handler.setStream(__import__("sys").stderr)
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert "+12025550143" not in stream.getvalue()
+    assert lines[1]["to"] == logs.REDACTED
+
+
+def test_failpoint_specs_are_validated() -> None:
+    assert set(failpoints.parse_spec("send.after_claim=raise,enqueue.before_commit=sleep:0.5*2")) == {
+        "send.after_claim",
+        "enqueue.before_commit",
+    }
+    for bad in ("nowhere=raise", "send.after_claim", "send.after_claim=explode", "send.after_claim=raise*0"):
+        with pytest.raises(ValueError, match=r"."):
+            failpoints.parse_spec(bad)
+
+
+async def test_an_armed_failpoint_fires_only_as_often_as_asked() -> None:
+    with failpoints.armed("send.after_claim", "raise", count=1):
+        with pytest.raises(failpoints.SimulatedCrash):
+            await failpoints.hit("send.after_claim")
+        await failpoints.hit("send.after_claim")  # spent
+    await failpoints.hit("send.after_claim")  # disarmed
+
+
+def test_cron_expressions_for_intervals() -> None:
+    assert cron_for_interval(5) == "* * * * * */5"
+    assert cron_for_interval(0.2) == "* * * * * */1"
+    assert cron_for_interval(300) == "*/5 * * * *"
+    assert cron_for_interval(7200) == "0 */2 * * *"
+
+
+def test_references_round_trip() -> None:
+    assert parse_reference(reference_for(12, 3456)) == (12, 3456)
+    assert parse_reference("someone-elses-ref") is None
+
+
+# --- checkers on hand-made evidence -----------------------------------------------------------------
+
+
+def _acceptance(recipient: int, n: int = 0, campaign: int = 1) -> Acceptance:
+    return Acceptance(
+        f"c{campaign}-r{recipient}", f"m{recipient}-{n}", f"+1202555{recipient:04d}", 0.0, campaign, recipient
+    )
+
+
+def _world(recipients: int = 3, status: str = "sent", debited: int = 3) -> DatabaseSnapshot:
+    snapshot = DatabaseSnapshot()
+    snapshot.campaigns[1] = {
+        "id": 1,
+        "status": "completed",
+        "segments": 1,
+        "recipient_count": recipients,
+        "last_activity_at": None,
+    }
+    for rid in range(1, recipients + 1):
+        snapshot.recipients[rid] = {"id": rid, "campaign_id": 1, "status": status, "attempts": 1}
+    snapshot.ledger = [
+        {"shop_id": 1, "amount": 10, "kind": "adjustment", "campaign_id": None},
+        {"shop_id": 1, "amount": -debited, "kind": "debit", "campaign_id": 1},
+    ]
+    snapshot.wallets[1] = {"shop_id": 1, "balance": 10 - debited, "reserved": 0}
+    snapshot.reservations = [
+        {"id": 1, "shop_id": 1, "campaign_id": 1, "amount": 3, "remaining": 0, "status": "settled"}
+    ]
+    return snapshot
+
+
+def test_checkers_accept_a_clean_history() -> None:
+    acceptances = [_acceptance(r) for r in (1, 2, 3)]
+    snapshot = _world()
+    results = [
+        i1_single_acceptance.check(acceptances, snapshot),
+        i2_nothing_stuck.check(snapshot),
+        i3_debits_match.check(acceptances, snapshot),
+        i4_credits_conserved.check(snapshot),
+    ]
+    assert compose(results) is True, [r.as_dict() for r in results if r.valid is not True]
+
+
+def test_i1_catches_a_double_send_with_its_witness() -> None:
+    result = i1_single_acceptance.check([_acceptance(1), _acceptance(1, n=1), _acceptance(2)], _world())
+    assert result.valid is False
+    assert result.counts["extra_acceptances"] == 1
+    assert result.witnesses[0]["reference"] == "c1-r1"
+
+
+def test_i2_catches_stuck_work() -> None:
+    snapshot = _world(status="sending")
+    snapshot.campaigns[1]["status"] = "sending"
+    result = i2_nothing_stuck.check(snapshot)
+    assert (result.valid, result.counts["recipients_sending"], result.counts["campaigns_not_terminal"]) == (
+        False,
+        3,
+        1,
+    )
+
+
+@pytest.mark.parametrize(("debited", "field"), [(4, "credits_overcharged"), (2, "credits_undercharged")])
+def test_i3_catches_over_and_undercharges(debited: int, field: str) -> None:
+    acceptances = [_acceptance(r) for r in (1, 2, 3)]
+    result = i3_debits_match.check(acceptances, _world(debited=debited))
+    assert (result.valid, result.counts[field]) == (False, 1)
+
+
+def test_i4_catches_a_balance_that_is_not_the_ledger_sum_and_a_live_reservation() -> None:
+    snapshot = _world()
+    snapshot.wallets[1]["balance"] = 99
+    snapshot.reservations[0].update(status="active", remaining=2)
+    result = i4_credits_conserved.check(snapshot)
+    assert result.valid is False
+    assert result.counts["balance_not_ledger_sum"] == 1
+    assert result.counts["live_reservations_on_finished_campaigns"] == 1
+    assert result.counts["reserved_not_matching_reservations"] == 1
+
+
+def test_a_checker_that_throws_is_unknown_never_valid() -> None:
+    def broken() -> CheckResult:
+        raise RuntimeError("boom")
+
+    result = guarded("I9", "broken", broken)
+    assert result.valid == "unknown"
+    assert compose([CheckResult("a", "", True), result]) == "unknown"
+    assert compose([result, CheckResult("b", "", False)]) is False
