@@ -25,7 +25,12 @@ from service.wallet import reservations
 
 
 async def lock_campaign(session: AsyncSession, campaign_id: int) -> Campaign | None:
-    """Lock the campaign row first: every writer takes campaign -> recipients -> reservation -> wallet."""
+    """Lock the campaign row. Then reservation, then wallet: every writer takes them in that order.
+
+    Recipient rows come before the campaign lock when a writer touches only rows of its own claim
+    (recording a batch), and after it when it touches rows of the whole campaign (cancel, expiry); the
+    two sets never overlap (`sending` rows of one attempt vs `pending` rows), so the orders cannot deadlock.
+    """
     return await session.scalar(select(Campaign).where(Campaign.id == campaign_id).with_for_update())
 
 

@@ -42,9 +42,9 @@ async def claim_batch(
     None if the campaign is not sending or nothing is left to claim.
     """
     async with session.begin():
-        campaign = await session.scalar(
-            select(Campaign).where(Campaign.id == campaign_id).with_for_update(read=True)
-        )
+        # No lock on the campaign: a cancel racing this claim is settled by the conditional updates (a
+        # row is either cancelled or claimed), and a claim that wins is recorded like any other.
+        campaign = await session.scalar(select(Campaign).where(Campaign.id == campaign_id))
         if campaign is None or campaign.status != CampaignStatus.SENDING:
             return None
         claim = Claim(

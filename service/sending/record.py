@@ -10,16 +10,24 @@ the same, to show both failures.
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from sqlalchemy import ColumnElement, update
+from sqlalchemy import ColumnElement, TextClause, bindparam, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service import failpoints, safeguards
 from service.campaigns import progress
-from service.db.models import CampaignRecipient, CampaignStatus, RecipientStatus, utcnow
+from service.db.models import (
+    Campaign,
+    CampaignRecipient,
+    CampaignStatus,
+    RecipientStatus,
+    UTCDateTime,
+    utcnow,
+)
 from service.sending.claims import Claim
 from service.settings import Settings
 from service.wallet import ledger, reservations
@@ -40,6 +48,7 @@ class Outcomes:
 
 @dataclass
 class Recorded:
+    sent_ids: list[int] = field(default_factory=list)
     sent: int = 0
     failed: int = 0
     back_to_pending: int = 0
@@ -78,36 +87,49 @@ def _owned_by(claim: Claim) -> list[ColumnElement[bool]]:
     return [CampaignRecipient.status == RecipientStatus.PENDING]
 
 
-async def _mark_sent(session: AsyncSession, claim: Claim, accepted: dict[int, str]) -> list[int]:
-    now = utcnow()
-    sent = await _move(
-        session,
-        accepted,
-        _owned_by(claim),
-        status=RecipientStatus.SENT,
-        sent_at=now,
-        lease_expires_at=None,
-        status_updated_at=now,
+@functools.lru_cache(maxsize=64)
+def _mark_sent_statement(rows: int, claimed: bool) -> TextClause:
+    owned = (
+        "campaign_recipients.status = 'sending' AND campaign_recipients.attempt_id = :attempt"
+        if claimed
+        else "campaign_recipients.status = 'pending'"
     )
-    if sent:
-        await session.execute(
-            update(CampaignRecipient),
-            [{"id": rid, "provider_message_id": accepted[rid]} for rid in sent],
-        )
+    values = ", ".join(f"(CAST(:i{n} AS BIGINT), CAST(:m{n} AS VARCHAR(64)))" for n in range(rows))
+    return text(
+        "UPDATE campaign_recipients SET status = 'sent', provider_message_id = v.column2, "  # noqa: S608
+        "sent_at = :now, status_updated_at = :now, lease_expires_at = NULL "
+        f"FROM (VALUES {values}) AS v WHERE campaign_recipients.id = v.column1 AND {owned} "
+        "RETURNING campaign_recipients.id"
+    ).bindparams(bindparam("now", type_=UTCDateTime()))
+
+
+async def _mark_sent(session: AsyncSession, claim: Claim, accepted: dict[int, str]) -> list[int]:
+    """sending -> sent with its message id, for the rows this attempt still owns, in one statement per chunk.
+
+    `UPDATE ... FROM (VALUES ...)` (PostgreSQL, and SQLite since 3.33) sets every row's own message id and
+    checks ownership at once; RETURNING says exactly which rows this attempt may debit.
+    """
+    sent: list[int] = []
+    for chunk in _chunks(accepted):
+        params: dict[str, object] = {"now": utcnow(), "attempt": claim.attempt_id}
+        for n, rid in enumerate(chunk):
+            params[f"i{n}"] = rid
+            params[f"m{n}"] = accepted[rid]
+        result = await session.execute(_mark_sent_statement(len(chunk), claim.claimed), params)
+        sent.extend(result.scalars())
     return sent
 
 
-async def _mark_unsent(
+async def _move_unsent(
     session: AsyncSession, claim: Claim, outcomes: Outcomes, result: Recorded, campaign_sending: bool
-) -> None:
-    """Rejections fail their rows and release their credits; certain non-sends go back to pending."""
+) -> list[int]:
+    """Rejections fail their rows; certain non-sends go back to pending. Returns the rows sent back."""
     now = utcnow()
-    failed = 0
     by_cause: dict[tuple[int | None, str], list[int]] = defaultdict(list)
     for rid, cause in outcomes.rejected.items():
         by_cause[cause].append(rid)
     for (code, reason), ids in by_cause.items():
-        failed += len(
+        result.failed += len(
             await _move(
                 session,
                 ids,
@@ -119,37 +141,74 @@ async def _mark_unsent(
                 status_updated_at=now,
             )
         )
-    if outcomes.not_sent and claim.claimed:
-        if campaign_sending:
-            result.back_to_pending = len(
-                await _move(
-                    session,
-                    outcomes.not_sent,
-                    _owned_by(claim),
-                    status=RecipientStatus.PENDING,
-                    attempt_id=None,
-                    lease_expires_at=None,
-                    status_updated_at=now,
-                )
-            )
-        else:
-            result.cancelled = len(
-                await _move(
-                    session,
-                    outcomes.not_sent,
-                    _owned_by(claim),
-                    status=RecipientStatus.CANCELLED,
-                    failure_reason="campaign_stopped",
-                    lease_expires_at=None,
-                    status_updated_at=now,
-                )
-            )
-    result.failed = failed
-    unsent = failed + result.cancelled
+    if not (outcomes.not_sent and claim.claimed):
+        return []
+    if not campaign_sending:
+        result.cancelled += len(await _cancel(session, outcomes.not_sent, _owned_by(claim)))
+        return []
+    pending = await _move(
+        session,
+        outcomes.not_sent,
+        _owned_by(claim),
+        status=RecipientStatus.PENDING,
+        attempt_id=None,
+        lease_expires_at=None,
+        status_updated_at=now,
+    )
+    result.back_to_pending = len(pending)
+    return pending
+
+
+async def _cancel(
+    session: AsyncSession, ids: Iterable[int], owned: Sequence[ColumnElement[bool]]
+) -> list[int]:
+    return await _move(
+        session,
+        ids,
+        owned,
+        status=RecipientStatus.CANCELLED,
+        failure_reason="campaign_stopped",
+        lease_expires_at=None,
+        status_updated_at=utcnow(),
+    )
+
+
+async def _recipient_changes(
+    session: AsyncSession, claim: Claim, outcomes: Outcomes, result: Recorded
+) -> list[int]:
+    """Every recipient-row change of the claim. Returns the ids sent back to pending.
+
+    These rows belong to this attempt alone (no other writer touches a `sending` row of this attempt but
+    the reconciler, through this same function), so this runs before the campaign row is locked and
+    concurrent batches of one campaign do their heaviest statement in parallel.
+    """
+    status = await session.scalar(select(Campaign.status).where(Campaign.id == claim.campaign_id))
+    result.sent_ids = await _mark_sent(session, claim, outcomes.accepted)
+    result.sent = len(result.sent_ids)
+    return await _move_unsent(session, claim, outcomes, result, status == CampaignStatus.SENDING)
+
+
+async def _lock_campaign_and_settle_rows(
+    session: AsyncSession, claim: Claim, back_to_pending: list[int], result: Recorded
+) -> None:
+    """Lock the campaign (it serialises the tail of each batch's transaction), then correct for a cancel
+    that committed while the rows were being written: nothing goes back to pending in a stopped campaign."""
+    campaign = await progress.lock_campaign(session, claim.campaign_id)
+    if back_to_pending and (campaign is None or campaign.status != CampaignStatus.SENDING):
+        cancelled = await _cancel(
+            session, back_to_pending, [CampaignRecipient.status == RecipientStatus.PENDING]
+        )
+        result.cancelled += len(cancelled)
+        result.back_to_pending -= len(cancelled)
+
+
+async def _release_and_count(session: AsyncSession, claim: Claim, result: Recorded) -> None:
+    unsent = result.failed + result.cancelled
     if unsent:
         await reservations.release_part(
             session, shop_id=claim.shop_id, campaign_id=claim.campaign_id, credits=unsent * claim.segments
         )
+    await progress.add_outcomes(session, claim.campaign_id, sent=result.sent, failed=unsent)
 
 
 async def record_outcomes(
@@ -160,27 +219,23 @@ async def record_outcomes(
         return await _record_then_debit_separately(session, claim, outcomes)
     result = Recorded()
     async with session.begin():
-        campaign = await progress.lock_campaign(session, claim.campaign_id)
-        sending = campaign is not None and campaign.status == CampaignStatus.SENDING
-        sent = await _mark_sent(session, claim, outcomes.accepted)
+        back_to_pending = await _recipient_changes(session, claim, outcomes, result)
         await failpoints.hit("send.between_record_and_debit")
-        if sent:
-            credits = len(sent) * claim.segments
-            # Key: one attempt debits a recipient at most once (the conditional update above), so the
-            # smallest recipient id of this set names this debit uniquely and deterministically.
+        await _lock_campaign_and_settle_rows(session, claim, back_to_pending, result)
+        if result.sent_ids:
+            credits = result.sent * claim.segments
+            # Key: one attempt debits a recipient at most once (the conditional update), so the smallest
+            # recipient id of this set names this debit uniquely and deterministically.
             await ledger.debit_sent_messages(
                 session,
                 shop_id=claim.shop_id,
                 campaign_id=claim.campaign_id,
-                messages=len(sent),
+                messages=result.sent,
                 credits=credits,
-                idempotency_key=f"debit:{claim.attempt_id}:{min(sent)}",
+                idempotency_key=f"debit:{claim.attempt_id}:{min(result.sent_ids)}",
             )
-            result.sent, result.debited_credits = len(sent), credits
-        await _mark_unsent(session, claim, outcomes, result, sending)
-        await progress.add_outcomes(
-            session, claim.campaign_id, sent=result.sent, failed=result.failed + result.cancelled
-        )
+            result.debited_credits = credits
+        await _release_and_count(session, claim, result)
         result.campaign_status = await progress.settle_if_finished(session, claim.campaign_id)
     return result
 
@@ -189,14 +244,9 @@ async def _record_then_debit_separately(session: AsyncSession, claim: Claim, out
     """Unsafe variant (lab only), as the seed did it: record, commit, then debit what the response said."""
     result = Recorded()
     async with session.begin():
-        campaign = await progress.lock_campaign(session, claim.campaign_id)
-        sending = campaign is not None and campaign.status == CampaignStatus.SENDING
-        sent = await _mark_sent(session, claim, outcomes.accepted)
-        result.sent = len(sent)
-        await _mark_unsent(session, claim, outcomes, result, sending)
-        await progress.add_outcomes(
-            session, claim.campaign_id, sent=result.sent, failed=result.failed + result.cancelled
-        )
+        back_to_pending = await _recipient_changes(session, claim, outcomes, result)
+        await _lock_campaign_and_settle_rows(session, claim, back_to_pending, result)
+        await _release_and_count(session, claim, result)
     await failpoints.hit("send.between_record_and_debit")
     accepted = len(outcomes.accepted)
     if accepted:
