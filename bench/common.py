@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
 import sys
-import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -14,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
-import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from chaos.processes import ManagedProcess
 from service.contacts.upsert import upsert_contacts
 from service.db import migrate
 from service.db.session import create_engine, create_sessionmaker
@@ -70,37 +68,23 @@ async def fresh_database(backend: str, tmp: Path) -> AsyncIterator[tuple[str, st
         await connection.close()
 
 
-@dataclass
-class Simulator:
-    port: int
-    process: subprocess.Popen[bytes]
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(10)
-
-
-def start_simulator(data_dir: Path) -> Simulator:
+def start_simulator(data_dir: Path) -> ManagedProcess:
     port = free_port()
-    data_dir.mkdir(parents=True, exist_ok=True)
-    process = subprocess.Popen(
+    process = ManagedProcess(
+        "simulator",
         [sys.executable, "-m", "simulator", "--port", str(port), "--data-dir", str(data_dir)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        data_dir / "simulator.log",
+        ready_url=f"http://127.0.0.1:{port}/control/health",
         cwd=ROOT,
     )
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        try:
-            httpx.get(f"http://127.0.0.1:{port}/control/health", timeout=0.5)
-            return Simulator(port, process)
-        except httpx.HTTPError:
-            time.sleep(0.05)
-    raise RuntimeError("simulator did not start")
+    process.start()
+    process.wait_ready(15)
+    return process
+
+
+def base_url(process: ManagedProcess) -> str:
+    assert process.ready_url
+    return process.ready_url.removesuffix("/control/health")
 
 
 def bench_settings(

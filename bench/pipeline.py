@@ -29,6 +29,7 @@ from sqlalchemy import text
 from bench.common import (
     ROOT,
     Loaded,
+    base_url,
     bench_phones,
     bench_settings,
     cpu_seconds_by_component,
@@ -264,7 +265,7 @@ async def bench_backend(backend: str, args: argparse.Namespace) -> dict[str, Any
         tmp = Path(tmp_name)
         async with redis_url(tmp) as redis:
             simulator = start_simulator(tmp / "simulator")
-            mitto_url = f"{simulator.base_url}/mitto"
+            mitto_url = f"{base_url(simulator)}/mitto"
             try:
                 # Enqueue, service and bare SQL alternately on one database (best of each), then the
                 # bare SQL send bound on the last bare campaign.
@@ -299,7 +300,7 @@ async def bench_backend(backend: str, args: argparse.Namespace) -> dict[str, Any
                     )
                     await loaded.engine.dispose()
                 alone = await fake_mitto_alone(
-                    simulator.base_url, args.recipients, args.workers * args.concurrency
+                    base_url(simulator), args.recipients, args.workers * args.concurrency
                 )
             finally:
                 simulator.stop()

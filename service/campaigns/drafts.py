@@ -20,6 +20,7 @@ from service.db.models import (
     utcnow,
 )
 from service.errors import CampaignNotCancellable, InvalidInput, NotFound
+from service.pagination import keyset_page
 from service.wallet import reservations
 
 MAX_BODY_CHARACTERS = 1_600
@@ -67,14 +68,8 @@ async def get_campaign(session: AsyncSession, shop_id: int, campaign_id: int) ->
 async def list_campaigns(
     session: AsyncSession, shop_id: int, limit: int, after: int | None
 ) -> tuple[list[Campaign], int | None]:
-    limit = max(1, min(limit, MAX_PAGE))
-    query = select(Campaign).where(Campaign.shop_id == shop_id).order_by(Campaign.id).limit(limit + 1)
-    if after is not None:
-        query = query.where(Campaign.id > after)
-    async with session.begin():
-        rows = list(await session.scalars(query))
-    next_cursor = rows[limit - 1].id if len(rows) > limit else None
-    return rows[:limit], next_cursor
+    query = select(Campaign).where(Campaign.shop_id == shop_id)
+    return await keyset_page(session, query, Campaign.id, max(1, min(limit, MAX_PAGE)), after)
 
 
 def summary(campaign: Campaign) -> dict[str, Any]:

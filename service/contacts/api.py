@@ -14,6 +14,7 @@ from service.contacts.upsert import upsert_contacts, validate_rows
 from service.db.models import Contact, Shop
 from service.errors import InvalidInput
 from service.http import runtime_of
+from service.pagination import keyset_page
 
 
 class ContactsController(Controller):
@@ -44,12 +45,9 @@ class ContactsController(Controller):
         limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
         after: Annotated[int | None, Parameter(ge=0)] = None,
     ) -> dict[str, Any]:
-        query = select(Contact).where(Contact.shop_id == shop.id).order_by(Contact.id).limit(limit + 1)
-        if after is not None:
-            query = query.where(Contact.id > after)
-        async with db_session.begin():
-            rows = list(await db_session.scalars(query))
-        page = rows[:limit]
+        page, next_cursor = await keyset_page(
+            db_session, select(Contact).where(Contact.shop_id == shop.id), Contact.id, limit, after
+        )
         return {
             "items": [
                 {
@@ -62,5 +60,5 @@ class ContactsController(Controller):
                 }
                 for c in page
             ],
-            "next_cursor": page[-1].id if len(rows) > limit else None,
+            "next_cursor": next_cursor,
         }

@@ -10,6 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.db.models import CreditLedgerEntry, Shop
+from service.pagination import keyset_page
 from service.wallet.ledger import wallet_of
 
 
@@ -35,17 +36,8 @@ class WalletController(Controller):
         limit: Annotated[int, Parameter(ge=1, le=500)] = 100,
         after: Annotated[int | None, Parameter(ge=0)] = None,
     ) -> dict[str, Any]:
-        query = (
-            select(CreditLedgerEntry)
-            .where(CreditLedgerEntry.shop_id == shop.id)
-            .order_by(CreditLedgerEntry.id)
-            .limit(limit + 1)
-        )
-        if after is not None:
-            query = query.where(CreditLedgerEntry.id > after)
-        async with db_session.begin():
-            rows = list(await db_session.scalars(query))
-        page = rows[:limit]
+        query = select(CreditLedgerEntry).where(CreditLedgerEntry.shop_id == shop.id)
+        page, next_cursor = await keyset_page(db_session, query, CreditLedgerEntry.id, limit, after)
         return {
             "items": [
                 {
@@ -59,5 +51,5 @@ class WalletController(Controller):
                 }
                 for e in page
             ],
-            "next_cursor": page[-1].id if len(rows) > limit else None,
+            "next_cursor": next_cursor,
         }

@@ -12,9 +12,7 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
-import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +22,7 @@ import asyncpg
 import httpx
 import redis
 
+from chaos.processes import ManagedProcess
 from service.embedded_redis import EmbeddedRedis, free_port, ping
 
 POSTGRES_URL = os.environ.get("SMSLAB_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -104,12 +103,12 @@ class RedisForTests:
 
 @dataclass
 class SimulatorProcess:
-    """The fake providers as a real process, with a client for its control API."""
+    """The fake providers as a real process (`python -m simulator`), with a client for its control API."""
 
     data_dir: Path
     seed: int = 7
     port: int = 0
-    process: subprocess.Popen[bytes] | None = None
+    process: ManagedProcess | None = None
 
     @property
     def base_url(self) -> str:
@@ -121,9 +120,8 @@ class SimulatorProcess:
 
     def start(self) -> None:
         self.port = self.port or free_port()
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        log = (self.data_dir / "simulator.log").open("ab")
-        self.process = subprocess.Popen(
+        self.process = ManagedProcess(
+            "simulator",
             [
                 sys.executable,
                 "-m",
@@ -135,35 +133,20 @@ class SimulatorProcess:
                 "--seed",
                 str(self.seed),
             ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
+            self.data_dir / "simulator.log",
+            ready_url=f"{self.base_url}/control/health",
             cwd=ROOT,
         )
-        log.close()
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError((self.data_dir / "simulator.log").read_text())
-            try:
-                httpx.get(f"{self.base_url}/control/health", timeout=0.5)
-                return
-            except httpx.HTTPError:
-                time.sleep(0.05)
-        raise RuntimeError("simulator did not start")
+        self.process.start()
+        self.process.wait_ready(15)
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process:
+            self.process.stop(5)
 
     def kill(self) -> None:
-        if self.process and self.process.poll() is None:
+        if self.process:
             self.process.kill()
-            self.process.wait()
 
     def add_fault(self, **rule: Any) -> dict[str, Any]:
         response = httpx.post(f"{self.base_url}/control/faults", json=rule, timeout=5)
