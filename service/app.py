@@ -10,6 +10,7 @@ from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 
 from service import logs
+from service.billing.api import BillingController
 from service.campaigns.api import CampaignsController
 from service.contacts.api import ContactsController
 from service.health import HealthController
@@ -17,6 +18,7 @@ from service.http import EXCEPTION_HANDLERS, RequestContextMiddleware, provide_s
 from service.runtime import Runtime
 from service.settings import Settings
 from service.wallet.api import WalletController
+from service.webhooks.api import WebhooksController
 
 
 def create_app(settings: Settings, redis_url: str) -> Litestar:
@@ -33,7 +35,14 @@ def create_app(settings: Settings, redis_url: str) -> Litestar:
             await runtime.close()
 
     return Litestar(
-        route_handlers=[HealthController, ContactsController, CampaignsController, WalletController],
+        route_handlers=[
+            HealthController,
+            ContactsController,
+            CampaignsController,
+            WalletController,
+            BillingController,
+            WebhooksController,
+        ],
         dependencies={"db_session": Provide(provide_session), "shop": Provide(provide_shop)},
         exception_handlers=EXCEPTION_HANDLERS,
         middleware=[RequestContextMiddleware()],

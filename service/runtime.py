@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from stripe import HTTPXClient, StripeClient
 from saq.queue.redis import RedisQueue
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from service import failpoints, logs
+from service.billing.checkout import create_stripe_client, stripe_http_client
 from service.db.session import create_engine, create_sessionmaker
 from service.queue import create_queue
 from service.sending.mitto import MittoClient
@@ -26,6 +28,8 @@ class Runtime:
     sessions: async_sessionmaker[AsyncSession]
     queue: RedisQueue
     mitto: MittoClient
+    stripe: StripeClient
+    stripe_http: HTTPXClient
 
     @classmethod
     def build(cls, settings: Settings, redis_url: str, role: str) -> Runtime:
@@ -36,9 +40,12 @@ class Runtime:
                 settings.mitto_dlr_token,
                 settings.shopify_api_secret,
                 settings.shopify_api_key,
+                settings.stripe_secret_key,
+                *settings.stripe_webhook_secret,
             ]
         )
         engine = create_engine(settings, application_name=f"smslab-{role}")
+        stripe_http = stripe_http_client()
         return cls(
             settings=settings,
             redis_url=redis_url,
@@ -46,6 +53,8 @@ class Runtime:
             sessions=create_sessionmaker(engine),
             queue=create_queue(settings, redis_url),
             mitto=MittoClient(settings),
+            stripe=create_stripe_client(settings, stripe_http),
+            stripe_http=stripe_http,
         )
 
     async def start(self) -> None:
@@ -53,6 +62,7 @@ class Runtime:
 
     async def close(self) -> None:
         await self.mitto.aclose()
+        await self.stripe_http.close_async()  # type: ignore[no-untyped-call]
         try:
             await self.queue.disconnect()
         except Exception:  # noqa: BLE001 - shutting down; Redis may already be gone

@@ -32,6 +32,8 @@ CLAIM_BEFORE_SEND = "claim_before_send"
 RESOLVE_AMBIGUOUS_SENDS = "resolve_ambiguous_sends"
 DEBIT_WITH_RESULT = "debit_with_result"
 RECONCILER = "reconciler"
+WEBHOOK_EFFECT_ONCE = "webhook_effect_once"
+DELIVERY_REPORTS_FORWARD_ONLY = "delivery_reports_forward_only"
 
 REGISTRY: dict[str, Safeguard] = {
     sg.name: sg
@@ -83,6 +85,27 @@ REGISTRY: dict[str, Safeguard] = {
             "rows are marked sent in one transaction and debited in a second, keyed by the provider's "
             "bulk id",
             "tests/test_sending.py",
+        ),
+        Safeguard(
+            6,
+            WEBHOOK_EFFECT_ONCE,
+            "I5",
+            "a provider event is recorded (unique per provider and event id) in the same transaction as its "
+            "effect, and each effect is keyed by its business object (checkout session, refund)",
+            "duplicate, concurrent and out-of-order deliveries; a crash half-way through a delivery",
+            "each delivery is checked, recorded and applied in separate steps, and applied with no key of "
+            "its own (the seed's replay service, unwired)",
+            "tests/test_webhooks_stripe.py",
+        ),
+        Safeguard(
+            7,
+            DELIVERY_REPORTS_FORWARD_ONLY,
+            "I7",
+            "a delivery status only moves forward (sent -> delivered | undelivered | expired), and a report "
+            "that arrives before its message id was recorded is kept and applied when it appears",
+            "reordered, duplicated and early delivery reports",
+            "every report overwrites the status; a report for an unknown message id is dropped",
+            "tests/test_webhooks_mitto.py",
         ),
         Safeguard(
             8,

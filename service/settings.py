@@ -43,6 +43,13 @@ class Settings:
     mitto_sender: str = "SMSLab"
     mitto_timeout_seconds: float = 10.0
 
+    stripe_api_base: str = "http://127.0.0.1:8025/stripe"
+    stripe_secret_key: str = "sk_test_lab_change_me_in_production"  # noqa: S105 - lab default
+    stripe_webhook_secret: tuple[str, ...] = ("whsec_lab_change_me_in_production",)
+    credit_packages: tuple[tuple[int, int], ...] = ((100, 1_000), (1_000, 8_000), (10_000, 60_000))
+    credit_currency: str = "usd"
+    checkout_return_url: str = "http://127.0.0.1:8000/billing/return"
+
     shopify_api_key: str = "lab-api-key"
     shopify_api_secret: str = "lab-shopify-secret-change-me-in-production"  # noqa: S105 - lab default; production sets its own
 
@@ -162,6 +169,25 @@ def _redis_url(name: str, raw: str) -> str:
     return url
 
 
+def _secrets(name: str, raw: str) -> tuple[str, ...]:
+    values = tuple(part.strip() for part in raw.split(",") if part.strip())
+    if not values:
+        raise SettingsError(name, "expected one or more secrets, comma-separated (several while rotating)")
+    return values
+
+
+def _credit_packages(name: str, raw: str) -> tuple[tuple[int, int], ...]:
+    packages: list[tuple[int, int]] = []
+    for part in filter(None, (p.strip() for p in raw.split(","))):
+        credits, sep, cents = part.partition(":")
+        if not sep or not credits.strip().isdigit() or not cents.strip().isdigit() or int(credits) < 1:
+            raise SettingsError(name, f"expected CREDITS:PRICE_IN_CENTS[,...], e.g. 1000:8000, got {part!r}")
+        packages.append((int(credits), int(cents)))
+    if not packages or len({c for c, _ in packages}) != len(packages):
+        raise SettingsError(name, "expected at least one package and no credit count twice")
+    return tuple(packages)
+
+
 def _schema_name(name: str, raw: str) -> str:
     value = raw.strip()
     if not value.replace("_", "").isalnum() or value[0].isdigit():
@@ -180,6 +206,12 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "mitto_dlr_token": _text,
     "mitto_sender": _text,
     "mitto_timeout_seconds": _positive_float,
+    "stripe_api_base": _http_url,
+    "stripe_secret_key": _text,
+    "stripe_webhook_secret": _secrets,
+    "credit_packages": _credit_packages,
+    "credit_currency": lambda n, raw: _text(n, raw).lower(),
+    "checkout_return_url": _http_url,
     "shopify_api_key": _text,
     "shopify_api_secret": _text,
     "batch_size": _positive_int,
@@ -269,6 +301,10 @@ def settings_as_env(settings: Settings) -> dict[str, str]:
             continue
         if isinstance(value, frozenset):
             value = ",".join(sorted(value))
+        elif name == "credit_packages":
+            value = ",".join(f"{credits}:{cents}" for credits, cents in value)
+        elif isinstance(value, tuple):
+            value = ",".join(value)
         elif isinstance(value, bool):
             value = "true" if value else "false"
         env[env_name(name)] = str(value)

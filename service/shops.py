@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.db.dialect import insert_ignoring_conflicts
-from service.db.models import Shop, Wallet, utcnow
+from service.db.models import Campaign, CampaignStatus, Shop, Wallet, utcnow
 from service.errors import Unauthorized
+from service.webhooks.replay import EffectResult
 
 
 async def install_shop(session: AsyncSession, domain: str) -> Shop:
@@ -46,3 +47,31 @@ async def shop_for_request(session: AsyncSession, domain: str) -> Shop:
 async def shop_by_domain(session: AsyncSession, domain: str) -> Shop | None:
     async with session.begin():
         return await session.scalar(select(Shop).where(Shop.domain == domain))
+
+
+async def uninstall_shop(session: AsyncSession, shop_id: int) -> EffectResult:
+    """`app/uninstalled`: the shop's sessions are refused from now on, its sending campaigns cancelled and
+    their unsent credits released. Caller's transaction (the webhook's)."""
+    from service.campaigns import progress
+
+    stopped = await session.scalar(
+        update(Shop)
+        .where(Shop.id == shop_id, Shop.active.is_(True))
+        .values(active=False, uninstalled_at=utcnow())
+        .returning(Shop.id)
+    )
+    if stopped is None:
+        return EffectResult("already_uninstalled")
+    campaign_ids = await session.scalars(
+        select(Campaign.id).where(Campaign.shop_id == shop_id, Campaign.status == CampaignStatus.SENDING)
+    )
+    cancelled = 0
+    for campaign_id in sorted(campaign_ids):
+        if (
+            await progress.stop_campaign(
+                session, campaign_id, CampaignStatus.CANCELLED, "app_uninstalled", from_draft=False
+            )
+            is not None
+        ):
+            cancelled += 1
+    return EffectResult(f"uninstalled:{cancelled}")

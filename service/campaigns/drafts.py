@@ -4,24 +4,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.campaigns import progress
 from service.campaigns.segments import count_segments
 from service.db.models import (
     Campaign,
-    CampaignRecipient,
     CampaignStatus,
     CreditLedgerEntry,
     CreditReservation,
     LedgerKind,
-    RecipientStatus,
     utcnow,
 )
 from service.errors import CampaignNotCancellable, InvalidInput, NotFound
 from service.pagination import keyset_page
-from service.wallet import reservations
 
 MAX_BODY_CHARACTERS = 1_600
 MAX_PAGE = 200
@@ -116,42 +113,12 @@ async def campaign_detail(session: AsyncSession, shop_id: int, campaign_id: int)
 
 
 async def cancel_campaign(session: AsyncSession, shop_id: int, campaign_id: int) -> dict[str, Any]:
-    """Stop a draft or sending campaign: unsent recipients are cancelled and their credits released.
-
-    Recipients already claimed (`sending`) may have been accepted by the provider; they keep their share
-    of the reservation until they resolve, after which the reconciler releases the rest.
-    """
+    """Cancel a draft or sending campaign (see `progress.stop_campaign`)."""
     async with session.begin():
-        campaign = await progress.lock_campaign(session, campaign_id)
-        if campaign is None or campaign.shop_id != shop_id:
-            raise NotFound(f"campaign {campaign_id} not found")
-        moved = await session.scalar(
-            update(Campaign)
-            .where(
-                Campaign.id == campaign_id,
-                Campaign.status.in_([CampaignStatus.DRAFT, CampaignStatus.SENDING]),
-            )
-            .values(status=CampaignStatus.CANCELLED, finished_at=utcnow(), last_activity_at=utcnow())
-            .returning(Campaign.id)
+        campaign = await get_campaign(session, shop_id, campaign_id)
+        stopped = await progress.stop_campaign(
+            session, campaign_id, CampaignStatus.CANCELLED, "campaign_cancelled"
         )
-        if moved is None:
+        if stopped is None:
             raise CampaignNotCancellable(f"campaign {campaign_id} is {campaign.status}")
-        cancelled = await cancel_unsent_recipients(session, campaign_id, reason="campaign_cancelled")
-        await progress.add_outcomes(session, campaign_id, failed=cancelled)
-        await reservations.release_part(
-            session, shop_id=shop_id, campaign_id=campaign_id, credits=cancelled * campaign.segments
-        )
-        await progress.settle_if_finished(session, campaign_id)
     return await campaign_detail(session, shop_id, campaign_id)
-
-
-async def cancel_unsent_recipients(session: AsyncSession, campaign_id: int, reason: str) -> int:
-    """pending -> cancelled for one campaign; returns how many. Caller's transaction."""
-    result = await session.execute(
-        update(CampaignRecipient)
-        .where(
-            CampaignRecipient.campaign_id == campaign_id, CampaignRecipient.status == RecipientStatus.PENDING
-        )
-        .values(status=RecipientStatus.CANCELLED, failure_reason=reason, status_updated_at=utcnow())
-    )
-    return int(result.rowcount)  # type: ignore[attr-defined]

@@ -111,3 +111,78 @@ async def recompute_counters(session: AsyncSession, campaign_id: int) -> dict[st
     if changes:
         await session.execute(update(Campaign).where(Campaign.id == campaign_id).values(**changes))
     return changes
+
+
+async def stop_campaign(
+    session: AsyncSession, campaign_id: int, status: CampaignStatus, reason: str, from_draft: bool = True
+) -> int | None:
+    """Stop a draft or sending campaign: unsent recipients cancelled, their credits released. Caller's
+    transaction. Returns how many recipients were cancelled, or None if the campaign had already finished.
+
+    Recipients already claimed (`sending`) may have been accepted by the provider; they keep their share of
+    the reservation until they resolve, after which the reconciler releases the rest.
+    """
+    campaign = await lock_campaign(session, campaign_id)
+    stoppable = [CampaignStatus.SENDING, CampaignStatus.DRAFT] if from_draft else [CampaignStatus.SENDING]
+    if campaign is None or campaign.status not in stoppable:
+        return None
+    await session.execute(
+        update(Campaign)
+        .where(Campaign.id == campaign_id)
+        .values(status=status, status_reason=reason, finished_at=utcnow(), last_activity_at=utcnow())
+    )
+    result = await session.execute(
+        update(CampaignRecipient)
+        .where(
+            CampaignRecipient.campaign_id == campaign_id, CampaignRecipient.status == RecipientStatus.PENDING
+        )
+        .values(status=RecipientStatus.CANCELLED, failure_reason=reason, status_updated_at=utcnow())
+    )
+    cancelled = int(result.rowcount)  # type: ignore[attr-defined]
+    await add_outcomes(session, campaign_id, failed=cancelled)
+    await reservations.release_part(
+        session, shop_id=campaign.shop_id, campaign_id=campaign_id, credits=cancelled * campaign.segments
+    )
+    await settle_if_finished(session, campaign_id)
+    return cancelled
+
+
+async def cancel_recipients_of_contact(session: AsyncSession, contact_id: int, reason: str) -> int:
+    """Take a contact out of every campaign not yet sent to it (consent withdrawn, data erased).
+
+    Caller's transaction; locks each affected campaign first, like every campaign-wide writer.
+    """
+    campaign_ids = list(
+        await session.scalars(
+            select(CampaignRecipient.campaign_id)
+            .where(
+                CampaignRecipient.contact_id == contact_id,
+                CampaignRecipient.status == RecipientStatus.PENDING,
+            )
+            .distinct()
+        )
+    )
+    total = 0
+    for campaign_id in sorted(campaign_ids):
+        campaign = await lock_campaign(session, campaign_id)
+        if campaign is None:
+            continue
+        result = await session.execute(
+            update(CampaignRecipient)
+            .where(
+                CampaignRecipient.campaign_id == campaign_id,
+                CampaignRecipient.contact_id == contact_id,
+                CampaignRecipient.status == RecipientStatus.PENDING,
+            )
+            .values(status=RecipientStatus.CANCELLED, failure_reason=reason, status_updated_at=utcnow())
+        )
+        cancelled = int(result.rowcount)  # type: ignore[attr-defined]
+        if not cancelled:
+            continue
+        total += cancelled
+        await add_outcomes(session, campaign_id, failed=cancelled)
+        await reservations.release_part(
+            session, shop_id=campaign.shop_id, campaign_id=campaign_id, credits=cancelled * campaign.segments
+        )
+        await settle_if_finished(session, campaign_id)
+    return total

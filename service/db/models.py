@@ -123,6 +123,7 @@ class Shop(Base):
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     installed_at: Mapped[datetime] = mapped_column(default=utcnow)
     uninstalled_at: Mapped[datetime | None]
+    redacted_at: Mapped[datetime | None]
 
 
 class Wallet(Base):
@@ -138,7 +139,10 @@ class Wallet(Base):
 
 class Contact(Base):
     __tablename__ = "contacts"
-    __table_args__ = (UniqueConstraint("shop_id", "phone_e164"),)
+    __table_args__ = (
+        UniqueConstraint("shop_id", "phone_e164"),
+        UniqueConstraint("shop_id", "shopify_customer_id"),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     shop_id: Mapped[int] = mapped_column(BigId, ForeignKey("shops.id"))
@@ -146,6 +150,10 @@ class Contact(Base):
     email: Mapped[str | None] = mapped_column(String(320))
     first_name: Mapped[str | None] = mapped_column(String(200))
     sms_consent: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Set when the contact came from Shopify; `shopify_updated_at` is the X-Shopify-Triggered-At of the
+    # last customer webhook applied, so an older delivery arriving late changes nothing.
+    shopify_customer_id: Mapped[int | None] = mapped_column(BigInteger)
+    shopify_updated_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
@@ -232,33 +240,105 @@ class CreditReservation(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class BillingStatus(enum.StrEnum):
+    PENDING = "pending"  # checkout session created, not paid (yet)
+    PAID = "paid"  # credits granted
+    FAILED = "failed"  # async payment failed
+    REFUNDED = "refunded"  # fully refunded
+
+
 class BillingTransaction(Base):
+    """One credit purchase: a Stripe Checkout Session and what became of it."""
+
     __tablename__ = "billing_transactions"
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     shop_id: Mapped[int] = mapped_column(BigId, ForeignKey("shops.id"))
     idempotency_key: Mapped[str] = mapped_column(String(200), unique=True)
     provider: Mapped[str] = mapped_column(String(16))
-    provider_ref: Mapped[str | None] = mapped_column(String(200), unique=True)
+    provider_ref: Mapped[str | None] = mapped_column(String(200), unique=True)  # cs_... session id
+    payment_intent: Mapped[str | None] = mapped_column(String(200), unique=True)
     credits: Mapped[int] = mapped_column(BigInteger)
     amount_cents: Mapped[int] = mapped_column(BigInteger)
     currency: Mapped[str] = mapped_column(String(3))
     status: Mapped[str] = mapped_column(String(16))
+    credits_granted: Mapped[int] = mapped_column(BigInteger, default=0)
+    credits_refunded: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Credits a refund should have removed but could not (already spent or reserved): flagged for billing.
+    refund_shortfall: Mapped[int] = mapped_column(BigInteger, default=0)
+    checkout_url: Mapped[str | None] = mapped_column(Text)
+    paid_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class BillingRefund(Base):
+    """One Stripe refund (re_...), deducted at most once whatever events mention it."""
+
+    __tablename__ = "billing_refunds"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    billing_id: Mapped[int] = mapped_column(BigId, ForeignKey("billing_transactions.id"), index=True)
+    refund_id: Mapped[str] = mapped_column(String(200), unique=True)
+    amount_cents: Mapped[int] = mapped_column(BigInteger)
+    credits: Mapped[int] = mapped_column(BigInteger)  # the refunded share of the purchased credits
+    deducted: Mapped[int] = mapped_column(BigInteger, default=0)
+    shortfall: Mapped[int] = mapped_column(BigInteger, default=0)
+    applied: Mapped[bool] = mapped_column(
+        Boolean, default=False
+    )  # False: waits for the purchase to be granted
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class WebhookEvent(Base):
+    """A provider event that took effect, recorded in the same transaction as its effect (safeguard 6)."""
+
     __tablename__ = "webhook_events"
-    __table_args__ = (UniqueConstraint("provider", "event_id"),)
+    __table_args__ = (UniqueConstraint("provider", "event_id"), Index(None, "shop_id", "provider"))
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     provider: Mapped[str] = mapped_column(String(16))
     event_id: Mapped[str] = mapped_column(String(200))
     event_type: Mapped[str] = mapped_column(String(100))
     shop_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("shops.id"))
+    subject: Mapped[str | None] = mapped_column(
+        String(200)
+    )  # the object it is about (session, customer, message)
     payload: Mapped[dict[str, Any] | None]
+    outcome: Mapped[str] = mapped_column(String(32), default="applied")
+    flagged: Mapped[bool] = mapped_column(Boolean, default=False)
+    triggered_at: Mapped[datetime | None]
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class PendingDeliveryReport(Base):
+    """A delivery report that arrived before the worker recorded its message id: kept, applied later (I7)."""
+
+    __tablename__ = "pending_delivery_reports"
+    __table_args__ = (Index(None, "campaign_id"), Index(None, "provider_message_id"))
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    campaign_id: Mapped[int] = mapped_column(BigId, ForeignKey("campaigns.id"))
+    recipient_id: Mapped[int] = mapped_column(BigId, ForeignKey("campaign_recipients.id"))
+    provider_message_id: Mapped[str] = mapped_column(String(64))
+    provider_status: Mapped[str] = mapped_column(String(32))
+    error_code: Mapped[int | None] = mapped_column(Integer)
+    reported_at: Mapped[datetime | None]
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class PrivacyRequest(Base):
+    """Shopify's mandatory privacy topics: a customer's data export, or the record that it was erased."""
+
+    __tablename__ = "privacy_requests"
+    __table_args__ = (Index(None, "shop_id", "shopify_customer_id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    shop_id: Mapped[int] = mapped_column(BigId, ForeignKey("shops.id"))
+    kind: Mapped[str] = mapped_column(String(32))  # data_request, customer_redact, shop_redact
+    shopify_customer_id: Mapped[int | None] = mapped_column(BigInteger)
+    export: Mapped[dict[str, Any] | None]
+    completed_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class EnqueueRequest(Base):

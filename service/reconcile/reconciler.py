@@ -9,7 +9,8 @@ A SAQ cron job runs `reconcile_once` every `SMSLAB_RECONCILE_INTERVAL_SECONDS`. 
    recipient has an outcome (releasing the leftover reservation), and re-enqueues each batch that still
    has pending recipients with its deterministic job key;
 4. settles reservations of cancelled or failed campaigns once nothing of theirs is in flight;
-5. forgets Idempotency-Keys older than their 24 h.
+5. forgets Idempotency-Keys older than their 24 h;
+6. applies kept delivery reports whose message id was recorded by a transaction that raced them.
 Every write is a conditional update inside a transaction, so two passes at once do no harm.
 """
 
@@ -21,12 +22,11 @@ from datetime import timedelta
 from typing import Any
 
 from saq.queue.redis import RedisQueue
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from service import failpoints, logs, safeguards
 from service.campaigns import idempotency, progress
-from service.campaigns.drafts import cancel_unsent_recipients
 from service.db.models import (
     Campaign,
     CampaignRecipient,
@@ -37,6 +37,7 @@ from service.db.models import (
     utcnow,
 )
 from service.queue import enqueue_send_batches
+from service.sending import delivery_reports
 from service.sending.claims import Claim
 from service.sending.mitto import MittoClient
 from service.sending.record import Outcomes, record_outcomes
@@ -62,6 +63,7 @@ class ReconcileReport:
     completed: list[int] = field(default_factory=list)
     requeued_batches: int = 0
     settled_reservations: int = 0
+    pending_reports_applied: int = 0
     purged_keys: int = 0
     skipped: bool = False
 
@@ -84,6 +86,7 @@ async def reconcile_once(
         await _resolve_expired_claims(session, settings, mitto, report)
         to_queue = await _advance_campaigns(session, report)
         await _settle_stopped_campaigns(session, report)
+        await _apply_kept_delivery_reports(session, settings, report)
         async with session.begin():
             report.purged_keys = await idempotency.purge_expired(session)
     if queue is not None:
@@ -113,19 +116,9 @@ async def _expire_reservations(session: AsyncSession, report: ReconcileReport) -
             campaign = await progress.lock_campaign(session, campaign_id)
             if campaign is None:
                 continue
-            if campaign.status == CampaignStatus.SENDING:
-                await session.execute(
-                    update(Campaign)
-                    .where(Campaign.id == campaign_id, Campaign.status == CampaignStatus.SENDING)
-                    .values(
-                        status=CampaignStatus.FAILED,
-                        status_reason="reservation_expired",
-                        finished_at=utcnow(),
-                        last_activity_at=utcnow(),
-                    )
-                )
-                cancelled = await cancel_unsent_recipients(session, campaign_id, reason="reservation_expired")
-                await progress.add_outcomes(session, campaign_id, failed=cancelled)
+            await progress.stop_campaign(
+                session, campaign_id, CampaignStatus.FAILED, "reservation_expired", from_draft=False
+            )
             if not await progress.has_in_flight(session, campaign_id):
                 await reservations.release(
                     session, shop_id=shop_id, campaign_id=campaign_id, status=ReservationStatus.EXPIRED
@@ -257,3 +250,16 @@ async def _settle_stopped_campaigns(session: AsyncSession, report: ReconcileRepo
                 continue
             if await reservations.release(session, shop_id=campaign.shop_id, campaign_id=campaign_id):
                 report.settled_reservations += 1
+
+
+async def _apply_kept_delivery_reports(
+    session: AsyncSession, settings: Settings, report: ReconcileReport
+) -> None:
+    """Reports kept because they beat their message id, and whose id was recorded in a racing transaction."""
+    async with session.begin():
+        campaign_ids = await delivery_reports.campaigns_with_pending_reports(session)
+    for campaign_id in campaign_ids:
+        async with session.begin():
+            report.pending_reports_applied += await delivery_reports.apply_pending(
+                session, settings, campaign_id
+            )

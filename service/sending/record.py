@@ -28,6 +28,7 @@ from service.db.models import (
     UTCDateTime,
     utcnow,
 )
+from service.sending import delivery_reports
 from service.sending.claims import Claim
 from service.settings import Settings
 from service.wallet import ledger, reservations
@@ -236,6 +237,9 @@ async def record_outcomes(
             )
             result.debited_credits = credits
         await _release_and_count(session, claim, result)
+        if result.sent_ids:
+            # Delivery reports that beat this record are applied now that their message ids exist.
+            await delivery_reports.apply_pending(session, settings, claim.campaign_id)
         result.campaign_status = await progress.settle_if_finished(session, claim.campaign_id)
     return result
 

@@ -1,0 +1,1 @@
+"""Credit purchases through Stripe: checkout sessions and their fulfilment."""

@@ -1,0 +1,109 @@
+"""Contacts from Shopify customers (`customers/create`, `customers/update`).
+
+A customer maps to one contact per shop (by Shopify customer id, or by phone for a contact imported
+earlier). Deliveries come late and out of order, so each contact remembers the `X-Shopify-Triggered-At`
+of the last customer webhook applied to it; an older one changes nothing. SMS consent is Shopify's
+`sms_marketing_consent.state == "subscribed"`; a withdrawn consent takes the contact out of every
+campaign not yet sent to it, at once.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from service.campaigns import progress
+from service.contacts.phones import InvalidPhone, normalize_phone
+from service.db.dialect import insert_ignoring_conflicts
+from service.db.models import Contact, utcnow
+from service.webhooks.replay import EffectResult
+
+
+def customer_phone(customer: dict[str, Any], region: str) -> str | None:
+    raw = customer.get("phone") or (customer.get("default_address") or {}).get("phone")
+    if not isinstance(raw, str):
+        return None
+    try:
+        return normalize_phone(raw, region)
+    except InvalidPhone:
+        return None
+
+
+def customer_consents(customer: dict[str, Any]) -> bool:
+    consent = customer.get("sms_marketing_consent") or {}
+    return isinstance(consent, dict) and consent.get("state") == "subscribed"
+
+
+async def sync_customer(
+    session: AsyncSession, shop_id: int, customer: dict[str, Any], triggered_at: datetime | None, region: str
+) -> EffectResult:
+    """Create or update the customer's contact. Caller's transaction (the webhook's)."""
+    customer_id = int(customer["id"])
+    phone = customer_phone(customer, region)
+    consent = customer_consents(customer)
+    email = customer.get("email") if isinstance(customer.get("email"), str) else None
+    first_name = customer.get("first_name") if isinstance(customer.get("first_name"), str) else None
+    match = Contact.shopify_customer_id == customer_id
+    contact = await session.scalar(
+        select(Contact)
+        .where(Contact.shop_id == shop_id, or_(match, Contact.phone_e164 == phone) if phone else match)
+        .order_by(Contact.shopify_customer_id.is_(None))  # the linked contact first
+        .limit(1)
+        .with_for_update()
+    )
+    if (
+        contact is not None
+        and triggered_at
+        and contact.shopify_updated_at
+        and triggered_at <= contact.shopify_updated_at
+    ):
+        return EffectResult("stale")
+    now = utcnow()
+    if contact is None:
+        if phone is None:
+            return EffectResult("ignored_no_phone")
+        await session.execute(
+            insert_ignoring_conflicts(session, Contact, ["shop_id", "phone_e164"]).values(
+                shop_id=shop_id,
+                phone_e164=phone,
+                email=email,
+                first_name=first_name,
+                sms_consent=consent,
+                shopify_customer_id=customer_id,
+                shopify_updated_at=triggered_at,
+                created_at=now,
+                updated_at=now,
+            )
+        )
+        return EffectResult("created")
+    values: dict[str, Any] = {
+        "email": email,
+        "first_name": first_name,
+        # Without a reachable phone there is nobody to text: treat it as no consent.
+        "sms_consent": consent and (phone is not None or contact.phone_e164 is not None),
+        "shopify_customer_id": customer_id,
+        "shopify_updated_at": triggered_at or contact.shopify_updated_at,
+        "updated_at": now,
+    }
+    flagged = False
+    if phone and phone != contact.phone_e164:
+        taken = await session.scalar(
+            select(Contact.id).where(
+                Contact.shop_id == shop_id, Contact.phone_e164 == phone, Contact.id != contact.id
+            )
+        )
+        if taken is None:
+            values["phone_e164"] = phone
+        else:
+            flagged = True  # another contact already has this number; keep ours and let an operator look
+    withdrew = contact.sms_consent and not values["sms_consent"]
+    await session.execute(update(Contact).where(Contact.id == contact.id).values(**values))
+    if withdrew:
+        cancelled = await progress.cancel_recipients_of_contact(
+            session, contact.id, reason="consent_withdrawn"
+        )
+        return EffectResult(f"consent_withdrawn:{cancelled}", flagged=flagged)
+    return EffectResult("updated", flagged=flagged)

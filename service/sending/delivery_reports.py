@@ -1,0 +1,139 @@
+"""Delivery reports (safeguard 7, invariant I7): statuses only move forward, and none is ever lost.
+
+Mitto reports `Sent`/`Buffered` (intermediate) and then one of `Delivered`, `Undeliverable`, `Expired`,
+`Rejected`, `Failed` (final). A recipient's status moves `sent -> delivered | undelivered | expired`
+once, by a conditional update from `sent`; an intermediate report only notes the provider's status while
+nothing final has arrived. So a late or duplicated report cannot move a message backwards.
+
+A report can arrive before the worker recorded the message id (the provider's callback can beat its own
+HTTP answer). Such a report is kept in `pending_delivery_reports` and applied when the worker records the
+id (in the same transaction), or by the reconciler if the two raced. A report about a reference this
+service never sent is recorded and flagged, never silently dropped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from service import safeguards
+from service.db.models import CampaignRecipient, PendingDeliveryReport, RecipientStatus, utcnow
+from service.sending.references import parse_reference
+from service.settings import Settings
+from service.webhooks.replay import EffectResult
+
+FINAL_STATUSES: dict[str, RecipientStatus] = {
+    "Delivered": RecipientStatus.DELIVERED,
+    "Undeliverable": RecipientStatus.UNDELIVERED,
+    "Rejected": RecipientStatus.UNDELIVERED,
+    "Failed": RecipientStatus.UNDELIVERED,
+    "Expired": RecipientStatus.EXPIRED,
+}
+INTERMEDIATE_STATUSES = ("Sent", "Buffered")
+KNOWN_STATUSES = (*INTERMEDIATE_STATUSES, *FINAL_STATUSES)
+
+
+@dataclass(frozen=True)
+class DeliveryReport:
+    message_id: str
+    reference: str
+    status: str
+    error_code: int | None
+    reported_at: datetime | None
+
+
+async def apply_to_recipient(
+    session: AsyncSession, settings: Settings, recipient_id: int, report: DeliveryReport
+) -> bool:
+    """Move one recipient forward by a report; False if it was already past it. Caller's transaction."""
+    now = utcnow()
+    forward_only = safeguards.is_on(settings, safeguards.DELIVERY_REPORTS_FORWARD_ONLY)
+    final = FINAL_STATUSES.get(report.status)
+    if final is not None:
+        values = {"status": final, "provider_status": report.status, "error_code": report.error_code}
+        condition = [CampaignRecipient.status == RecipientStatus.SENT] if forward_only else []
+    else:
+        values = {"provider_status": report.status}
+        if forward_only:
+            condition = [CampaignRecipient.status == RecipientStatus.SENT]
+        else:
+            # Unsafe variant (lab only): the report is the truth, whatever came before it.
+            values["status"] = RecipientStatus.SENT
+            condition = []
+    moved = await session.scalar(
+        update(CampaignRecipient)
+        .where(CampaignRecipient.id == recipient_id, *condition)
+        .values(**values, status_updated_at=now)
+        .returning(CampaignRecipient.id)
+    )
+    return moved is not None
+
+
+async def apply_report(session: AsyncSession, settings: Settings, report: DeliveryReport) -> EffectResult:
+    """The effect of one delivery report (inside the webhook's replay-protected transaction)."""
+    recipient_id = await session.scalar(
+        select(CampaignRecipient.id).where(CampaignRecipient.provider_message_id == report.message_id)
+    )
+    if recipient_id is not None:
+        moved = await apply_to_recipient(session, settings, recipient_id, report)
+        return EffectResult("applied" if moved else "superseded")
+    parsed = parse_reference(report.reference)
+    if parsed is not None:
+        campaign_id, reference_recipient = parsed
+        row = (
+            await session.execute(
+                select(CampaignRecipient.id, CampaignRecipient.provider_message_id).where(
+                    CampaignRecipient.id == reference_recipient, CampaignRecipient.campaign_id == campaign_id
+                )
+            )
+        ).first()
+        if row is not None and row.provider_message_id is None:
+            if not safeguards.is_on(settings, safeguards.DELIVERY_REPORTS_FORWARD_ONLY):
+                return EffectResult("dropped_unknown_message")  # unsafe variant (lab only)
+            session.add(
+                PendingDeliveryReport(
+                    campaign_id=campaign_id,
+                    recipient_id=reference_recipient,
+                    provider_message_id=report.message_id,
+                    provider_status=report.status,
+                    error_code=report.error_code,
+                    reported_at=report.reported_at,
+                    received_at=utcnow(),
+                )
+            )
+            return EffectResult("deferred_until_recorded")
+    return EffectResult("unmatched", flagged=True)
+
+
+async def apply_pending(session: AsyncSession, settings: Settings, campaign_id: int) -> int:
+    """Apply the campaign's kept reports whose message id is now recorded. Caller's transaction."""
+    pending = list(
+        await session.execute(
+            select(PendingDeliveryReport, CampaignRecipient.provider_message_id)
+            .join(CampaignRecipient, CampaignRecipient.id == PendingDeliveryReport.recipient_id)
+            .where(
+                PendingDeliveryReport.campaign_id == campaign_id,
+                CampaignRecipient.provider_message_id.is_not(None),
+            )
+            .order_by(PendingDeliveryReport.id)
+        )
+    )
+    applied: list[int] = []
+    for kept, recorded_message_id in pending:
+        if kept.provider_message_id != recorded_message_id:
+            continue  # a report about another acceptance of this recipient: stays kept, for an operator
+        report = DeliveryReport(
+            kept.provider_message_id, "", kept.provider_status, kept.error_code, kept.reported_at
+        )
+        await apply_to_recipient(session, settings, kept.recipient_id, report)
+        applied.append(kept.id)
+    if applied:
+        await session.execute(delete(PendingDeliveryReport).where(PendingDeliveryReport.id.in_(applied)))
+    return len(applied)
+
+
+async def campaigns_with_pending_reports(session: AsyncSession) -> list[int]:
+    return list(await session.scalars(select(PendingDeliveryReport.campaign_id).distinct()))
