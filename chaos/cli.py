@@ -48,6 +48,8 @@ def up(
         env = {"SMSLAB_REDIS_URL": redis_url}
         if with_simulator and "SMSLAB_MITTO_BASE_URL" not in os.environ:
             env["SMSLAB_MITTO_BASE_URL"] = f"http://{host}:{simulator_port}/mitto"
+        if with_simulator and "SMSLAB_STRIPE_API_BASE" not in os.environ:
+            env["SMSLAB_STRIPE_API_BASE"] = f"http://{host}:{simulator_port}/stripe"
         processes: list[ManagedProcess] = []
         if with_simulator:
             processes.append(
@@ -61,6 +63,10 @@ def up(
                         str(simulator_port),
                         "--data-dir",
                         str(settings.var_dir / "simulator"),
+                        "--target",
+                        f"http://{host}:{port}",
+                        "--stripe-webhook-secret",
+                        settings.stripe_webhook_secret[0],
                     ),
                     logs_dir / "simulator.log",
                     env,

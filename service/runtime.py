@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from stripe import HTTPXClient, StripeClient
 from saq.queue.redis import RedisQueue
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from stripe import HTTPXClient, StripeClient
 
 from service import failpoints, logs
 from service.billing.checkout import create_stripe_client, stripe_http_client

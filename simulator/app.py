@@ -1,6 +1,7 @@
 """The simulator process: every fake under its own path prefix, faults applied in front of each endpoint.
 
-`/mitto/...` the fake Mitto; `/control/...` the control API. (`/stripe` and `/shopify` join later.)
+`/mitto/...` the fake Mitto, `/stripe/...` the fake Stripe, `/control/...` the control API (the fake
+Shopify only calls out: the lab triggers its webhooks through `/control/shopify/webhooks`).
 For a provider endpoint the fault engine decides first: added latency, then at most one of: a status
 answered instead of doing the work, a cut connection without the work, or the work done and its answer
 lost (held past the client's timeout, or cut mid-response). Every fault that fires is written to
@@ -12,15 +13,18 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from simulator import control
+from simulator.delivery import DELIVERIES_LEDGER, WebhookDispatcher
 from simulator.faults import FaultEngine
 from simulator.http import BodyTooLarge, ConnectionCut, Receive, Request, Response, Scope, Send, read_request
 from simulator.ledger import JsonLinesLedger
-from simulator.mitto import FakeMitto, mitto_error
+from simulator.mitto import DlrConfig, FakeMitto, mitto_error
+from simulator.shopify import FakeShopify
+from simulator.stripe import FakeStripe, StripeApiError
 
 EVENTS_LEDGER = "simulator_events.jsonl"
 
@@ -29,7 +33,14 @@ EVENTS_LEDGER = "simulator_events.jsonl"
 class SimulatorConfig:
     data_dir: Path
     seed: int = 0
+    target: str | None = None  # the service's base URL, where webhooks go
+    public_url: str = "http://127.0.0.1:8025"
+    time_scale: float = 0.001  # provider retry schedules: 1 hour passes in 3.6 s
     mitto_api_key: str = "lab-mitto-key"
+    dlr: DlrConfig = field(default_factory=DlrConfig)
+    stripe_secret_key: str = "sk_test_lab_change_me_in_production"  # noqa: S105 - lab default
+    stripe_webhook_secret: str = "whsec_lab_change_me_in_production"  # noqa: S105 - lab default
+    shopify_api_secret: str = "lab-shopify-secret-change-me-in-production"  # noqa: S105 - lab default
     fsync: bool = False
 
 
@@ -45,7 +56,31 @@ class SimulatorApp:
         self.config = config
         self.started_at = time.time()
         self.faults = FaultEngine(config.seed)
-        self.mitto = FakeMitto(config.data_dir, config.mitto_api_key, config.seed, fsync=config.fsync)
+        self.deliveries = WebhookDispatcher(
+            config.target,
+            JsonLinesLedger(config.data_dir / DELIVERIES_LEDGER, fsync=config.fsync),
+            config.time_scale,
+        )
+        self.mitto = FakeMitto(
+            config.data_dir,
+            config.mitto_api_key,
+            config.seed,
+            self.deliveries,
+            config.dlr,
+            fsync=config.fsync,
+        )
+        self.stripe = FakeStripe(
+            config.data_dir,
+            config.stripe_secret_key,
+            config.stripe_webhook_secret,
+            config.seed,
+            self.deliveries,
+            config.public_url,
+            fsync=config.fsync,
+        )
+        self.shopify = FakeShopify(
+            config.data_dir, config.shopify_api_secret, config.seed, self.deliveries, fsync=config.fsync
+        )
         self.events = JsonLinesLedger(config.data_dir / EVENTS_LEDGER, fsync=config.fsync)
 
         def mitto_problem(status: int, message: str) -> Response:
@@ -60,6 +95,11 @@ class SimulatorApp:
             ),
         }
 
+        def stripe_problem(status: int, message: str) -> Response:
+            return StripeApiError(status, "api_error", message).response()
+
+        self.stripe_route = ProviderRoute("stripe.api", self.stripe.handle, stripe_problem)
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             await self._lifespan(receive, send)
@@ -72,6 +112,8 @@ class SimulatorApp:
             await Response.json(413, {"error": {"code": 413, "message": "body too large"}}).send(send)
             return
         route = self.provider_routes.get((request.method, request.path))
+        if route is None and request.path.startswith("/stripe/"):
+            route = self.stripe_route
         try:
             if route is not None:
                 await self._provider_call(route, request, send)
@@ -121,14 +163,19 @@ class SimulatorApp:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                self.deliveries.start()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                await self.deliveries.stop()
                 self.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
     def close(self) -> None:
         self.mitto.close()
+        self.stripe.close()
+        self.shopify.close()
+        self.deliveries.ledger.close()
         self.events.close()
 
     def status(self) -> dict[str, Any]:
@@ -137,4 +184,5 @@ class SimulatorApp:
             "seed": self.config.seed,
             "uptime_seconds": round(time.time() - self.started_at, 3),
             "data_dir": str(self.config.data_dir),
+            "target": self.config.target,
         }

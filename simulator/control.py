@@ -17,6 +17,8 @@ import msgspec
 
 from simulator.faults import FaultSpecError
 from simulator.http import Request, Response
+from simulator.shopify import ShopifyRequestError
+from simulator.stripe import StripeApiError
 
 if TYPE_CHECKING:
     from simulator.app import SimulatorApp
@@ -75,7 +77,52 @@ async def handle(app: SimulatorApp, request: Request) -> Response:
                 ]
             },
         )
+    if path.startswith("/control/stripe/") or path.startswith("/control/shopify/"):
+        return await _provider_control(app, request, path, method)
+    if path == "/control/deliveries" and method == "GET":
+        return Response.json(200, {**app.deliveries.counters, "pending": app.deliveries.pending})
     if path == "/control/reset" and method == "POST":
         app.faults.reset()
         return Response.json(200, {"reset": True})
+    return _problem(404, f"no control endpoint {method} {path}")
+
+
+async def _provider_control(app: SimulatorApp, request: Request, path: str, method: str) -> Response:
+    try:
+        body = request.json() if request.body.strip() else {}
+    except msgspec.DecodeError:
+        return _problem(400, "body is not JSON")
+    if not isinstance(body, dict) and path != "/control/shopify/webhooks":
+        return _problem(422, "body: must be an object")
+    parts = path.split("/")  # ["", "control", "stripe", "sessions", id, action]
+    try:
+        if (
+            method == "POST"
+            and len(parts) == 6
+            and parts[2:4] == ["stripe", "sessions"]
+            and parts[5] == "pay"
+        ):
+            succeed = body.get("succeed", True)
+            asynchronous = body.get("async", False)
+            if not isinstance(succeed, bool) or not isinstance(asynchronous, bool):
+                return _problem(422, "succeed, async: must be true or false")
+            return Response.json(200, app.stripe.pay(parts[4], asynchronous=asynchronous, succeed=succeed))
+        if (
+            method == "POST"
+            and len(parts) == 6
+            and parts[2:4] == ["stripe", "sessions"]
+            and parts[5] == "refund"
+        ):
+            amount = body.get("amount")
+            if amount is not None and (isinstance(amount, bool) or not isinstance(amount, int)):
+                return _problem(422, "amount: must be a whole number of cents")
+            return Response.json(200, app.stripe.refund(app.stripe.charge_of_session(parts[4]), amount))
+        if method == "GET" and path == "/control/stripe/events":
+            return Response.json(200, {"events": app.stripe.state.events})
+        if method == "POST" and path == "/control/shopify/webhooks":
+            return Response.json(201, app.shopify.trigger(body))
+    except StripeApiError as exc:
+        return _problem(exc.status, exc.message)
+    except ShopifyRequestError as exc:
+        return _problem(422, str(exc))
     return _problem(404, f"no control endpoint {method} {path}")

@@ -8,19 +8,25 @@ in the ground-truth ledger (`mitto_accepted.jsonl`) before the response is sent.
 from __future__ import annotations
 
 import hashlib
+import random
 import re
 import time
 import uuid
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
+from simulator.delivery import MITTO_RETRY_DELAYS, Delivery, WebhookDispatcher
 from simulator.http import Request, Response
 from simulator.ledger import JsonLinesLedger, read_ledger
 
 ACCEPTED_LEDGER = "mitto_accepted.jsonl"
+DLR_LEDGER = "mitto_dlr.jsonl"
+FINAL_STATUSES = ("Delivered", "Undeliverable", "Expired", "Rejected", "Failed")
+DLR_ERROR_CODES = {"Delivered": None, "Undeliverable": 1, "Expired": 2, "Rejected": 3, "Failed": 4}
 E164 = re.compile(r"^\+[1-9]\d{6,14}$")
 ERROR_INVALID_NUMBER = 8
 MAX_BULK = 1_000
@@ -37,6 +43,36 @@ class StoredMessage:
     accepted_at: float
 
 
+@dataclass(frozen=True)
+class DlrConfig:
+    """When and how the fake reports deliveries: an intermediate `Sent`, then a final status."""
+
+    delay_seconds: float = 0.05
+    final_mix: tuple[tuple[str, float], ...] = (("Delivered", 1.0),)
+    callback_token: str = "lab-dlr-token-change-me-in-production"  # noqa: S105 - lab default
+
+
+def parse_final_mix(text: str) -> tuple[tuple[str, float], ...]:
+    """`Delivered=0.9,Undeliverable=0.05,Expired=0.05` -> weights (refused with the field named)."""
+    mix = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        status, sep, weight = part.partition("=")
+        if status not in FINAL_STATUSES or not sep:
+            raise ValueError(
+                f"dlr-final: {part!r} must be STATUS=WEIGHT, STATUS one of {', '.join(FINAL_STATUSES)}"
+            )
+        try:
+            value = float(weight)
+        except ValueError:
+            raise ValueError(f"dlr-final: weight of {status} must be a number") from None
+        if value < 0:
+            raise ValueError(f"dlr-final: weight of {status} must be >= 0")
+        mix.append((status, value))
+    if not mix or sum(w for _, w in mix) <= 0:
+        raise ValueError("dlr-final: at least one status needs a positive weight")
+    return tuple(mix)
+
+
 @dataclass
 class MittoState:
     by_reference: dict[str, list[StoredMessage]] = field(default_factory=dict)
@@ -51,13 +87,26 @@ def mitto_error(status: int, message: str, code: int) -> Response:
 
 
 class FakeMitto:
-    def __init__(self, data_dir: Path, api_key: str, seed: int, fsync: bool = False) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        api_key: str,
+        seed: int,
+        dispatcher: WebhookDispatcher,
+        dlr: DlrConfig,
+        fsync: bool = False,
+    ) -> None:
         self.api_key = api_key
         self.seed = seed
+        self.dispatcher = dispatcher
+        self.dlr = dlr
+        self.dlr_rng = random.Random(f"{seed}:mitto.dlr")
         self.ledger_path = data_dir / ACCEPTED_LEDGER
+        self.dlr_ledger_path = data_dir / DLR_LEDGER
         self.state = MittoState()
         self._recover()
         self.ledger = JsonLinesLedger(self.ledger_path, fsync=fsync)
+        self.dlr_ledger = JsonLinesLedger(self.dlr_ledger_path, fsync=fsync)
 
     def _recover(self) -> None:
         """Rebuild the lookup index from the ledger, so lookups survive a restart of the simulator."""
@@ -69,6 +118,10 @@ class FakeMitto:
             )
             self.state.sequence = max(self.state.sequence, int(record["seq"]))
             self.state.bulks = max(self.state.bulks, int(record["bulk_seq"]))
+        for report in read_ledger(self.dlr_ledger_path):
+            stored = self.state.by_id.get(report["message_id"])
+            if stored is not None:
+                stored.delivery_status = report["status"]
 
     def _index(self, message: StoredMessage) -> None:
         self.state.by_reference.setdefault(message.reference, []).append(message)
@@ -142,7 +195,61 @@ class FakeMitto:
         self.ledger.append_many(records)
         for message in stored:
             self._index(message)
+            self._schedule_reports(message)
         return Response.json(200, {"bulkId": bulk_id, "messages": results})
+
+    def _final_status(self) -> str:
+        total = sum(weight for _, weight in self.dlr.final_mix)
+        draw = self.dlr_rng.random() * total
+        for status, weight in self.dlr.final_mix:
+            draw -= weight
+            if draw < 0:
+                return status
+        return self.dlr.final_mix[-1][0]
+
+    def _schedule_reports(self, message: StoredMessage) -> None:
+        """The message's life at the carrier: `Sent`, then its final status, each reported by callback."""
+        final = self._final_status()
+        for step, status in enumerate(("Sent", final), start=1):
+            self.dispatcher.schedule(self._report(message, status), self.dlr.delay_seconds * step)
+
+    def _report(self, message: StoredMessage, status: str) -> Delivery:
+        report = {
+            "messageId": message.message_id,
+            "reference": message.reference,
+            "status": status,
+            "errorCode": DLR_ERROR_CODES.get(status),
+            "timestamp": "",
+        }
+
+        def happen() -> None:
+            # The carrier's truth changes when the event happens, whether or not the callback arrives.
+            message.delivery_status = status
+            report["timestamp"] = datetime.now(UTC).isoformat()
+            delivery.body = msgspec.json.encode(report)
+            self.dlr_ledger.append(
+                {
+                    "t": time.time(),
+                    "message_id": message.message_id,
+                    "reference": message.reference,
+                    "status": status,
+                }
+            )
+
+        delivery = Delivery(
+            provider="mitto",
+            path=f"/webhooks/mitto/dlr?token={self.dlr.callback_token}",
+            body=b"",
+            sign=lambda _body: {},
+            retry_delays=MITTO_RETRY_DELAYS,
+            meta={
+                "event": f"{message.message_id}:{status}",
+                "type": f"dlr.{status}",
+                "message": message.message_id,
+            },
+            on_due=happen,
+        )
+        return delivery
 
     async def lookup(self, request: Request) -> Response:
         if not self._authorised(request):
@@ -168,6 +275,7 @@ class FakeMitto:
 
     def close(self) -> None:
         self.ledger.close()
+        self.dlr_ledger.close()
 
 
 def _validate_message(message: Any, index: int) -> None:
