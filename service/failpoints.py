@@ -30,6 +30,7 @@ POINTS: dict[str, str] = {
     "send.after_provider_accepted": "provider answered, nothing recorded yet",
     "send.between_record_and_debit": "rows marked sent, debit not yet written",
     "reconcile.after_lookup": "provider lookup answered, resolution not yet written",
+    "webhook.after_duplicate_check": "webhook checked for a duplicate, the event not yet recorded as seen",
     "webhook.after_event_recorded": "webhook event recorded, its effect not yet applied",
     "webhook.after_effect": "webhook effect applied, not yet committed",
 }

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.campaigns import progress
 from service.contacts.shopify_sync import customer_phone
+from service.db.dialect import for_update
 from service.db.models import (
     Campaign,
     CampaignRecipient,
@@ -43,10 +44,9 @@ async def _customer_contacts(
         return []
     return list(
         await session.scalars(
-            select(Contact)
-            .where(Contact.shop_id == shop_id, or_(*conditions))
-            .order_by(Contact.id)
-            .with_for_update()
+            for_update(
+                select(Contact).where(Contact.shop_id == shop_id, or_(*conditions)).order_by(Contact.id)
+            )
         )
     )
 

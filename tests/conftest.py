@@ -10,6 +10,7 @@ import pytest
 
 from service import failpoints
 from service.db import migrate
+from service.embedded_redis import free_port
 from service.settings import Settings, validate
 from tests.support.api import Api, start_api
 from tests.support.infra import (
@@ -60,8 +61,13 @@ async def database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncItera
 
 
 @pytest.fixture
-def simulator(tmp_path: Path) -> Iterator[SimulatorProcess]:
+def simulator(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SimulatorProcess]:
+    """The fakes; with `@pytest.mark.webhooks_to_api` their webhooks go to the test's API process."""
+    marker = request.node.get_closest_marker("webhooks_to_api")
     process = SimulatorProcess(tmp_path / "simulator")
+    if marker is not None:
+        process.target_port = free_port()
+        process.dlr_final = marker.kwargs.get("dlr_final", process.dlr_final)
     process.start()
     yield process
     process.stop()
@@ -83,6 +89,7 @@ def settings(
             redis_url=redis_for_tests.url,
             queue_name=queue_name,
             mitto_base_url=simulator.mitto_url,
+            stripe_api_base=f"{simulator.base_url}/stripe",
             mitto_timeout_seconds=2.0,
             send_lease_seconds=10.0,
             reconcile_interval_seconds=1.0,
@@ -113,7 +120,7 @@ def _disarm_failpoints() -> Iterator[None]:
 @pytest.fixture
 async def api(lab: Lab, tmp_path: Path) -> AsyncIterator[Api]:
     """The API as its own process, on the lab's database, Redis and simulator."""
-    process = start_api(lab.settings, tmp_path / "logs")
+    process = start_api(lab.settings, tmp_path / "logs", port=lab.simulator.target_port)
     client = Api(lab.settings, process)
     try:
         yield client

@@ -7,6 +7,7 @@ import time
 
 import jwt
 
+from service.db import migrate
 from tests.support.api import Api, problem
 from tests.support.lab import Lab, phone_numbers
 
@@ -250,11 +251,8 @@ async def test_health_full_reports_each_dependency(api: Api) -> None:
     assert (await client.get("/health")).json() == {"status": "ok"}
     response = await client.get("/health/full")
     checks = response.json()["checks"]
-    assert (checks["database"]["ok"], checks["redis"]["ok"], checks["database"]["revision"]) == (
-        True,
-        True,
-        "0001",
-    )
+    assert (checks["database"]["ok"], checks["redis"]["ok"]) == (True, True)
+    assert checks["database"]["revision"] == migrate.head_revision()
     # No worker runs in this test: the pipeline cannot make progress, and health says so.
     assert (response.status_code, checks["workers"]) == (503, {"ok": False, "alive": 0})
 

@@ -14,6 +14,8 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.db.models import (
+    BillingRefund,
+    BillingTransaction,
     Campaign,
     CampaignRecipient,
     CreditLedgerEntry,
@@ -21,8 +23,10 @@ from service.db.models import (
     Wallet,
 )
 from service.sending.references import parse_reference
+from simulator.delivery import DELIVERIES_LEDGER
 from simulator.ledger import read_ledger
-from simulator.mitto import ACCEPTED_LEDGER
+from simulator.mitto import ACCEPTED_LEDGER, DLR_LEDGER
+from simulator.stripe import STRIPE_LEDGER
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,77 @@ def load_acceptances(simulator_data_dir: Path) -> list[Acceptance]:
     return acceptances
 
 
+@dataclass(frozen=True)
+class Payment:
+    session_id: str
+    charge_id: str
+    amount_cents: int
+    credits: int
+
+
+@dataclass(frozen=True)
+class Refund:
+    refund_id: str
+    charge_id: str
+    amount_cents: int
+
+
+@dataclass
+class StripeTruth:
+    payments: dict[str, Payment] = field(default_factory=dict)  # by session id
+    refunds: list[Refund] = field(default_factory=list)
+    charges: dict[str, Payment] = field(default_factory=dict)  # by charge id
+
+
+def load_stripe_truth(simulator_data_dir: Path) -> StripeTruth:
+    truth = StripeTruth()
+    for record in read_ledger(simulator_data_dir / STRIPE_LEDGER):
+        if record["kind"] == "payment":
+            session, charge = record["object"], record["charge"]
+            credits = int((session.get("metadata") or {}).get("credits") or 0)
+            payment = Payment(session["id"], charge["id"], int(charge["amount"]), credits)
+            truth.payments[session["id"]] = payment
+            truth.charges[charge["id"]] = payment
+        elif record["kind"] == "refund":
+            refund = record["object"]
+            truth.refunds.append(Refund(refund["id"], refund["charge"], int(refund["amount"])))
+    return truth
+
+
+@dataclass(frozen=True)
+class DeliveryAttempt:
+    provider: str
+    event: str
+    attempt: int
+    acknowledged: bool
+    at: float
+
+
+def load_delivery_attempts(simulator_data_dir: Path) -> list[DeliveryAttempt]:
+    return [
+        DeliveryAttempt(
+            r["provider"], str(r.get("event")), int(r["attempt"]), bool(r["acknowledged"]), float(r["t"])
+        )
+        for r in read_ledger(simulator_data_dir / DELIVERIES_LEDGER)
+    ]
+
+
+@dataclass(frozen=True)
+class ProviderReport:
+    """A delivery report as the fake Mitto generated it, in the order it happened."""
+
+    message_id: str
+    status: str
+    at: float
+
+
+def load_reports(simulator_data_dir: Path) -> list[ProviderReport]:
+    return [
+        ProviderReport(r["message_id"], r["status"], float(r["t"]))
+        for r in read_ledger(simulator_data_dir / DLR_LEDGER)
+    ]
+
+
 @dataclass
 class DatabaseSnapshot:
     campaigns: dict[int, dict[str, Any]] = field(default_factory=dict)
@@ -61,6 +136,10 @@ class DatabaseSnapshot:
     ledger: list[dict[str, Any]] = field(default_factory=list)
     wallets: dict[int, dict[str, Any]] = field(default_factory=dict)
     reservations: list[dict[str, Any]] = field(default_factory=list)
+    billing: dict[str, dict[str, Any]] = field(default_factory=dict)  # by Stripe session id
+    refunds: dict[str, dict[str, Any]] = field(
+        default_factory=dict
+    )  # by refund id (the key it was stored under)
 
 
 def _rows(result: Any) -> list[dict[str, Any]]:
@@ -128,4 +207,30 @@ async def load_snapshot(session: AsyncSession) -> DatabaseSnapshot:
                 )
             )
         )
+        for row in _rows(
+            await session.execute(
+                select(
+                    BillingTransaction.id,
+                    BillingTransaction.shop_id,
+                    BillingTransaction.provider_ref,
+                    BillingTransaction.credits,
+                    BillingTransaction.credits_granted,
+                    BillingTransaction.status,
+                ).where(BillingTransaction.provider_ref.is_not(None))
+            )
+        ):
+            snapshot.billing[row["provider_ref"]] = row
+        for row in _rows(
+            await session.execute(
+                select(
+                    BillingRefund.refund_id,
+                    BillingRefund.billing_id,
+                    BillingRefund.credits,
+                    BillingRefund.deducted,
+                    BillingRefund.shortfall,
+                    BillingRefund.applied,
+                )
+            )
+        ):
+            snapshot.refunds[row["refund_id"]] = row
     return snapshot

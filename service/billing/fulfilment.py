@@ -18,7 +18,7 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service import safeguards
-from service.db.dialect import insert_ignoring_conflicts
+from service.db.dialect import for_update, insert_ignoring_conflicts
 from service.db.models import BillingRefund, BillingStatus, BillingTransaction, LedgerKind, Wallet, utcnow
 from service.settings import Settings
 from service.wallet import ledger
@@ -33,7 +33,7 @@ class StripeRefund:
 
 async def billing_by_session(session: AsyncSession, session_id: str) -> BillingTransaction | None:
     return await session.scalar(
-        select(BillingTransaction).where(BillingTransaction.provider_ref == session_id).with_for_update()
+        for_update(select(BillingTransaction).where(BillingTransaction.provider_ref == session_id))
     )
 
 
@@ -116,7 +116,7 @@ async def apply_refunds(
 ) -> EffectResult:
     """Record each refund once and take its credits (now, or once the purchase is granted)."""
     billing = await session.scalar(
-        select(BillingTransaction).where(BillingTransaction.id == billing_id).with_for_update()
+        for_update(select(BillingTransaction).where(BillingTransaction.id == billing_id))
     )
     if billing is None:
         return EffectResult("unknown_billing", flagged=True)
@@ -162,12 +162,7 @@ async def _take_refund(
     session: AsyncSession, settings: Settings, billing: BillingTransaction, refund: BillingRefund
 ) -> bool:
     """Take a refund's credits from what is available; record the rest as a shortfall. True if flagged."""
-    wallet = await session.scalar(
-        select(Wallet)
-        .where(Wallet.shop_id == billing.shop_id)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    )
+    wallet = await session.scalar(for_update(select(Wallet).where(Wallet.shop_id == billing.shop_id)))
     available = max(0, wallet.balance - wallet.reserved) if wallet else 0
     taken = min(refund.credits, available)
     shortfall = refund.credits - taken

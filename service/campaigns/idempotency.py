@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.db.dialect import insert_ignoring_conflicts
+from service.db.dialect import for_update, insert_ignoring_conflicts
 from service.db.models import EnqueueRequest, utcnow
 from service.errors import IdempotencyKeyInFlight, IdempotencyKeyReused, InvalidInput
 from service.settings import Settings
@@ -72,9 +72,11 @@ async def claim_key(
         if inserted is not None:
             return None
         existing = await session.scalar(
-            select(EnqueueRequest)
-            .where(EnqueueRequest.shop_id == shop_id, EnqueueRequest.idempotency_key == key)
-            .with_for_update()
+            for_update(
+                select(EnqueueRequest).where(
+                    EnqueueRequest.shop_id == shop_id, EnqueueRequest.idempotency_key == key
+                )
+            )
         )
         if existing is None:  # released between our insert and select; the client may simply retry
             raise IdempotencyKeyInFlight("the key was just released; retry the request")

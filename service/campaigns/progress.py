@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from service.db.dialect import for_update
 from service.db.models import (
     ACCEPTED_RECIPIENT_STATUSES,
     Campaign,
@@ -31,7 +32,7 @@ async def lock_campaign(session: AsyncSession, campaign_id: int) -> Campaign | N
     (recording a batch), and after it when it touches rows of the whole campaign (cancel, expiry); the
     two sets never overlap (`sending` rows of one attempt vs `pending` rows), so the orders cannot deadlock.
     """
-    return await session.scalar(select(Campaign).where(Campaign.id == campaign_id).with_for_update())
+    return await session.scalar(for_update(select(Campaign).where(Campaign.id == campaign_id)))
 
 
 async def add_outcomes(session: AsyncSession, campaign_id: int, *, sent: int = 0, failed: int = 0) -> None:

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.campaigns import progress
 from service.contacts.phones import InvalidPhone, normalize_phone
-from service.db.dialect import insert_ignoring_conflicts
+from service.db.dialect import for_update, insert_ignoring_conflicts
 from service.db.models import Contact, utcnow
 from service.webhooks.replay import EffectResult
 
@@ -48,11 +48,12 @@ async def sync_customer(
     first_name = customer.get("first_name") if isinstance(customer.get("first_name"), str) else None
     match = Contact.shopify_customer_id == customer_id
     contact = await session.scalar(
-        select(Contact)
-        .where(Contact.shop_id == shop_id, or_(match, Contact.phone_e164 == phone) if phone else match)
-        .order_by(Contact.shopify_customer_id.is_(None))  # the linked contact first
-        .limit(1)
-        .with_for_update()
+        for_update(
+            select(Contact)
+            .where(Contact.shop_id == shop_id, or_(match, Contact.phone_e164 == phone) if phone else match)
+            .order_by(Contact.shopify_customer_id.is_(None))  # the linked contact first
+            .limit(1)
+        )
     )
     if (
         contact is not None

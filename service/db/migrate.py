@@ -34,6 +34,17 @@ async def _ensure_schema(settings: Settings) -> None:
         await engine.dispose()
 
 
+def head_revision() -> str:
+    """The revision `smslab db upgrade` brings a database to."""
+    from alembic.script import ScriptDirectory
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    head = ScriptDirectory.from_config(config).get_current_head()
+    assert head is not None
+    return head
+
+
 def upgrade(settings: Settings, revision: str = "head") -> None:
     """Bring the database to `revision`. Safe to run again: Alembic applies only what is missing."""
     asyncio.run(_ensure_schema(settings))

@@ -12,7 +12,7 @@ from datetime import datetime
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.db.dialect import insert_ignoring_conflicts
+from service.db.dialect import for_update, insert_ignoring_conflicts
 from service.db.models import CreditReservation, ReservationStatus, Wallet, utcnow
 from service.errors import InsufficientCredits
 
@@ -67,11 +67,12 @@ async def reserve_credits(
 
 async def _active_for_update(session: AsyncSession, campaign_id: int) -> CreditReservation | None:
     return await session.scalar(
-        select(CreditReservation)
-        .where(
-            CreditReservation.campaign_id == campaign_id, CreditReservation.status == ReservationStatus.ACTIVE
+        for_update(
+            select(CreditReservation).where(
+                CreditReservation.campaign_id == campaign_id,
+                CreditReservation.status == ReservationStatus.ACTIVE,
+            )
         )
-        .with_for_update()
     )
 
 

@@ -88,6 +88,8 @@ async def apply_once(
         )
         if event_row is None:
             return EffectResult(DUPLICATE)
+        # Here the unique insert is both the check and the record: no gap between them to race into.
+        await failpoints.hit("webhook.after_duplicate_check")
         await failpoints.hit("webhook.after_event_recorded")
         result = await effect(session)
         await failpoints.hit("webhook.after_effect")
@@ -111,6 +113,7 @@ async def _check_record_apply_separately(
         )
     if seen is not None:
         return EffectResult(DUPLICATE)
+    await failpoints.hit("webhook.after_duplicate_check")
     async with session.begin():
         await session.execute(
             insert_ignoring_conflicts(session, WebhookEvent, ["provider", "event_id"]).values(

@@ -20,8 +20,8 @@ def service_env(settings: Settings, **extra: str) -> dict[str, str]:
     return env
 
 
-def start_api(settings: Settings, log_dir: Path, **extra_env: str) -> ManagedProcess:
-    port = free_port()
+def start_api(settings: Settings, log_dir: Path, port: int | None = None, **extra_env: str) -> ManagedProcess:
+    port = port or free_port()
     process = ManagedProcess(
         "api",
         smslab_argv("api", "--port", str(port)),

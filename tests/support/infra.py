@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,6 +109,8 @@ class SimulatorProcess:
     data_dir: Path
     seed: int = 7
     port: int = 0
+    target_port: int | None = None  # where its webhooks go (the test's API), if anywhere
+    dlr_final: str = "Delivered=1"
     process: ManagedProcess | None = None
 
     @property
@@ -120,19 +123,13 @@ class SimulatorProcess:
 
     def start(self) -> None:
         self.port = self.port or free_port()
+        argv = [sys.executable, "-m", "simulator", "--port", str(self.port), "--data-dir", str(self.data_dir)]
+        argv += ["--seed", str(self.seed), "--dlr-final", self.dlr_final, "--dlr-delay-ms", "30"]
+        if self.target_port:
+            argv += ["--target", f"http://127.0.0.1:{self.target_port}"]
         self.process = ManagedProcess(
             "simulator",
-            [
-                sys.executable,
-                "-m",
-                "simulator",
-                "--port",
-                str(self.port),
-                "--data-dir",
-                str(self.data_dir),
-                "--seed",
-                str(self.seed),
-            ],
+            argv,
             self.data_dir / "simulator.log",
             ready_url=f"{self.base_url}/control/health",
             cwd=ROOT,
@@ -158,3 +155,17 @@ class SimulatorProcess:
 
     def counters(self) -> dict[str, Any]:
         return dict(httpx.get(f"{self.base_url}/control/counters", timeout=5).json())
+
+    def control(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = httpx.request(method, f"{self.base_url}/control{path}", timeout=10, **kwargs)
+        response.raise_for_status()
+        return response.json()
+
+    def wait_for_deliveries(self, timeout: float = 20.0) -> dict[str, Any]:
+        """Until every outbound webhook was delivered or gave up (nothing pending)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            counters = self.control("GET", "/deliveries")
+            if counters["pending"] == 0 or time.monotonic() > deadline:
+                return dict(counters)
+            time.sleep(0.05)

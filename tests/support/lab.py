@@ -8,6 +8,7 @@ Either way the verdict comes from `chaos.checker` reading the simulator's ledger
 from __future__ import annotations
 
 import itertools
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,10 +16,25 @@ from typing import Any
 import phonenumbers
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from stripe import StripeClient
 
-from chaos.checker import i1_single_acceptance, i2_nothing_stuck, i3_debits_match, i4_credits_conserved
-from chaos.checker.evidence import load_acceptances, load_snapshot
+from chaos.checker import (
+    i1_single_acceptance,
+    i2_nothing_stuck,
+    i3_debits_match,
+    i4_credits_conserved,
+    i5_payments_once,
+    i7_delivery_state,
+)
+from chaos.checker.evidence import (
+    load_acceptances,
+    load_delivery_attempts,
+    load_reports,
+    load_snapshot,
+    load_stripe_truth,
+)
 from chaos.checker.result import CheckResult
+from service.billing.checkout import create_checkout, create_stripe_client, stripe_http_client
 from service.campaigns import drafts
 from service.campaigns.enqueue import EnqueueOutcome, enqueue_campaign
 from service.contacts.upsert import upsert_contacts
@@ -31,6 +47,9 @@ from service.sending.mitto import MittoClient
 from service.settings import Settings
 from service.shops import install_shop
 from service.wallet.ledger import grant_credits
+from service.webhooks import mitto, shopify, stripe_events
+from simulator.ledger import read_ledger
+from simulator.mitto import ACCEPTED_LEDGER
 from tests.support.infra import SimulatorProcess
 
 
@@ -200,8 +219,10 @@ class Lab:
             return wallet.balance, wallet.reserved
 
     async def verdict(self) -> dict[str, CheckResult]:
-        """I1-I4 from ground truth: the simulator's ledger and the database."""
-        acceptances = load_acceptances(self.simulator.data_dir)
+        """I1-I5 and I7 from ground truth: the simulator's ledgers and the database."""
+        data = self.simulator.data_dir
+        acceptances = load_acceptances(data)
+        deliveries = load_delivery_attempts(data)
         async with self.sessions() as session:
             snapshot = await load_snapshot(session)
         results = [
@@ -209,8 +230,79 @@ class Lab:
             i2_nothing_stuck.check(snapshot),
             i3_debits_match.check(acceptances, snapshot),
             i4_credits_conserved.check(snapshot),
+            i5_payments_once.check(load_stripe_truth(data), snapshot, deliveries),
+            i7_delivery_state.check(load_reports(data), deliveries, snapshot),
         ]
         return {r.id: r for r in results}
+
+    # --- providers' webhooks, delivered in-process (the tests act as the provider's retries) ----------
+    def stripe_client(self) -> StripeClient:
+        client = create_stripe_client(self.settings, stripe_http_client())
+        return client
+
+    async def checkout(self, shop_id: int, credits: int = 1000, key: str | None = None) -> dict[str, Any]:
+        async with self.sessions() as session:
+            return await create_checkout(
+                session,
+                self.settings,
+                self.stripe_client(),
+                shop_id=shop_id,
+                shop_domain="alpha.myshopify.com",
+                credits=credits,
+                client_key=key,
+            )
+
+    def pay(self, session_id: str, asynchronous: bool = False, succeed: bool = True) -> None:
+        self.simulator.control(
+            "POST", f"/stripe/sessions/{session_id}/pay", json={"async": asynchronous, "succeed": succeed}
+        )
+
+    def refund(self, session_id: str, amount: int | None = None) -> dict[str, Any]:
+        body = {} if amount is None else {"amount": amount}
+        return dict(self.simulator.control("POST", f"/stripe/sessions/{session_id}/refund", json=body))
+
+    def stripe_events(self, event_type: str | None = None) -> list[dict[str, Any]]:
+        events = self.simulator.control("GET", "/stripe/events")["events"]
+        return [e for e in events if event_type is None or e["type"] == event_type]
+
+    async def deliver_stripe(self, event: dict[str, Any]) -> str:
+        async with self.sessions() as session:
+            return (await stripe_events.handle(session, self.settings, self.stripe_client(), event)).outcome
+
+    async def deliver_shopify(
+        self,
+        topic: str,
+        payload: dict[str, Any],
+        event_id: str,
+        triggered_at: str | None = None,
+        shop: str = "alpha.myshopify.com",
+    ) -> str:
+        headers = {
+            "x-shopify-topic": topic,
+            "x-shopify-shop-domain": shop,
+            "x-shopify-event-id": event_id,
+            "x-shopify-triggered-at": triggered_at or "",
+        }
+        async with self.sessions() as session:
+            return (
+                await shopify.handle(session, self.settings, headers, json.dumps(payload).encode())
+            ).outcome
+
+    async def deliver_report(
+        self, message_id: str, reference: str, status: str, timestamp: str = "t0"
+    ) -> str:
+        body = {
+            "messageId": message_id,
+            "reference": reference,
+            "status": status,
+            "errorCode": None,
+            "timestamp": timestamp,
+        }
+        async with self.sessions() as session:
+            return (await mitto.handle(session, self.settings, json.dumps(body).encode())).outcome
+
+    def accepted_messages(self) -> list[dict[str, Any]]:
+        return list(read_ledger(self.simulator.data_dir / ACCEPTED_LEDGER))
 
     async def assert_holds(self, *invariants: str) -> dict[str, CheckResult]:
         verdict = await self.verdict()
