@@ -148,13 +148,15 @@ def cpu_seconds_by_component() -> dict[str, float]:
             continue
         if "chaos.cli worker" in cmdline:
             name = "workers"
+        elif "chaos.cli api" in cmdline or "multiprocessing" in cmdline:
+            name = "api"
         elif "-m simulator" in cmdline:
             name = "simulator"
         elif "postgres" in cmdline:
             name = "postgresql"
         elif "redis-server" in cmdline:
             name = "redis"
-        elif "bench.pipeline" in cmdline:
+        elif "bench." in cmdline:
             name = "benchmark driver"
         else:
             continue

@@ -55,3 +55,14 @@ def create_app(settings: Settings, redis_url: str) -> Litestar:
         ),
         logging_config=None,
     )
+
+
+def app_from_environment() -> Litestar:
+    """Factory for uvicorn's worker processes (`smslab api --workers N`): settings from SMSLAB_*."""
+    import os
+
+    from service.settings import load_settings
+
+    settings = load_settings()
+    logs.configure_logging(settings.log_level, settings.log_format, process="api")
+    return create_app(settings, os.environ["SMSLAB_REDIS_URL"])

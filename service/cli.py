@@ -65,24 +65,31 @@ def db_upgrade(revision: str = typer.Option("head", help="Target revision.")) ->
 def api(
     host: str = typer.Option("127.0.0.1", help="Interface to bind."),
     port: int = typer.Option(8000, help="Port to listen on."),
+    workers: int = typer.Option(1, min=1, help="API processes sharing the port (uvicorn workers)."),
 ) -> None:
     """Run the HTTP API (Litestar on uvicorn)."""
     settings = load_or_exit()
     logs.configure_logging(settings.log_level, settings.log_format, process="api")
+    import os
+
     import uvicorn
 
     from service.app import create_app
 
+    common: dict[str, object] = {
+        "host": host,
+        "port": port,
+        "log_config": None,
+        "access_log": False,
+        "lifespan": "on",
+        "timeout_graceful_shutdown": 5,
+    }
     with redis_url_for(settings) as redis_url:
-        uvicorn.run(
-            create_app(settings, redis_url),
-            host=host,
-            port=port,
-            log_config=None,
-            access_log=False,
-            lifespan="on",
-            timeout_graceful_shutdown=5,
-        )
+        if workers == 1:
+            uvicorn.run(create_app(settings, redis_url), **common)  # type: ignore[arg-type]
+            return
+        os.environ["SMSLAB_REDIS_URL"] = redis_url
+        uvicorn.run("service.app:app_from_environment", factory=True, workers=workers, **common)  # type: ignore[arg-type]
 
 
 def worker(

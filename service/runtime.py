@@ -18,6 +18,7 @@ from service.db.session import create_engine, create_sessionmaker
 from service.queue import create_queue
 from service.sending.mitto import MittoClient
 from service.settings import Settings
+from service.webhooks.report_batcher import DeliveryReportBatcher
 
 
 @dataclass
@@ -30,6 +31,7 @@ class Runtime:
     mitto: MittoClient
     stripe: StripeClient
     stripe_http: HTTPXClient
+    report_batcher: DeliveryReportBatcher
 
     @classmethod
     def build(cls, settings: Settings, redis_url: str, role: str) -> Runtime:
@@ -45,16 +47,18 @@ class Runtime:
             ]
         )
         engine = create_engine(settings, application_name=f"smslab-{role}")
+        sessions = create_sessionmaker(engine)
         stripe_http = stripe_http_client()
         return cls(
             settings=settings,
             redis_url=redis_url,
             engine=engine,
-            sessions=create_sessionmaker(engine),
+            sessions=sessions,
             queue=create_queue(settings, redis_url),
             mitto=MittoClient(settings),
             stripe=create_stripe_client(settings, stripe_http),
             stripe_http=stripe_http,
+            report_batcher=DeliveryReportBatcher(sessions),
         )
 
     async def start(self) -> None:

@@ -141,3 +141,64 @@ async def test_the_callback_token_and_the_report_shape_are_checked(api: Api) -> 
     assert ok.json() == {"status": "unmatched", "flagged": True}
     api.process.stop()
     assert token not in api.process.log_path.read_text()  # the secret in the URL never reaches a log
+
+
+async def test_a_batch_records_and_applies_each_report_once(lab: Lab) -> None:
+    """The API's group commit, driven directly: duplicates, reordering, early and unknown reports."""
+    from service.sending.delivery_reports import DeliveryReport
+    from service.webhooks.replay import IncomingEvent
+    from service.webhooks.report_batcher import apply_batch
+
+    _, campaign_id = await lab.sending_campaign(recipients=4)
+    with failpoints.armed("send.after_provider_accepted", "raise", count=1), pytest.raises(SimulatedCrash):
+        await lab.send(campaign_id)  # accepted, nothing recorded: reports for these are early
+    early = lab.accepted_messages()[3]
+    await lab.expire_leases(campaign_id)
+    async with lab.sessions() as session, session.begin():
+        # Record three of the four; the fourth stays "sending" (its report will be early).
+        from sqlalchemy import update
+
+        for message in lab.accepted_messages()[:3]:
+            rid = int(message["reference"].split("-r")[1])
+            await session.execute(
+                update(CampaignRecipient)
+                .where(CampaignRecipient.id == rid)
+                .values(status="sent", provider_message_id=message["message_id"])
+            )
+    m = lab.accepted_messages()
+
+    def item(index: int, status: str, stamp: str = "t") -> tuple[DeliveryReport, IncomingEvent]:
+        message = m[index]
+        report = DeliveryReport(message["message_id"], message["reference"], status, None, None)
+        event = IncomingEvent("mitto", f"{message['message_id']}:{status}:{stamp}", f"dlr.{status}")
+        return report, event
+
+    unknown = (DeliveryReport("m-x", "c9-r9", "Delivered", None, None), IncomingEvent("mitto", "m-x", "dlr"))
+    batch = [
+        item(0, "Delivered"),
+        item(0, "Delivered"),
+        item(1, "Sent"),
+        item(1, "Delivered"),
+        item(3, "Delivered"),
+        unknown,
+    ]
+    async with lab.sessions() as session:
+        outcomes = [o.outcome for o in await apply_batch(session, batch)]
+    assert outcomes == [
+        "applied",
+        "duplicate",
+        "superseded",
+        "applied",
+        "deferred_until_recorded",
+        "unmatched",
+    ]
+    async with lab.sessions() as session:
+        again = [o.outcome for o in await apply_batch(session, [item(0, "Delivered"), item(2, "Sent")])]
+    assert again == ["duplicate", "applied"]
+    states = await recipients_by_message(lab)
+    assert states[m[0]["message_id"]] == ("delivered", "Delivered")
+    assert states[m[1]["message_id"]] == ("delivered", "Delivered")
+    assert states[m[2]["message_id"]] == ("sent", "Sent")
+    async with lab.sessions() as session, session.begin():
+        kept = list(await session.scalars(select(PendingDeliveryReport.provider_message_id)))
+    assert kept == [early["message_id"]]

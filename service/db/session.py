@@ -31,7 +31,10 @@ def create_engine(settings: Settings, application_name: str = "smslab", pool_siz
         settings.database_url,
         pool_size=pool_size,
         max_overflow=pool_size,
-        pool_pre_ping=True,
+        # No pre-ping: it costs a round trip per checkout. When the server drops connections (restart,
+        # terminated backends), the first statement that fails invalidates the whole pool, that request
+        # gets a 503 or its job a retry, and the next checkout connects afresh.
+        pool_pre_ping=False,
         pool_recycle=1800,
         connect_args={"server_settings": server_settings, "timeout": 10, "command_timeout": 60},
     )

@@ -13,10 +13,12 @@ service never sent is recorded and flagged, never silently dropped.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any, cast
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import Table, bindparam, delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service import safeguards
@@ -45,41 +47,61 @@ class DeliveryReport:
     reported_at: datetime | None
 
 
+_RECIPIENTS = cast(Table, CampaignRecipient.__table__)
+_BY_MESSAGE_ID = select(_RECIPIENTS.c.id).where(_RECIPIENTS.c.provider_message_id == bindparam("message_id"))
+
+
+@functools.cache
+def _move_statement(final: bool, forward_only: bool, by_message_id: bool = False) -> Any:
+    """The conditional update for one kind of report, built once (this is the webhook's hot path)."""
+    values: dict[str, Any] = {
+        "provider_status": bindparam("provider_status"),
+        "status_updated_at": bindparam("now", type_=_RECIPIENTS.c.status_updated_at.type),
+    }
+    if final:
+        values.update(status=bindparam("new_status"), error_code=bindparam("error_code"))
+    elif not forward_only:
+        # Unsafe variant (lab only): the report is the truth, whatever came before it.
+        values["status"] = RecipientStatus.SENT.value
+    key = _RECIPIENTS.c.provider_message_id if by_message_id else _RECIPIENTS.c.id
+    statement = update(_RECIPIENTS).where(key == bindparam("message_id" if by_message_id else "recipient_id"))
+    if forward_only:
+        statement = statement.where(_RECIPIENTS.c.status == RecipientStatus.SENT.value)
+    return statement.values(values).returning(_RECIPIENTS.c.id)
+
+
 async def apply_to_recipient(
     session: AsyncSession, settings: Settings, recipient_id: int, report: DeliveryReport
 ) -> bool:
     """Move one recipient forward by a report; False if it was already past it. Caller's transaction."""
-    now = utcnow()
-    forward_only = safeguards.is_on(settings, safeguards.DELIVERY_REPORTS_FORWARD_ONLY)
     final = FINAL_STATUSES.get(report.status)
+    forward_only = safeguards.is_on(settings, safeguards.DELIVERY_REPORTS_FORWARD_ONLY)
+    params: dict[str, Any] = {"recipient_id": recipient_id, "provider_status": report.status, "now": utcnow()}
     if final is not None:
-        values = {"status": final, "provider_status": report.status, "error_code": report.error_code}
-        condition = [CampaignRecipient.status == RecipientStatus.SENT] if forward_only else []
-    else:
-        values = {"provider_status": report.status}
-        if forward_only:
-            condition = [CampaignRecipient.status == RecipientStatus.SENT]
-        else:
-            # Unsafe variant (lab only): the report is the truth, whatever came before it.
-            values["status"] = RecipientStatus.SENT
-            condition = []
-    moved = await session.scalar(
-        update(CampaignRecipient)
-        .where(CampaignRecipient.id == recipient_id, *condition)
-        .values(**values, status_updated_at=now)
-        .returning(CampaignRecipient.id)
-    )
+        params.update(new_status=final.value, error_code=report.error_code)
+    moved = (await session.execute(_move_statement(final is not None, forward_only), params)).scalar()
     return moved is not None
 
 
 async def apply_report(session: AsyncSession, settings: Settings, report: DeliveryReport) -> EffectResult:
     """The effect of one delivery report (inside the webhook's replay-protected transaction)."""
-    recipient_id = await session.scalar(
-        select(CampaignRecipient.id).where(CampaignRecipient.provider_message_id == report.message_id)
+    final = FINAL_STATUSES.get(report.status)
+    forward_only = safeguards.is_on(settings, safeguards.DELIVERY_REPORTS_FORWARD_ONLY)
+    params: dict[str, Any] = {
+        "message_id": report.message_id,
+        "provider_status": report.status,
+        "now": utcnow(),
+    }
+    if final is not None:
+        params.update(new_status=final.value, error_code=report.error_code)
+    # The common case in one statement: the message is recorded and moves forward.
+    moved = await session.execute(
+        _move_statement(final is not None, forward_only, by_message_id=True), params
     )
-    if recipient_id is not None:
-        moved = await apply_to_recipient(session, settings, recipient_id, report)
-        return EffectResult("applied" if moved else "superseded")
+    if moved.scalar() is not None:
+        return EffectResult("applied")
+    if (await session.execute(_BY_MESSAGE_ID, {"message_id": report.message_id})).scalar() is not None:
+        return EffectResult("superseded")
     parsed = parse_reference(report.reference)
     if parsed is not None:
         campaign_id, reference_recipient = parsed

@@ -47,5 +47,6 @@ class WebhooksController(Controller):
     ) -> dict[str, Any]:
         runtime = runtime_of(state)
         mitto.verify(runtime.settings, token)
-        result = await mitto.handle(db_session, runtime.settings, await request.body())
+        body = await request.body()
+        result = await mitto.handle(db_session, runtime.settings, body, runtime.report_batcher)
         return {"status": result.outcome, "flagged": result.flagged}

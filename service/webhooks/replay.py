@@ -1,11 +1,15 @@
 """One mechanism for every provider's webhooks to take effect exactly once (safeguard 6, invariant I5).
 
-The event record (unique per provider and event id) and its effect commit in ONE transaction:
-- a duplicate delivery finds the record and answers 2xx with no effect;
-- two concurrent deliveries of one event race on the unique index: one applies, the other waits for it
-  and then finds the record (PostgreSQL), or simply runs after it (SQLite);
-- a delivery that crashes half-way rolls back record and effect together, so the provider's retry
+The event record (unique per provider and event id) and its effect commit in ONE transaction. The
+effect runs first and the record, with the outcome, last (`INSERT ... ON CONFLICT DO NOTHING`); if the
+record already exists the whole transaction rolls back, effect included:
+- a duplicate delivery rolls back and answers 2xx with no effect;
+- two concurrent deliveries of one event: the second blocks on the first's row locks or on its uncommitted
+  index entry, then finds the record and rolls back (PostgreSQL), or simply runs after it (SQLite);
+- a delivery that crashes half-way rolls back effect and record together, so the provider's retry
   applies it; nothing is ever left "processing".
+(Recording last saves the statement that would otherwise write the outcome: this is the webhooks' hot
+path. The price is that a duplicate does its effect's work before rolling it back.)
 And each effect writes under a key of its business object (`purchase:{session}`, `refund:{re_...}`), so
 two *different* events about one payment (completed, then async_payment_succeeded) still credit once.
 
@@ -15,17 +19,19 @@ effect and mark it processed as separate steps, and apply effects under a key of
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import select, update
+from sqlalchemy import Table, bindparam, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service import failpoints, safeguards
-from service.db.dialect import insert_ignoring_conflicts
+from service.db.dialect import dialect_name, insert_ignoring_conflicts
 from service.db.models import WebhookEvent, utcnow
 from service.settings import Settings
 
@@ -59,7 +65,34 @@ def effect_key(settings: Settings, business_key: str) -> str:
     return f"{business_key}:delivery:{uuid.uuid4().hex}"
 
 
-def _values(event: IncomingEvent, result: EffectResult | None) -> dict[str, Any]:
+_EVENTS = cast(Table, WebhookEvent.__table__)
+EVENT_COLUMNS = (
+    "provider",
+    "event_id",
+    "event_type",
+    "shop_id",
+    "subject",
+    "payload",
+    "triggered_at",
+    "received_at",
+    "outcome",
+    "flagged",
+)
+
+
+@functools.cache
+def _record_statement(dialect: str) -> Any:
+    """INSERT ... ON CONFLICT DO NOTHING RETURNING id, built once: every delivery takes this path."""
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    return (
+        insert(_EVENTS)
+        .values({name: bindparam(name, type_=_EVENTS.c[name].type) for name in EVENT_COLUMNS})
+        .on_conflict_do_nothing(index_elements=["provider", "event_id"])
+        .returning(_EVENTS.c.id)
+    )
+
+
+def event_values(event: IncomingEvent, result: EffectResult | None) -> dict[str, Any]:
     return {
         "provider": event.provider,
         "event_id": event.event_id,
@@ -80,24 +113,24 @@ async def apply_once(
     """Record the event and apply its effect in one transaction, or do nothing if it was seen before."""
     if not safeguards.is_on(settings, safeguards.WEBHOOK_EFFECT_ONCE):
         return await _check_record_apply_separately(session, event, effect)
-    async with session.begin():
-        event_row = await session.scalar(
-            insert_ignoring_conflicts(session, WebhookEvent, ["provider", "event_id"])
-            .values(**_values(event, None))
-            .returning(WebhookEvent.id)
-        )
-        if event_row is None:
-            return EffectResult(DUPLICATE)
-        # Here the unique insert is both the check and the record: no gap between them to race into.
-        await failpoints.hit("webhook.after_duplicate_check")
-        await failpoints.hit("webhook.after_event_recorded")
+    transaction = await session.begin()
+    try:
         result = await effect(session)
         await failpoints.hit("webhook.after_effect")
-        await session.execute(
-            update(WebhookEvent)
-            .where(WebhookEvent.id == event_row)
-            .values(outcome=result.outcome, flagged=result.flagged)
+        recorded = await session.execute(
+            _record_statement(dialect_name(session)), event_values(event, result)
         )
+        if recorded.scalar() is None:
+            await transaction.rollback()  # seen before: this delivery's effect goes with it
+            return EffectResult(DUPLICATE)
+        # The unique insert is both the check and the record: no gap between them to race into.
+        await failpoints.hit("webhook.after_duplicate_check")
+        await failpoints.hit("webhook.after_event_recorded")
+        await transaction.commit()
+    except BaseException:
+        if transaction.is_active:
+            await transaction.rollback()
+        raise
     return result
 
 
@@ -117,7 +150,7 @@ async def _check_record_apply_separately(
     async with session.begin():
         await session.execute(
             insert_ignoring_conflicts(session, WebhookEvent, ["provider", "event_id"]).values(
-                **_values(event, None)
+                **event_values(event, None)
             )
         )
     await failpoints.hit("webhook.after_event_recorded")

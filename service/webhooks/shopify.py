@@ -32,6 +32,7 @@ log = logs.get_logger(__name__)
 
 CUSTOMER_TOPICS = ("customers/create", "customers/update")
 PRIVACY_TOPICS = ("customers/data_request", "customers/redact", "shop/redact")
+ERASURE_TOPICS = ("customers/redact", "shop/redact")
 
 
 class ShopifyHmacInvalid(Unauthorized):
@@ -96,7 +97,8 @@ async def handle(
         topic,
         shop_id=shop.id if shop else None,
         subject=subject,
-        payload=payload,
+        # An erasure request is recorded without its payload: it names the very data being erased.
+        payload=None if topic in ERASURE_TOPICS else payload,
         triggered_at=triggered_at,
     )
     effect: Effect
