@@ -100,6 +100,11 @@ class SimulatorApp:
 
         self.stripe_route = ProviderRoute("stripe.api", self.stripe.handle, stripe_problem)
 
+        def shopify_problem(status: int, message: str) -> Response:
+            return Response.json(status, {"errors": message})
+
+        self.shopify_route = ProviderRoute("shopify.api", self.shopify.handle, shopify_problem)
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             await self._lifespan(receive, send)
@@ -114,6 +119,8 @@ class SimulatorApp:
         route = self.provider_routes.get((request.method, request.path))
         if route is None and request.path.startswith("/stripe/"):
             route = self.stripe_route
+        if route is None and request.path.startswith("/shopify/"):
+            route = self.shopify_route
         try:
             if route is not None:
                 await self._provider_call(route, request, send)

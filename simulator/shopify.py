@@ -1,6 +1,8 @@
 """The fake Shopify: webhooks for shops and customers, with Shopify's headers, HMAC and retries.
 
-The lab triggers a topic through the control API (`POST /control/shopify/webhooks`); the fake delivers it
+Under `/shopify/{shop}/admin/api/{version}/` the fake has the customers part of the Admin API: creating or
+updating a customer fires `customers/create` or `customers/update`, as Shopify does. Any other topic is
+triggered through the control API (`POST /control/shopify/webhooks`). The fake delivers each
 to `{target}/webhooks/shopify` with `X-Shopify-Topic`, `X-Shopify-Hmac-Sha256` (base64 HMAC-SHA256 of
 the raw body with the app's client secret), `X-Shopify-Shop-Domain`, `X-Shopify-API-Version`,
 `X-Shopify-Webhook-Id` (one per delivery), `X-Shopify-Event-Id` (one per merchant action, the dedupe key)
@@ -20,7 +22,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from simulator.delivery import SHOPIFY_RETRY_DELAYS, Delivery, WebhookDispatcher
+from simulator.http import Request, Response
 from simulator.ledger import JsonLinesLedger, read_ledger
 
 SHOPIFY_LEDGER = "shopify_events.jsonl"
@@ -52,6 +57,10 @@ class FakeShopify:
         self.dispatcher = dispatcher
         self.ledger_path = data_dir / SHOPIFY_LEDGER
         self.events_sent = sum(1 for _ in read_ledger(self.ledger_path))
+        self.customers: dict[tuple[str, int], dict[str, Any]] = {}
+        self.customers_created = sum(
+            1 for r in read_ledger(self.ledger_path) if r["topic"] == "customers/create"
+        )
         self.ledger = JsonLinesLedger(self.ledger_path, fsync=fsync)
 
     def trigger(self, spec: Any) -> dict[str, Any]:
@@ -102,6 +111,56 @@ class FakeShopify:
             )
         )
         return {"event_id": event_id, "webhook_id": webhook_id, "triggered_at": triggered_at}
+
+    # --- the Admin API: customers (what a merchant or an import does in Shopify) ------------------
+    async def handle(self, request: Request) -> Response:
+        """`/shopify/{shop}/admin/api/{version}/customers.json` (POST) and `.../customers/{id}.json` (PUT):
+        the change is made and its webhook fired, as in Shopify. `X-Shopify-Access-Token` is required."""
+        parts = request.path.strip("/").split("/")  # shopify, shop, admin, api, version, customers[, id.json]
+        if len(parts) < 6 or parts[2:4] != ["admin", "api"] or not parts[1].endswith(".myshopify.com"):
+            return Response.json(404, {"errors": "Not Found"})
+        if not request.headers.get("x-shopify-access-token"):
+            return Response.json(
+                401,
+                {"errors": "[API] Invalid API key or access token (unrecognized login or wrong password)"},
+            )
+        shop = parts[1]
+        try:
+            document = request.json()
+        except msgspec.DecodeError:
+            return Response.json(400, {"errors": {"customer": "Required parameter missing or invalid"}})
+        customer = document.get("customer") if isinstance(document, dict) else None
+        if not isinstance(customer, dict):
+            return Response.json(400, {"errors": {"customer": "Required parameter missing or invalid"}})
+        now = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+        if request.method == "POST" and parts[5] == "customers.json":
+            self.customers_created += 1
+            customer = {
+                **customer,
+                "id": 7_000_000_000 + self.customers_created,
+                "created_at": now,
+                "updated_at": now,
+            }
+            self.customers[(shop, customer["id"])] = customer
+            self.trigger({"shop": shop, "topic": "customers/create", "payload": customer})
+            return Response.json(201, {"customer": customer})
+        if (
+            request.method == "PUT"
+            and len(parts) == 7
+            and parts[5] == "customers"
+            and parts[6].endswith(".json")
+        ):
+            key = (
+                shop,
+                int(parts[6].removesuffix(".json")) if parts[6].removesuffix(".json").isdigit() else -1,
+            )
+            if key not in self.customers:
+                return Response.json(404, {"errors": "Not Found"})
+            updated = {**self.customers[key], **customer, "id": key[1], "updated_at": now}
+            self.customers[key] = updated
+            self.trigger({"shop": shop, "topic": "customers/update", "payload": updated})
+            return Response.json(200, {"customer": updated})
+        return Response.json(404, {"errors": "Not Found"})
 
     def close(self) -> None:
         self.ledger.close()

@@ -216,3 +216,26 @@ async def test_the_fake_shopify_delivers_verified_webhooks_and_retries_failures(
     assert counters["acknowledged"] == 2
     assert counters["failed_attempts"] >= 1
     assert await contact_row(lab, 44) is not None
+
+
+@pytest.mark.webhooks_to_api
+async def test_customers_made_in_the_fake_shopify_admin_api_reach_the_service(api: Api, lab: Lab) -> None:
+    import httpx
+
+    await lab.shop()
+    admin = f"{lab.simulator.base_url}/shopify/alpha.myshopify.com/admin/api/2025-07"
+    token = {"X-Shopify-Access-Token": "shpat_lab"}
+    assert httpx.post(f"{admin}/customers.json", json={"customer": {}}).status_code == 401
+    created = httpx.post(f"{admin}/customers.json", json={"customer": customer()}, headers=token).json()["customer"]
+    lab.simulator.wait_for_deliveries()
+    contact = await contact_row(lab, created["id"])
+    assert contact is not None
+    assert contact.sms_consent is True
+    withdrawn = {"customer": {"sms_marketing_consent": {"state": "unsubscribed"}}}
+    response = httpx.put(f"{admin}/customers/{created['id']}.json", json=withdrawn, headers=token)
+    assert response.status_code == 200
+    lab.simulator.wait_for_deliveries()
+    contact = await contact_row(lab, created["id"])
+    assert contact is not None
+    assert contact.sms_consent is False
+    assert httpx.put(f"{admin}/customers/1.json", json=withdrawn, headers=token).status_code == 404
