@@ -226,7 +226,9 @@ async def test_customers_made_in_the_fake_shopify_admin_api_reach_the_service(ap
     admin = f"{lab.simulator.base_url}/shopify/alpha.myshopify.com/admin/api/2025-07"
     token = {"X-Shopify-Access-Token": "shpat_lab"}
     assert httpx.post(f"{admin}/customers.json", json={"customer": {}}).status_code == 401
-    created = httpx.post(f"{admin}/customers.json", json={"customer": customer()}, headers=token).json()["customer"]
+    created = httpx.post(f"{admin}/customers.json", json={"customer": customer()}, headers=token).json()[
+        "customer"
+    ]
     lab.simulator.wait_for_deliveries()
     contact = await contact_row(lab, created["id"])
     assert contact is not None
