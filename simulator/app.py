@@ -41,6 +41,7 @@ class SimulatorConfig:
     stripe_secret_key: str = "sk_test_lab_change_me_in_production"  # noqa: S105 - lab default
     stripe_webhook_secret: str = "whsec_lab_change_me_in_production"  # noqa: S105 - lab default
     shopify_api_secret: str = "lab-shopify-secret-change-me-in-production"  # noqa: S105 - lab default
+    faults: list[dict[str, Any]] = field(default_factory=list)  # rules active from the start
     fsync: bool = False
 
 
@@ -56,10 +57,12 @@ class SimulatorApp:
         self.config = config
         self.started_at = time.time()
         self.faults = FaultEngine(config.seed)
+        self.faults.add_many(config.faults, where="scenario.faults")
         self.deliveries = WebhookDispatcher(
             config.target,
             JsonLinesLedger(config.data_dir / DELIVERIES_LEDGER, fsync=config.fsync),
             config.time_scale,
+            faults=self.faults,
         )
         self.mitto = FakeMitto(
             config.data_dir,
@@ -135,6 +138,11 @@ class SimulatorApp:
         decision = self.faults.decide(route.target)
         if decision.delay:
             await asyncio.sleep(decision.delay)
+        for modifier in decision.modifiers:
+            request.extra[modifier.kind] = True
+            self.events.append(
+                {"t": time.time(), "target": route.target, "fault": modifier.kind, "rule": modifier.id}
+            )
         rule = decision.terminal
         if rule is None:
             await (await route.handler(request)).send(send)

@@ -9,23 +9,26 @@ import uvicorn
 
 from simulator.app import SimulatorApp, SimulatorConfig
 from simulator.mitto import DlrConfig, parse_final_mix
+from simulator.scenario import ScenarioError, SimulatorScenario, load_scenario, parse_fault_flag
 
 
 def simulator(
-    port: int = typer.Option(8025, help="Port to listen on (/mitto, /stripe, /control)."),
+    port: int = typer.Option(8025, help="Port to listen on (/mitto, /stripe, /shopify, /control)."),
     host: str = typer.Option("127.0.0.1", help="Interface to bind."),
     target: str = typer.Option(
         "", help="The service's base URL, where webhooks are delivered (none: not sent)."
     ),
     data_dir: Path = typer.Option(Path("var/simulator"), help="Where the ground-truth ledgers are written."),
-    seed: int = typer.Option(0, help="Seed for every random decision (faults, ids, delivery outcomes)."),
-    time_scale: float = typer.Option(
-        0.001, min=0.0, help="Provider retry schedules compressed by this factor."
+    scenario: Path | None = typer.Option(None, help="A scenario file (TOML or JSON): seed, faults, ..."),
+    fault: list[str] = typer.Option([], help="A fault rule as JSON; repeatable; added to the scenario's."),
+    seed: int | None = typer.Option(
+        None, help="Seed for every random decision [default: the scenario's, or 0]."
     ),
-    dlr_delay_ms: float = typer.Option(50.0, min=0.0, help="Delay between a message's delivery reports."),
-    dlr_final: str = typer.Option(
-        "Delivered=1", help="Final statuses and weights, e.g. Delivered=0.9,Expired=0.1"
+    time_scale: float | None = typer.Option(
+        None, min=0.0, help="Provider retry schedules compressed [0.001]."
     ),
+    dlr_delay_ms: float | None = typer.Option(None, min=0.0, help="Delay between a message's reports [50]."),
+    dlr_final: str | None = typer.Option(None, help="Final statuses and weights [Delivered=1]."),
     mitto_api_key: str = typer.Option("lab-mitto-key", envvar="SMSLAB_MITTO_API_KEY"),
     mitto_dlr_token: str = typer.Option(DlrConfig.callback_token, envvar="SMSLAB_MITTO_DLR_TOKEN"),
     stripe_secret_key: str = typer.Option(
@@ -43,28 +46,49 @@ def simulator(
 ) -> None:
     """Run the fake Mitto, Stripe and Shopify with their ground-truth ledgers."""
     try:
-        dlr = DlrConfig(dlr_delay_ms / 1000, parse_final_mix(dlr_final), mitto_dlr_token)
-    except ValueError as exc:
+        plan = load_scenario(scenario) if scenario else SimulatorScenario()
+        faults = plan.faults + [parse_fault_flag(text, i) for i, text in enumerate(fault)]
+        final_mix = parse_final_mix(dlr_final or plan.dlr_final or "Delivered=1")
+    except (ScenarioError, ValueError) as exc:
         typer.echo(f"simulator: {exc}", err=True)
         raise typer.Exit(2) from None
+    delay_ms = (
+        dlr_delay_ms
+        if dlr_delay_ms is not None
+        else plan.dlr_delay_ms
+        if plan.dlr_delay_ms is not None
+        else 50.0
+    )
     config = SimulatorConfig(
         data_dir=data_dir.resolve(),
-        seed=seed,
-        target=target or None,
+        seed=seed if seed is not None else plan.seed or 0,
+        target=target or plan.target,
         public_url=f"http://{host}:{port}",
-        time_scale=time_scale,
+        time_scale=time_scale
+        if time_scale is not None
+        else plan.time_scale
+        if plan.time_scale is not None
+        else 0.001,
         mitto_api_key=mitto_api_key,
-        dlr=dlr,
+        dlr=DlrConfig(delay_ms / 1000, final_mix, mitto_dlr_token),
         stripe_secret_key=stripe_secret_key,
         stripe_webhook_secret=stripe_webhook_secret,
         shopify_api_secret=shopify_api_secret,
+        faults=faults,
         fsync=fsync,
     )
     app = SimulatorApp(config)
-    typer.echo(f"simulator: seed {seed}, ledgers in {config.data_dir}", err=True)
-    for name, prefix in (("fake Mitto ", "/mitto"), ("fake Stripe", "/stripe"), ("control API", "/control")):
-        typer.echo(f"simulator: {name}  http://{host}:{port}{prefix}", err=True)
-    typer.echo(f"simulator: webhooks to  {target or '(nowhere: --target not set)'}", err=True)
+    typer.echo(f"simulator: seed {config.seed}, ledgers in {config.data_dir}", err=True)
+    for name, prefix in (
+        ("fake Mitto  ", "/mitto"),
+        ("fake Stripe ", "/stripe"),
+        ("fake Shopify", "/shopify"),
+        ("control API ", "/control"),
+    ):
+        typer.echo(f"simulator: {name} http://{host}:{port}{prefix}", err=True)
+    typer.echo(f"simulator: webhooks to   {config.target or '(nowhere: --target not set)'}", err=True)
+    if faults:
+        typer.echo(f"simulator: {len(faults)} fault rule(s) active", err=True)
     uvicorn.run(
         app, host=host, port=port, log_level="warning", access_log=False, lifespan="on", timeout_keep_alive=30
     )

@@ -1,14 +1,18 @@
-"""Outbound webhooks of the fake providers: scheduled, signed per attempt, retried on the provider's schedule.
+"""Outbound webhooks of the fake providers: scheduled, faulted, signed per attempt, retried on schedule.
 
-Every delivery attempt and the answer it got is appended to `webhook_deliveries.jsonl`, so the checker
-knows which reports and events the service acknowledged. Retry schedules are the providers' own (as far
-as they are public), compressed by `time_scale` (0.001: an hour of provider time passes in 3.6 s).
+Every delivery attempt and the answer it got is appended to `webhook_deliveries.jsonl` (with the faults
+that shaped it), so the checker knows which reports and events the service acknowledged. Retry schedules
+are the providers' own (as far as they are public), compressed by `time_scale` (0.001: an hour of
+provider time passes in 3.6 s). Faults on outbound targets (`mitto.dlr`, `stripe.webhook`,
+`shopify.webhook`) are decided per delivery (latency, duplicate, drop) and per attempt (bad signature,
+stale timestamp); see `faults.py`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import heapq
 import itertools
 import time
@@ -16,9 +20,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
-
+from simulator.faults import ATTEMPT_KINDS, DELIVERY_KINDS, FaultEngine
 from simulator.ledger import JsonLinesLedger
+from simulator.outbound import DeliveryError, OutboundClient
 
 DELIVERIES_LEDGER = "webhook_deliveries.jsonl"
 
@@ -27,18 +31,37 @@ STRIPE_RETRY_DELAYS = (60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0)  # t
 SHOPIFY_RETRY_DELAYS = (10.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7500.0)  # 8 retries over ~4 h
 MITTO_RETRY_DELAYS = (30.0, 60.0, 120.0, 300.0, 600.0)  # assumed: Mitto does not publish one
 
+FAULT_TARGETS = {"mitto": "mitto.dlr", "stripe": "stripe.webhook", "shopify": "shopify.webhook"}
 
-@dataclass
+
+@dataclass(slots=True)
 class Delivery:
     provider: str
     path: str  # appended to the target URL, query string included
     body: bytes
-    sign: Callable[[bytes], dict[str, str]]  # headers for one attempt (Stripe signs each attempt anew)
+    # Headers for one attempt, given how many seconds in the past to sign or stamp it (0: now).
+    sign: Callable[[bytes, float], dict[str, str]]
     retry_delays: tuple[float, ...]
     meta: dict[str, Any] = field(default_factory=dict)
     on_due: Callable[[], None] | None = None  # the provider's own state change when the event happens
     attempt: int = 0
     delivery_id: int = 0
+    copy_of: int | None = None
+    original: Delivery | None = None  # a duplicate sends its original's body as it stands when sent
+    dropped: bool = False
+    faults: list[str] = field(default_factory=list)
+
+
+def _corrupt(delivery: Delivery, headers: dict[str, str], path: str) -> tuple[dict[str, str], str]:
+    """Break whatever authenticates this attempt: the signature header, or the callback's token."""
+    for name in ("Stripe-Signature", "X-Shopify-Hmac-Sha256"):
+        if name in headers:
+            value = headers[name]
+            headers[name] = value[:-4] + ("AAAA" if not value.endswith("AAAA") else "BBBB")
+            return headers, path
+    if "token=" in path:
+        return headers, path.split("token=")[0] + "token=forged-by-the-lab"
+    return headers, path
 
 
 class WebhookDispatcher:
@@ -47,32 +70,39 @@ class WebhookDispatcher:
         target: str | None,
         ledger: JsonLinesLedger,
         time_scale: float,
+        faults: FaultEngine | None = None,
         concurrency: int = 64,
         timeout: float = 10.0,
     ) -> None:
         self.target = target.rstrip("/") if target else None
         self.ledger = ledger
         self.time_scale = time_scale
+        self.faults = faults
         self.timeout = timeout
+        self.concurrency = concurrency
         self._heap: list[tuple[float, int, Delivery]] = []
         self._order = itertools.count()
         self._ids = itertools.count(1)
-        self._wake = asyncio.Event()
-        self._slots = asyncio.Semaphore(concurrency)
+        self._wake: asyncio.Event | None = None
+        self._slots: asyncio.Semaphore | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._runner: asyncio.Task[None] | None = None
-        self._client: httpx.AsyncClient | None = None
+        self._client: OutboundClient | None = None
+        self.before_sending: list[Callable[[], None]] = []  # e.g. flush the ledgers the due events wrote
         self.counters: dict[str, int] = {
             "scheduled": 0,
             "attempts": 0,
             "acknowledged": 0,
             "failed_attempts": 0,
+            "dropped": 0,
+            "duplicated": 0,
         }
 
     def start(self) -> None:
-        self._client = httpx.AsyncClient(
-            timeout=self.timeout, limits=httpx.Limits(max_connections=128, max_keepalive_connections=64)
-        )
+        self._wake = asyncio.Event()
+        self._slots = asyncio.Semaphore(self.concurrency)
+        if self.target:
+            self._client = OutboundClient(self.target, self.timeout, max_connections=self.concurrency)
         self._runner = asyncio.create_task(self._run())
 
     async def stop(self) -> None:
@@ -92,64 +122,150 @@ class WebhookDispatcher:
     def schedule(self, delivery: Delivery, delay_seconds: float = 0.0) -> None:
         """Deliver after `delay_seconds` of wall time (not scaled: the caller chose it)."""
         if not delivery.delivery_id:
-            delivery.delivery_id = next(self._ids)
-            self.counters["scheduled"] += 1
+            delay_seconds += self._admit(delivery, delay_seconds)
         heapq.heappush(self._heap, (time.monotonic() + delay_seconds, next(self._order), delivery))
-        self._wake.set()
+        if self._wake is not None:
+            self._wake.set()
+
+    def _admit(self, delivery: Delivery, due_in: float = 0.0) -> float:
+        """A new delivery: its id, and the faults decided once for it. Returns the extra delay."""
+        delivery.delivery_id = next(self._ids)
+        self.counters["scheduled"] += 1
+        target = FAULT_TARGETS[delivery.provider]
+        if self.faults is None or delivery.copy_of is not None or not self.faults.may_apply(target):
+            return 0.0
+        decision = self.faults.decide(target, kinds=DELIVERY_KINDS)
+        if decision.delay:
+            delivery.faults.append("latency")
+        if decision.kind == "drop":
+            delivery.dropped = True
+            delivery.faults.append("drop")
+            self.counters["dropped"] += 1
+        elif decision.kind == "duplicate" and decision.terminal is not None:
+            params = decision.terminal.params
+            for n in range(1, int(params.get("copies", 1)) + 1):
+                twin = copy.copy(delivery)
+                twin.delivery_id, twin.copy_of, twin.on_due, twin.faults = (
+                    0,
+                    delivery.delivery_id,
+                    None,
+                    ["duplicate"],
+                )
+                twin.meta = dict(delivery.meta)
+                twin.original = delivery
+                self.counters["duplicated"] += 1
+                self.schedule(twin, due_in + decision.delay + n * float(params.get("spread_ms", 10)) / 1000)
+        return decision.delay
+
+    async def deliver_now(self, delivery: Delivery) -> None:
+        """Happen and attempt at once, before returning (a report that beats the send's own answer)."""
+        self._admit(delivery)
+        if delivery.on_due is not None:
+            delivery.on_due()
+            delivery.on_due = None
+        for hook in self.before_sending:
+            hook()
+        if delivery.dropped:
+            self._record(delivery, None, None, dropped=True)
+            return
+        if self._client is not None and self._slots is not None:
+            await self._slots.acquire()
+            await self._attempt(delivery)
 
     async def _run(self) -> None:
+        assert self._wake is not None
+        assert self._slots is not None
         while True:
             if not self._heap:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            due, _, delivery = self._heap[0]
-            wait = due - time.monotonic()
+            wait = self._heap[0][0] - time.monotonic()
             if wait > 0:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=wait)
                 continue
-            heapq.heappop(self._heap)
-            if delivery.on_due is not None and delivery.attempt == 0:
-                delivery.on_due()
-            if self.target is None:
-                continue  # nowhere to deliver: the provider's own state still changed
-            await self._slots.acquire()
-            task = asyncio.create_task(self._attempt(delivery))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            # Everything due now happens first (its records written in one go), then goes out.
+            now = time.monotonic()
+            due: list[Delivery] = []
+            while self._heap and self._heap[0][0] <= now and len(due) < 5_000:
+                delivery = heapq.heappop(self._heap)[2]
+                if delivery.on_due is not None:
+                    delivery.on_due()
+                    delivery.on_due = None
+                due.append(delivery)
+            for hook in self.before_sending:
+                hook()
+            for delivery in due:
+                if delivery.dropped:
+                    self._record(delivery, None, None, dropped=True)
+                    continue
+                if self._client is None:
+                    continue  # nowhere to deliver: the provider's own state still changed
+                await self._slots.acquire()
+                task = asyncio.create_task(self._attempt(delivery))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
 
     async def _attempt(self, delivery: Delivery) -> None:
         assert self._client is not None
-        assert self.target is not None
+        assert self._slots is not None
         delivery.attempt += 1
         self.counters["attempts"] += 1
-        headers = {"content-type": "application/json", **delivery.sign(delivery.body)}
+        age, corrupt, faults = 0.0, False, []
+        if self.faults is not None:
+            decision = self.faults.decide(
+                FAULT_TARGETS[delivery.provider], kinds=ATTEMPT_KINDS, count_request=False
+            )
+            stale = decision.has("stale_timestamp")
+            if stale is not None:
+                age = float(stale.params.get("seconds", 600))
+                faults.append("stale_timestamp")
+            if decision.has("bad_signature") is not None:
+                corrupt = True
+                faults.append("bad_signature")
+        body = delivery.original.body if delivery.original is not None else delivery.body
+        headers = {"Content-Type": "application/json", **delivery.sign(body, age)}
+        path = delivery.path
+        if corrupt:
+            headers, path = _corrupt(delivery, headers, path)
         status: int | None = None
         error: str | None = None
         try:
-            response = await self._client.post(
-                self.target + delivery.path, content=delivery.body, headers=headers
-            )
-            status = response.status_code
-        except httpx.HTTPError as exc:
-            error = type(exc).__name__
+            status = await self._client.post(path, body, headers)
+        except DeliveryError as exc:
+            error = str(exc)
         finally:
             self._slots.release()
+        self._record(delivery, status, error, attempt_faults=faults)
         acknowledged = status is not None and 200 <= status < 300
-        self.counters["acknowledged" if acknowledged else "failed_attempts"] += 1
+        if not acknowledged and delivery.attempt <= len(delivery.retry_delays):
+            self.schedule(delivery, delivery.retry_delays[delivery.attempt - 1] * self.time_scale)
+
+    def _record(
+        self,
+        delivery: Delivery,
+        status: int | None,
+        error: str | None,
+        dropped: bool = False,
+        attempt_faults: list[str] | None = None,
+    ) -> None:
+        acknowledged = status is not None and 200 <= status < 300
+        if not dropped:
+            self.counters["acknowledged" if acknowledged else "failed_attempts"] += 1
         self.ledger.append(
             {
                 "t": time.time(),
                 "delivery": delivery.delivery_id,
+                "copy_of": delivery.copy_of,
                 "provider": delivery.provider,
                 "attempt": delivery.attempt,
                 "status": status,
                 "error": error,
                 "acknowledged": acknowledged,
+                "dropped": dropped,
+                "faults": delivery.faults + (attempt_faults or []),
                 **delivery.meta,
             }
         )
-        if not acknowledged and delivery.attempt <= len(delivery.retry_delays):
-            self.schedule(delivery, delivery.retry_delays[delivery.attempt - 1] * self.time_scale)

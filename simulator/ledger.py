@@ -26,6 +26,7 @@ class JsonLinesLedger:
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         self._fsync = fsync
         self._lock = threading.Lock()
+        self._buffer: list[dict[str, Any]] = []
 
     def append_many(self, records: list[dict[str, Any]]) -> None:
         if not records:
@@ -41,7 +42,18 @@ class JsonLinesLedger:
     def append(self, record: dict[str, Any]) -> None:
         self.append_many([record])
 
+    def defer(self, record: dict[str, Any]) -> None:
+        """Buffer a record; `flush` writes every buffered record in one write. The caller must flush
+        before anything that depends on the record (a response, a webhook) leaves."""
+        self._buffer.append(record)
+
+    def flush(self) -> None:
+        if self._buffer:
+            records, self._buffer = self._buffer, []
+            self.append_many(records)
+
     def close(self) -> None:
+        self.flush()
         os.close(self._fd)
 
 

@@ -101,12 +101,15 @@ class FakeMitto:
         self.dispatcher = dispatcher
         self.dlr = dlr
         self.dlr_rng = random.Random(f"{seed}:mitto.dlr")
+        self._id_prefixes: dict[str, str] = {}
+        self._callback_path = f"/webhooks/mitto/dlr?token={dlr.callback_token}"
         self.ledger_path = data_dir / ACCEPTED_LEDGER
         self.dlr_ledger_path = data_dir / DLR_LEDGER
         self.state = MittoState()
         self._recover()
         self.ledger = JsonLinesLedger(self.ledger_path, fsync=fsync)
         self.dlr_ledger = JsonLinesLedger(self.dlr_ledger_path, fsync=fsync)
+        dispatcher.before_sending.append(self.dlr_ledger.flush)
 
     def _recover(self) -> None:
         """Rebuild the lookup index from the ledger, so lookups survive a restart of the simulator."""
@@ -128,8 +131,12 @@ class FakeMitto:
         self.state.by_id[message.message_id] = message
 
     def _id(self, kind: str, number: int) -> str:
-        # Deterministic for a seed and request order, and unique across restarts (numbers continue).
-        return str(uuid.uuid5(_ID_NAMESPACE, f"{self.seed}:{kind}:{number}"))
+        """Deterministic for a seed and request order, unique across restarts (numbers continue): a
+        UUID-shaped prefix derived once from (seed, kind), then the number in its last 12 hex digits."""
+        prefix = self._id_prefixes.get(kind)
+        if prefix is None:
+            prefix = self._id_prefixes[kind] = str(uuid.uuid5(_ID_NAMESPACE, f"{self.seed}:{kind}"))[:24]
+        return f"{prefix}{number:012x}"
 
     def _authorised(self, request: Request) -> bool:
         return request.headers.get("x-mitto-api-key") == self.api_key
@@ -195,7 +202,14 @@ class FakeMitto:
         self.ledger.append_many(records)
         for message in stored:
             self._index(message)
-            self._schedule_reports(message)
+        if request.extra.get("report_first"):
+            # The carrier's callbacks beat this very answer: report each message before responding.
+            for message in stored:
+                for status in ("Sent", self._final_status()):
+                    await self.dispatcher.deliver_now(self._report(message, status))
+        else:
+            for message in stored:
+                self._schedule_reports(message)
         return Response.json(200, {"bulkId": bulk_id, "messages": results})
 
     def _final_status(self) -> str:
@@ -227,7 +241,7 @@ class FakeMitto:
             message.delivery_status = status
             report["timestamp"] = datetime.now(UTC).isoformat()
             delivery.body = msgspec.json.encode(report)
-            self.dlr_ledger.append(
+            self.dlr_ledger.defer(
                 {
                     "t": time.time(),
                     "message_id": message.message_id,
@@ -238,9 +252,9 @@ class FakeMitto:
 
         delivery = Delivery(
             provider="mitto",
-            path=f"/webhooks/mitto/dlr?token={self.dlr.callback_token}",
+            path=self._callback_path,
             body=b"",
-            sign=lambda _body: {},
+            sign=_unsigned,
             retry_delays=MITTO_RETRY_DELAYS,
             meta={
                 "event": f"{message.message_id}:{status}",
@@ -287,3 +301,8 @@ def _validate_message(message: Any, index: int) -> None:
             raise ValueError(f"messages[{index}].{name} is required")
     if len(message["text"]) > MAX_TEXT:
         raise ValueError(f"messages[{index}].text is longer than {MAX_TEXT} characters")
+
+
+def _unsigned(_body: bytes, _age: float) -> dict[str, str]:
+    """Mitto signs nothing: its callback URL carries the secret instead."""
+    return {}

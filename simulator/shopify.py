@@ -18,7 +18,7 @@ import hmac
 import json
 import time
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -105,7 +105,11 @@ class FakeShopify:
                 provider="shopify",
                 path="/webhooks/shopify",
                 body=body,
-                sign=lambda raw: {**headers, "X-Shopify-Hmac-Sha256": hmac_header(self.api_secret, raw)},
+                sign=lambda raw, age: {
+                    **headers,
+                    "X-Shopify-Hmac-Sha256": hmac_header(self.api_secret, raw),
+                    **({"X-Shopify-Triggered-At": _older(triggered_at, age)} if age else {}),
+                },
                 retry_delays=SHOPIFY_RETRY_DELAYS,
                 meta={"event": event_id, "type": topic, "shop": shop},
             )
@@ -164,3 +168,12 @@ class FakeShopify:
 
     def close(self) -> None:
         self.ledger.close()
+
+
+def _older(triggered_at: str, seconds: float) -> str:
+    """The same instant, `seconds` earlier (a stale timestamp fault)."""
+    try:
+        moment = datetime.fromisoformat(triggered_at.replace("Z", "+00:00"))
+    except ValueError:
+        return triggered_at
+    return (moment - timedelta(seconds=seconds)).isoformat().replace("+00:00", "Z")

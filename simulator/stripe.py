@@ -380,7 +380,9 @@ class FakeStripe:
                 provider="stripe",
                 path="/webhooks/stripe",
                 body=body,
-                sign=lambda payload: {"Stripe-Signature": sign(self.webhook_secret, payload)},
+                sign=lambda payload, age: {
+                    "Stripe-Signature": sign(self.webhook_secret, payload, int(time.time() - age))
+                },
                 retry_delays=STRIPE_RETRY_DELAYS,
                 meta={"event": event["id"], "type": event_type, "object": obj.get("id")},
             )

@@ -7,13 +7,8 @@ import base64
 import hashlib
 import hmac
 import json
-import threading
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -23,62 +18,17 @@ from service.settings import Settings, validate
 from service.webhooks import shopify as shopify_webhooks
 from service.webhooks import stripe_events
 from tests.support.infra import SimulatorProcess
+from tests.support.receiver import Receiver
 
 STRIPE_KEY = {"Authorization": "Bearer sk_test_lab_change_me_in_production"}
 WEBHOOK_SECRET = "whsec_lab_change_me_in_production"
-
-
-@dataclass
-class Received:
-    path: str
-    headers: dict[str, str]
-    body: bytes
-    at: float
-
-
-@dataclass
-class Receiver:
-    """A bare HTTP server in the test's process: what the provider sends, byte for byte."""
-
-    fail_first: int = 0
-    received: list[Received] = field(default_factory=list)
-    server: ThreadingHTTPServer | None = None
-
-    def start(self) -> int:
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("content-length", 0)))
-                receiver.received.append(
-                    Received(self.path, {k.lower(): v for k, v in self.headers.items()}, body, time.time())
-                )
-                status = 500 if len(receiver.received) <= receiver.fail_first else 200
-                self.send_response(status)
-                self.send_header("content-length", "2")
-                self.end_headers()
-                self.wfile.write(b"{}")
-
-            def log_message(self, *_: Any) -> None:
-                return
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        return int(self.server.server_address[1])
-
-    def wait_for(self, count: int, timeout: float = 15.0) -> list[Received]:
-        deadline = time.monotonic() + timeout
-        while len(self.received) < count and time.monotonic() < deadline:
-            time.sleep(0.02)
-        return self.received
 
 
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
     r = Receiver()
     yield r
-    if r.server:
-        r.server.shutdown()
+    r.stop()
 
 
 def start_simulator(tmp_path: Path, receiver: Receiver) -> SimulatorProcess:

@@ -111,6 +111,7 @@ class SimulatorProcess:
     port: int = 0
     target_port: int | None = None  # where its webhooks go (the test's API), if anywhere
     dlr_final: str = "Delivered=1"
+    scenario: Path | None = None  # a scenario file; then seed and reports come from it
     process: ManagedProcess | None = None
 
     @property
@@ -124,7 +125,10 @@ class SimulatorProcess:
     def start(self) -> None:
         self.port = self.port or free_port()
         argv = [sys.executable, "-m", "simulator", "--port", str(self.port), "--data-dir", str(self.data_dir)]
-        argv += ["--seed", str(self.seed), "--dlr-final", self.dlr_final, "--dlr-delay-ms", "30"]
+        if self.scenario is not None:
+            argv += ["--scenario", str(self.scenario)]
+        else:
+            argv += ["--seed", str(self.seed), "--dlr-final", self.dlr_final, "--dlr-delay-ms", "30"]
         if self.target_port:
             argv += ["--target", f"http://127.0.0.1:{self.target_port}"]
         self.process = ManagedProcess(
