@@ -241,3 +241,5 @@ async def test_customers_made_in_the_fake_shopify_admin_api_reach_the_service(ap
     assert contact is not None
     assert contact.sms_consent is False
     assert httpx.put(f"{admin}/customers/1.json", json=withdrawn, headers=token).status_code == 404
+    malformed = httpx.post(f"{admin}/customers.json", content=b"{oops", headers=token)
+    assert (malformed.status_code, list(malformed.json())) == (400, ["errors"])  # Shopify's error shape
