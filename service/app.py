@@ -64,5 +64,5 @@ def app_from_environment() -> Litestar:
     from service.settings import load_settings
 
     settings = load_settings()
-    logs.configure_logging(settings.log_level, settings.log_format, process="api")
+    logs.configure_for(settings, "api")
     return create_app(settings, os.environ["SMSLAB_REDIS_URL"])

@@ -52,7 +52,7 @@ def redis_url_for(settings: Settings) -> Iterator[str]:
 def db_upgrade(revision: str = typer.Option("head", help="Target revision.")) -> None:
     """Apply migrations (safe to repeat)."""
     settings = load_or_exit()
-    logs.configure_logging(settings.log_level, settings.log_format, process="migrate")
+    logs.configure_for(settings, "migrate")
     from service.db import migrate
 
     try:
@@ -69,7 +69,7 @@ def api(
 ) -> None:
     """Run the HTTP API (Litestar on uvicorn)."""
     settings = load_or_exit()
-    logs.configure_logging(settings.log_level, settings.log_format, process="api")
+    logs.configure_for(settings, "api")
     import os
 
     import uvicorn
@@ -100,7 +100,7 @@ def worker(
     settings = load_or_exit()
     with redis_url_for(settings) as redis_url:
         if processes == 1:
-            logs.configure_logging(settings.log_level, settings.log_format, process="worker")
+            logs.configure_for(settings, "worker")
             from service.worker import main
 
             main(settings, redis_url, concurrency)
@@ -149,7 +149,7 @@ def credits_grant(
 ) -> None:
     """Add credits to a shop's wallet as a ledger adjustment (installs the shop if new)."""
     settings = load_or_exit()
-    logs.configure_logging(settings.log_level, settings.log_format, process="cli")
+    logs.configure_for(settings, "cli")
     from service.auth import is_shop_domain
 
     if not is_shop_domain(shop_domain):

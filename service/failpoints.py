@@ -5,16 +5,18 @@ provider accepted but before the result was written, between recording and debit
 points are inert unless armed, and arming them from the environment is refused outside lab runs
 (`SMSLAB_LAB_ALLOW_UNSAFE=true`).
 
-Spec (`SMSLAB_FAILPOINTS`): comma-separated `point=action[*count]`, where action is `raise` (a
-`SimulatedCrash`, which no handler of ours catches), `kill` (SIGKILL to this very process, as the OOM
-killer or `kill -9` would) or `sleep:SECONDS` (a stall, e.g. a GC pause longer than a lease). `*count`
-limits how many hits fire; without it every hit fires.
+Spec (`SMSLAB_FAILPOINTS`): comma-separated `point=action[@probability][*count]`, where action is
+`raise` (a `SimulatedCrash`, which no handler of ours catches), `kill` (SIGKILL to this very process, as
+the OOM killer or `kill -9` would) or `sleep:SECONDS` (a stall, e.g. a GC pause longer than a lease).
+`@0.1` fires on one hit in ten at random (drawn from `SMSLAB_FAILPOINT_SEED`, so a run replays);
+`*count` limits how many hits fire; without either, every hit fires.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import random
 import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -45,9 +47,11 @@ class _Armed:
     action: str
     argument: float
     remaining: int | None
+    probability: float = 1.0
 
 
 _armed: dict[str, _Armed] = {}
+_rng = random.Random(0)
 
 
 def parse_spec(spec: str) -> dict[str, _Armed]:
@@ -64,6 +68,15 @@ def parse_spec(spec: str) -> dict[str, _Armed]:
             if not count_text.isdigit() or int(count_text) < 1:
                 raise ValueError(f"{entry!r}: count after * must be a whole number >= 1")
             count = int(count_text)
+        probability = 1.0
+        if "@" in action:
+            action, _, probability_text = action.partition("@")
+            try:
+                probability = float(probability_text)
+            except ValueError:
+                probability = -1.0
+            if not 0.0 < probability <= 1.0:
+                raise ValueError(f"{entry!r}: probability after @ must be in (0, 1]")
         name, _, arg_text = action.partition(":")
         argument = 0.0
         if name == "sleep":
@@ -73,14 +86,15 @@ def parse_spec(spec: str) -> dict[str, _Armed]:
                 raise ValueError(f"{entry!r}: sleep needs seconds, as sleep:2.5") from None
         elif name not in ("raise", "kill") or arg_text:
             raise ValueError(f"{entry!r}: action must be raise, kill or sleep:SECONDS")
-        armed[point] = _Armed(name, argument, count)
+        armed[point] = _Armed(name, argument, count, probability)
     return armed
 
 
-def configure(spec: str) -> None:
+def configure(spec: str, seed: int = 0) -> None:
     """Arm points from a spec (called once at process start from settings)."""
     _armed.clear()
     _armed.update(parse_spec(spec))
+    _rng.seed(f"failpoints:{seed}")
 
 
 @contextmanager
@@ -104,6 +118,8 @@ async def hit(point: str) -> None:
         return
     entry = _armed.get(point)
     if entry is None:
+        return
+    if entry.probability < 1.0 and _rng.random() >= entry.probability:
         return
     if entry.remaining is not None:
         if entry.remaining <= 0:

@@ -13,9 +13,12 @@ import re
 import sys
 import uuid
 from collections.abc import Iterable, MutableMapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
+
+if TYPE_CHECKING:
+    from service.settings import Settings
 
 REDACTED = "[redacted]"
 
@@ -92,8 +95,13 @@ def _render_exception_then_redact(
     return redact(logger, method, event_dict)
 
 
-def configure_logging(level: str = "info", fmt: str = "auto", process: str = "smslab") -> None:
-    """Route structlog and stdlib logging through one redacting pipeline, JSON lines or console."""
+def configure_logging(
+    level: str = "info", fmt: str = "auto", process: str = "smslab", redaction: bool = True
+) -> None:
+    """Route structlog and stdlib logging through one redacting pipeline, JSON lines or console.
+
+    `redaction=False` is the lab's unsafe variant of safeguard 10 (`log_redaction`), never production's.
+    """
     if fmt == "auto":
         fmt = "console" if sys.stderr.isatty() else "json"
     shared: list[Any] = [
@@ -102,7 +110,7 @@ def configure_logging(level: str = "info", fmt: str = "auto", process: str = "sm
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.StackInfoRenderer(),
-        _render_exception_then_redact,
+        _render_exception_then_redact if redaction else structlog.processors.format_exc_info,
     ]
     renderer: Any = (
         structlog.processors.JSONRenderer()
@@ -155,3 +163,15 @@ def current_request_id() -> str | None:
 
 def get_logger(name: str) -> Any:
     return structlog.get_logger(name)
+
+
+def configure_for(settings: Settings, process: str) -> None:
+    """Logging as the settings say, redaction on unless the lab switched safeguard 10 off."""
+    from service import safeguards
+
+    configure_logging(
+        settings.log_level,
+        settings.log_format,
+        process=process,
+        redaction=safeguards.is_on(settings, safeguards.LOG_REDACTION),
+    )

@@ -35,7 +35,7 @@ class Runtime:
 
     @classmethod
     def build(cls, settings: Settings, redis_url: str, role: str) -> Runtime:
-        failpoints.configure(settings.failpoints)
+        failpoints.configure(settings.failpoints, settings.failpoint_seed)
         logs.register_secrets(
             [
                 settings.mitto_api_key,

@@ -32,6 +32,7 @@ CLAIM_BEFORE_SEND = "claim_before_send"
 RESOLVE_AMBIGUOUS_SENDS = "resolve_ambiguous_sends"
 DEBIT_WITH_RESULT = "debit_with_result"
 RECONCILER = "reconciler"
+LOG_REDACTION = "log_redaction"
 WEBHOOK_EFFECT_ONCE = "webhook_effect_once"
 DELIVERY_REPORTS_FORWARD_ONLY = "delivery_reports_forward_only"
 
@@ -116,6 +117,16 @@ REGISTRY: dict[str, Safeguard] = {
             "lost queue jobs (Redis restarted empty), killed workers, a crash between commit and job enqueue",
             "the reconcile job does nothing",
             "tests/test_reconcile.py",
+        ),
+        Safeguard(
+            10,
+            LOG_REDACTION,
+            "I8",
+            "every log line, ours and the libraries', passes one redaction step: phones, emails, tokens, "
+            "secrets and Authorization headers never reach a log",
+            "a handler or library that logs a request, a payload or an exception text",
+            "log lines are rendered as they come",
+            "tests/test_units.py",
         ),
     )
 }

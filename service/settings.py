@@ -70,6 +70,7 @@ class Settings:
     lab_allow_unsafe: bool = False
     safeguards_off: frozenset[str] = field(default_factory=frozenset)
     failpoints: str = ""
+    failpoint_seed: int = 0
 
     @property
     def is_sqlite(self) -> bool:
@@ -110,6 +111,16 @@ def _positive_int(name: str, raw: str) -> int:
         raise SettingsError(name, f"expected a whole number >= 1, got {raw!r}") from None
     if value < 1:
         raise SettingsError(name, f"expected a whole number >= 1, got {raw!r}")
+    return value
+
+
+def _whole_number(name: str, raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(name, f"expected a whole number >= 0, got {raw!r}") from None
+    if value < 0:
+        raise SettingsError(name, f"expected a whole number >= 0, got {raw!r}")
     return value
 
 
@@ -229,6 +240,7 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "lab_allow_unsafe": _boolean,
     "safeguards_off": _name_set,
     "failpoints": lambda _n, raw: raw.strip(),
+    "failpoint_seed": lambda n, raw: _whole_number(n, raw),
 }
 
 

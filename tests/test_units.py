@@ -89,12 +89,38 @@ def test_library_log_lines_go_through_the_same_redaction() -> None:
     assert lines[1]["to"] == logs.REDACTED
 
 
+def test_without_log_redaction_personal_data_reaches_the_log() -> None:
+    from service.settings import Settings, validate
+
+    unsafe = validate(
+        Settings(lab_allow_unsafe=True, safeguards_off=frozenset({"log_redaction"}), log_format="json")
+    )
+    logs.configure_for(unsafe, "unit")
+    stream = io.StringIO()
+    handler = logging.getLogger().handlers[0]
+    assert isinstance(handler, logging.StreamHandler)
+    handler.setStream(stream)
+    try:
+        structlog.get_logger("x").info("sent", to="+12025550143")
+    finally:
+        handler.setStream(__import__("sys").stderr)
+        logs.configure_logging("info", "json", process="unit")
+    assert "+12025550143" in stream.getvalue()
+
+
 def test_failpoint_specs_are_validated() -> None:
+    assert failpoints.parse_spec("send.after_claim=kill@0.25*3")["send.after_claim"].probability == 0.25
     assert set(failpoints.parse_spec("send.after_claim=raise,enqueue.before_commit=sleep:0.5*2")) == {
         "send.after_claim",
         "enqueue.before_commit",
     }
-    for bad in ("nowhere=raise", "send.after_claim", "send.after_claim=explode", "send.after_claim=raise*0"):
+    for bad in (
+        "nowhere=raise",
+        "send.after_claim",
+        "send.after_claim=explode",
+        "send.after_claim=raise*0",
+        "send.after_claim=raise@2",
+    ):
         with pytest.raises(ValueError, match=r"."):
             failpoints.parse_spec(bad)
 
