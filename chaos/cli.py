@@ -5,8 +5,12 @@ Service: `db upgrade`, `api`, `worker`, `token`, `credits grant`; simulator: `si
 
 from __future__ import annotations
 
+import json
 import os
 import time
+import tomllib
+from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -113,6 +117,121 @@ def up(
             typer.echo("stopping", err=True)
         finally:
             stop_all(processes)
+
+
+@app.command()
+def run(
+    scenario: str = typer.Argument(..., help="A scenario name (chaos/scenarios/NAME.toml) or a path."),
+    seed: int | None = typer.Option(None, help="Seed for every random choice [default: the scenario's]."),
+    database: str | None = typer.Option(
+        None, help="A PostgreSQL URL for the run (a fresh schema in it); default: SQLite in the run folder."
+    ),
+    out: Path = typer.Option(
+        Path("runs"), help="Where run folders go (a `latest` link points at the newest)."
+    ),
+    keep_database: bool = typer.Option(False, help="Keep the run's PostgreSQL schema afterwards."),
+) -> None:
+    """Run a chaos scenario end to end and print the verdict (exit 0 only if every invariant holds)."""
+    from chaos.scenario import ScenarioError, load_scenario
+
+    try:
+        plan = load_scenario(scenario)
+    except ScenarioError as exc:
+        raise fail(str(exc)) from None
+    _run_and_report(plan, plan.seed if seed is None else seed, database, out, keep_database, None)
+
+
+@app.command()
+def check(run_dir: Path = typer.Argument(..., help="A run folder (e.g. runs/latest).")) -> None:
+    """Check a finished run again, from its folder alone (exit 0 only if every invariant holds)."""
+    from chaos.checker.run import check_run
+    from chaos.report import print_verdict
+
+    if not (run_dir / "history.jsonl").exists() and not (run_dir / "simulator").exists():
+        raise fail(f"{run_dir} is not a run folder")
+    verdict = check_run(run_dir)
+    print_verdict(verdict, str(run_dir.resolve()))
+    raise typer.Exit(0 if verdict["valid"] is True else 1)
+
+
+@app.command()
+def replay(
+    run_dir: Path = typer.Argument(..., help="A finished run folder."),
+    database: str | None = typer.Option(None, help="As for `run` (a fresh database again)."),
+    out: Path = typer.Option(Path("runs"), help="Where the new run folder goes."),
+) -> None:
+    """Run a finished run's scenario again, with its seed and its very fault schedule."""
+    from chaos.nemesis import load_plan
+    from chaos.scenario import ScenarioError, parse_scenario
+
+    try:
+        manifest = json.loads((run_dir / "run.json").read_text())
+        source = (run_dir / "scenario.toml").read_text()
+        plan = parse_scenario(tomllib.loads(source), source)
+        events = load_plan(run_dir / "nemesis.plan.json")
+    except (OSError, ValueError, ScenarioError) as exc:
+        raise fail(f"cannot replay {run_dir}: {exc}") from None
+    _run_and_report(plan, int(manifest["seed"]), database, out, False, events)
+
+
+@app.command()
+def matrix(
+    out: Path | None = typer.Option(
+        None, help="Output folder: every run's folder and matrix.json (default: runs/matrix-TIME)."
+    ),
+    short: bool = typer.Option(False, help="Cap each run's workload at a few seconds (for CI)."),
+    database: str | None = typer.Option(None, help="As for `run`: a PostgreSQL URL, else SQLite."),
+    only: list[str] = typer.Option([], help="Only this safeguard's row (repeatable)."),
+) -> None:
+    """Switch each safeguard off in the scenario that exposes it; expect its invariant to fail, and
+    every invariant to hold with all safeguards on (exit 0 only if every row came out as expected)."""
+    from datetime import UTC, datetime
+
+    from chaos.harness import RunOptions, run_scenario
+    from chaos.matrix import Outcome, run_matrix
+    from chaos.report import Progress, print_matrix, print_outcome
+    from chaos.scenario import Scenario, ScenarioError
+
+    out_dir = out or Path("runs") / f"matrix-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}"
+
+    def run_one(scenario: Scenario, where: Path) -> tuple[Path, dict[str, Any]]:
+        options = RunOptions(
+            scenario, scenario.seed, where, database_url=database, on_progress=Progress(quiet=True)
+        )
+        return run_scenario(options)
+
+    def report(outcome: Outcome, index: int, total: int) -> None:
+        print_outcome(outcome, index, total)
+
+    try:
+        result = run_matrix(out_dir, short, database, run_one, report, tuple(only))
+    except ScenarioError as exc:
+        raise fail(str(exc)) from None
+    print_matrix(result, str(out_dir / "matrix.json"))
+    raise typer.Exit(0 if result["as_expected"] else 1)
+
+
+def _run_and_report(
+    plan: Any, seed: int, database: str | None, out: Path, keep_database: bool, events: Any
+) -> None:
+    from chaos.harness import LabError, RunOptions, run_scenario
+    from chaos.report import Progress, print_verdict
+
+    options = RunOptions(
+        plan,
+        seed,
+        out,
+        database_url=database,
+        plan=events,
+        on_progress=Progress(),
+        keep_database=keep_database,
+    )
+    try:
+        run_dir, verdict = run_scenario(options)
+    except LabError as exc:
+        raise fail(str(exc), code=3) from None
+    print_verdict(verdict, str(run_dir))
+    raise typer.Exit(0 if verdict["valid"] is True else 1)
 
 
 def main() -> None:

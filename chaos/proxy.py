@@ -121,6 +121,7 @@ class Proxy:
         self.enabled = True
         self.rng = random.Random(f"{seed}:proxy:{name}")
         self.connections: set[_Connection] = set()
+        self._handlers: set[asyncio.Task[Any]] = set()
         self.server: asyncio.base_events.Server | None = None
         self.port = 0
 
@@ -134,6 +135,11 @@ class Proxy:
             self.server.close()
         for connection in list(self.connections):
             connection.close()
+        # Let every connection's handler see its streams close and finish, so none is left pending
+        # (and cancelled, noisily) when the event loop ends.
+        handlers = [task for task in self._handlers if not task.done()]
+        if handlers:
+            await asyncio.wait(handlers, timeout=2.0)
 
     def add(self, toxic: Toxic) -> None:
         self.toxics[toxic.name] = toxic
@@ -156,6 +162,10 @@ class Proxy:
         self.enabled = True
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._handlers.add(task)
+            task.add_done_callback(self._handlers.discard)
         if not self.enabled:
             writer.transport.abort()
             return

@@ -175,3 +175,5 @@ def configure_for(settings: Settings, process: str) -> None:
         process=process,
         redaction=safeguards.is_on(settings, safeguards.LOG_REDACTION),
     )
+    if settings.log_sql:
+        logging.getLogger("sqlalchemy.engine").setLevel(logging.INFO)

@@ -14,7 +14,7 @@ from sqlalchemy import delete, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.campaigns import progress
-from service.contacts.shopify_sync import customer_phone
+from service.contacts.shopify_sync import customer_phone, lock_customer
 from service.db.dialect import for_update
 from service.db.models import (
     Campaign,
@@ -98,7 +98,10 @@ async def export_customer(
 async def redact_customer(
     session: AsyncSession, shop_id: int, customer: dict[str, Any], region: str
 ) -> EffectResult:
-    """`customers/redact`: erase one customer's personal data."""
+    """`customers/redact`: erase one customer's personal data, and leave the tombstone that keeps it so."""
+    if customer.get("id") is not None:
+        state = await lock_customer(session, shop_id, int(customer["id"]))
+        state.erased_at = state.erased_at or utcnow()
     contacts = await _customer_contacts(session, shop_id, customer, region)
     phones = {c.phone_e164 for c in contacts}
     phone = customer_phone(customer, region)

@@ -35,6 +35,7 @@ RECONCILER = "reconciler"
 LOG_REDACTION = "log_redaction"
 WEBHOOK_EFFECT_ONCE = "webhook_effect_once"
 DELIVERY_REPORTS_FORWARD_ONLY = "delivery_reports_forward_only"
+ERASURE_IS_FINAL = "erasure_is_final"
 
 REGISTRY: dict[str, Safeguard] = {
     sg.name: sg
@@ -127,6 +128,16 @@ REGISTRY: dict[str, Safeguard] = {
             "a handler or library that logs a request, a payload or an exception text",
             "log lines are rendered as they come",
             "tests/test_units.py",
+        ),
+        Safeguard(
+            11,
+            ERASURE_IS_FINAL,
+            "I8",
+            "a customer's events are serialised on a per-customer row, and an erasure leaves a tombstone "
+            "there: no customer webhook delivered after it brings the customer's data back",
+            "a customer update retried by Shopify (or delayed) past the customer's redaction",
+            "customer webhooks ignore the tombstone and re-create the contact",
+            "tests/test_webhooks_shopify.py",
         ),
     )
 }

@@ -66,6 +66,9 @@ class Settings:
 
     log_format: str = "auto"
     log_level: str = "info"
+    # Every SQL statement with its parameters (SQLAlchemy's engine log at INFO), as an operator turns on
+    # to debug an incident. Parameters hold phones and emails: the redaction step (safeguard 10) masks them.
+    log_sql: bool = False
 
     lab_allow_unsafe: bool = False
     safeguards_off: frozenset[str] = field(default_factory=frozenset)
@@ -83,6 +86,11 @@ class Settings:
     def with_overrides(self, **changes: Any) -> Settings:
         """A copy with some fields changed, re-validated like the original."""
         return validate(replace(self, **changes))
+
+
+# A send attempt starts provider calls only within this share of its lease, so that it finishes (and
+# records) before the lease expires and the reconciler takes the rows over.
+SEND_LEASE_USABLE_SHARE = 0.8
 
 
 def normalize_database_url(url: str) -> str:
@@ -237,6 +245,7 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "default_phone_region": lambda n, raw: _text(n, raw).upper(),
     "log_format": _choice(LOG_FORMATS),
     "log_level": _choice(("debug", "info", "warning", "error")),
+    "log_sql": _boolean,
     "lab_allow_unsafe": _boolean,
     "safeguards_off": _name_set,
     "failpoints": lambda _n, raw: raw.strip(),
@@ -301,6 +310,13 @@ def validate(settings: Settings) -> Settings:
             raise SettingsError(env_name("failpoints"), str(exc)) from None
     if settings.database_schema and not settings.is_postgres:
         raise SettingsError(env_name("database_schema"), "only applies to a PostgreSQL database URL")
+    usable = settings.send_lease_seconds * SEND_LEASE_USABLE_SHARE
+    if settings.mitto_timeout_seconds >= usable:
+        raise SettingsError(
+            env_name("send_lease_seconds"),
+            f"must leave room for one provider call: {SEND_LEASE_USABLE_SHARE:.0%} of the lease "
+            f"({usable:g} s) must exceed SMSLAB_MITTO_TIMEOUT_SECONDS ({settings.mitto_timeout_seconds:g} s)",
+        )
     return settings
 
 

@@ -60,6 +60,18 @@ async def watch_for_orphaned_jobs(runtime: Runtime) -> None:
             log.warning("orphaned_jobs_requeued", jobs=requeued)
 
 
+def sweep_interval(settings: Settings) -> int:
+    """How often SAQ sweeps its active list: about once per send lease, between 1 and 30 seconds.
+
+    A job can be lost in transit: moved to Redis's active list by a dequeue whose answer never reached
+    the worker (a reset connection). It then sits there, marked queued, holding its key, so the
+    reconciler's re-enqueue of the same batch is a no-op until a sweep hands it back. Sweeping once per
+    lease bounds that delay like a lease bounds a claim. A sweep racing a dequeue can run a job twice;
+    the claims make that harmless.
+    """
+    return max(1, min(30, round(settings.send_lease_seconds)))
+
+
 def cron_for_interval(seconds: float) -> str:
     """A croniter expression firing about every `seconds` (seconds-field form below a minute)."""
     whole = max(1, round(seconds))
@@ -68,6 +80,28 @@ def cron_for_interval(seconds: float) -> str:
     if whole < 3600:
         return f"*/{max(1, whole // 60)} * * * *"
     return f"0 */{max(1, whole // 3600)} * * *"
+
+
+class PromptlyStoppingWorker(Worker[Any]):
+    """A SAQ worker whose SIGTERM waits only for the jobs it is running.
+
+    SAQ's stop waits its grace period for every task, including its upkeep loops (which sleep up to
+    the sweep interval) and the loops blocked waiting for a job: an idle worker always took the whole
+    grace period to stop. Here the upkeep loops are cancelled at once, and an idle loop gives up its
+    wait within `IDLE_POLL_SECONDS`; a running job still gets the grace period, and a job cut short is
+    safe anyway (claims and leases decide, not the queue).
+    """
+
+    IDLE_POLL_SECONDS = 1.0
+
+    async def upkeep(self) -> list[asyncio.Task[None]]:
+        self._upkeep_tasks = await super().upkeep()
+        return self._upkeep_tasks
+
+    async def stop(self) -> None:
+        for task in getattr(self, "_upkeep_tasks", []):
+            task.cancel()
+        await super().stop()
 
 
 def build_worker(runtime: Runtime, concurrency: int) -> Worker[Any]:
@@ -84,7 +118,7 @@ def build_worker(runtime: Runtime, concurrency: int) -> Worker[Any]:
             watchdog.cancel()
             await asyncio.gather(watchdog, return_exceptions=True)
 
-    return Worker(
+    return PromptlyStoppingWorker(
         runtime.queue,
         functions=[send_batch],
         cron_jobs=[
@@ -99,8 +133,11 @@ def build_worker(runtime: Runtime, concurrency: int) -> Worker[Any]:
         concurrency=concurrency,
         startup=startup,
         shutdown=shutdown,
-        timers=PartialTimersDict(worker_info=HEARTBEAT_SECONDS, sweep=30, schedule=1, abort=1),
+        timers=PartialTimersDict(
+            worker_info=HEARTBEAT_SECONDS, sweep=sweep_interval(settings), schedule=1, abort=1
+        ),
         shutdown_grace_period_s=5,
+        dequeue_timeout=PromptlyStoppingWorker.IDLE_POLL_SECONDS,
         metadata={"pid": os.getpid()},
     )
 

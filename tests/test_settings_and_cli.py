@@ -33,6 +33,10 @@ from tests.support.infra import ROOT
         ),
         ({"SMSLAB_LAB_ALLOW_UNSAFE": "true", "SMSLAB_FAILPOINTS": "nowhere=raise"}, "unknown failpoint"),
         ({"SMSLAB_DATABASE_SCHEMA": "lab"}, "only applies to a PostgreSQL"),
+        (
+            {"SMSLAB_SEND_LEASE_SECONDS": "2", "SMSLAB_MITTO_TIMEOUT_SECONDS": "2"},
+            "SMSLAB_SEND_LEASE_SECONDS: must leave room for one provider call",
+        ),
     ],
 )
 def test_bad_settings_are_refused_naming_the_variable(env: dict[str, str], message: str) -> None:

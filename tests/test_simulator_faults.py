@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -28,6 +29,16 @@ def receiver() -> Iterator[Receiver]:
     r = Receiver()
     yield r
     r.stop()
+
+
+def ledger_lines(path: Path, count: int, timeout: float = 5.0) -> list[dict[str, Any]]:
+    """The ledger's records once it holds `count` of them (it is written just after each event)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        records = list(read_ledger(path))
+        if len(records) >= count or time.monotonic() > deadline:
+            return records
+        time.sleep(0.05)
 
 
 def simulator_to(receiver: Receiver, tmp_path: Path, seed: int = 7, name: str = "sim") -> SimulatorProcess:
@@ -128,10 +139,11 @@ def test_bad_signatures_and_stale_timestamps_fail_once_then_the_retry_verifies(
         ).json()
         sim.control("POST", f"/stripe/sessions/{session['id']}/pay", json={})
         got = receiver.wait_for(2)
+        # The receiver answered; the simulator writes the attempt's outcome a moment later.
+        ledger = ledger_lines(sim.data_dir / "webhook_deliveries.jsonl", 2)
     finally:
         sim.stop()
     assert [r.status for r in got[:2]] == [400, 200]
-    ledger = list(read_ledger(sim.data_dir / "webhook_deliveries.jsonl"))
     assert set(ledger[0]["faults"]) == {"bad_signature", "stale_timestamp"}
     assert (ledger[1]["attempt"], ledger[1]["acknowledged"]) == (2, True)
 

@@ -161,6 +161,50 @@ async def test_a_redacted_customer_leaves_no_phone_or_email_anywhere(lab: Lab) -
     await lab.assert_holds("I4")
 
 
+async def update_retried_past_its_redaction(lab: Lab) -> list[str]:
+    """A consent change made before the erasure request, delivered (retried by Shopify) after it."""
+    await lab.shop()
+    early, erased, late = "2026-11-28T10:00:00Z", "2026-11-28T10:00:05Z", "2026-11-28T10:00:01Z"
+    outcomes = [await lab.deliver_shopify("customers/create", customer(), "evt-create", early)]
+    redaction = {"customer": {"id": 42, "email": EMAIL, "phone": PHONE}, "orders_to_redact": []}
+    outcomes.append(await lab.deliver_shopify("customers/redact", redaction, "evt-r", erased))
+    outcomes.append(
+        await lab.deliver_shopify("customers/update", customer(consent="unsubscribed"), "evt-u", late)
+    )
+    return outcomes
+
+
+async def test_an_update_delivered_after_the_erasure_does_not_bring_the_customer_back(lab: Lab) -> None:
+    assert await update_retried_past_its_redaction(lab) == ["created", "redacted:1", "customer_erased"]
+    assert await contact_row(lab) is None
+    stored = await everything_in_the_database(lab)
+    assert PHONE not in stored
+    assert EMAIL not in stored
+
+
+async def test_without_the_tombstone_a_late_update_resurrects_the_erased_customer(lab: Lab) -> None:
+    unsafe = lab.unsafe(safeguards.ERASURE_IS_FINAL)
+    assert await update_retried_past_its_redaction(unsafe) == ["created", "redacted:1", "created"]
+    assert PHONE in await everything_in_the_database(unsafe)
+
+
+async def test_an_erasure_and_an_update_racing_never_leave_the_customer_behind(lab: Lab) -> None:
+    await lab.shop()
+    await lab.deliver_shopify("customers/create", customer(), "evt-create", "2026-11-28T10:00:00Z")
+    redaction = {"customer": {"id": 42, "email": EMAIL, "phone": PHONE}, "orders_to_redact": []}
+    for round_ in range(5):
+        await asyncio.gather(
+            lab.deliver_shopify("customers/redact", redaction, f"evt-r{round_}", "2026-11-28T10:00:05Z"),
+            lab.deliver_shopify(
+                "customers/update",
+                customer(first_name=f"A{round_}"),
+                f"evt-u{round_}",
+                "2026-11-28T10:00:01Z",
+            ),
+        )
+        assert await contact_row(lab) is None
+
+
 async def test_shop_redact_erases_every_customer_and_keeps_the_ledger(lab: Lab) -> None:
     shop_id = await lab.shop(credits=100)
     phones = await lab.contacts(shop_id, 5)

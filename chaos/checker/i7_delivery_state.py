@@ -25,10 +25,12 @@ def check(
 ) -> CheckResult:
     result = CheckResult(ID, TITLE, True)
     acknowledged = {d.event for d in deliveries if d.provider == "mitto" and d.acknowledged}
+    final_state = {status: state.value for status, state in FINAL_STATUSES.items()}
     expected: dict[str, str] = {}
     for report in reports:
-        if report.status in FINAL_STATUSES and f"{report.message_id}:{report.status}" in acknowledged:
-            expected[report.message_id] = FINAL_STATUSES[report.status].value
+        state = final_state.get(report.status)
+        if state is not None and f"{report.message_id}:{report.status}" in acknowledged:
+            expected[report.message_id] = state
     recorded = {
         r["provider_message_id"]: r for r in snapshot.recipients.values() if r.get("provider_message_id")
     }
@@ -37,13 +39,13 @@ def check(
         want = expected.get(message_id, "sent")
         have = recipient["status"]
         if have == want:
-            outcomes["matching"] += 1
             continue
         kind = "regressed" if have == "sent" else "wrong_final_state"
         outcomes[kind] += 1
         result.witness(
             {"message_id": message_id, "recipient_id": recipient["id"], "expected": want, "recorded": have}
         )
+    outcomes["matching"] = len(recorded) - outcomes["regressed"] - outcomes["wrong_final_state"]
     outcomes["final_reports_acknowledged"] = len(expected)
     outcomes["messages_recorded"] = len(recorded)
     result.counts = {

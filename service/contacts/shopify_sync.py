@@ -5,6 +5,10 @@ earlier). Deliveries come late and out of order, so each contact remembers the `
 of the last customer webhook applied to it; an older one changes nothing. SMS consent is Shopify's
 `sms_marketing_consent.state == "subscribed"`; a withdrawn consent takes the contact out of every
 campaign not yet sent to it, at once.
+
+An erased customer stays erased (safeguard 11): every customer event locks the customer's
+`shopify_customers` row first, and an update that finds the erasure tombstone there changes nothing,
+however late Shopify delivered it.
 """
 
 from __future__ import annotations
@@ -18,7 +22,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from service.campaigns import progress
 from service.contacts.phones import InvalidPhone, normalize_phone
 from service.db.dialect import for_update, insert_ignoring_conflicts
-from service.db.models import Contact, utcnow
+from service.db.models import Contact, ShopifyCustomer, utcnow
+from service.safeguards import ERASURE_IS_FINAL, is_on
+from service.settings import Settings
 from service.webhooks.replay import EffectResult
 
 
@@ -37,11 +43,42 @@ def customer_consents(customer: dict[str, Any]) -> bool:
     return isinstance(consent, dict) and consent.get("state") == "subscribed"
 
 
+async def lock_customer(session: AsyncSession, shop_id: int, customer_id: int) -> ShopifyCustomer:
+    """The customer's row, created if new and locked until the transaction ends.
+
+    The insert cannot be skipped for a read: two first events of one customer would both find nothing,
+    and nothing would order them. With the row inserted (or found) and locked, PostgreSQL makes a second
+    event of the same customer wait; SQLite's writers are serialised anyway.
+    """
+    await session.execute(
+        insert_ignoring_conflicts(session, ShopifyCustomer, ["shop_id", "shopify_customer_id"]).values(
+            shop_id=shop_id, shopify_customer_id=customer_id
+        )
+    )
+    row = await session.scalar(
+        for_update(
+            select(ShopifyCustomer).where(
+                ShopifyCustomer.shop_id == shop_id, ShopifyCustomer.shopify_customer_id == customer_id
+            )
+        )
+    )
+    assert row is not None  # inserted or already there, and rows of this table are never deleted
+    return row
+
+
 async def sync_customer(
-    session: AsyncSession, shop_id: int, customer: dict[str, Any], triggered_at: datetime | None, region: str
+    session: AsyncSession,
+    settings: Settings,
+    shop_id: int,
+    customer: dict[str, Any],
+    triggered_at: datetime | None,
+    region: str,
 ) -> EffectResult:
     """Create or update the customer's contact. Caller's transaction (the webhook's)."""
     customer_id = int(customer["id"])
+    state = await lock_customer(session, shop_id, customer_id)
+    if state.erased_at is not None and is_on(settings, ERASURE_IS_FINAL):
+        return EffectResult("customer_erased", keep_payload=False)
     phone = customer_phone(customer, region)
     consent = customer_consents(customer)
     email = customer.get("email") if isinstance(customer.get("email"), str) else None

@@ -341,6 +341,22 @@ class PrivacyRequest(Base):
     completed_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class ShopifyCustomer(Base):
+    """One row per Shopify customer a shop's webhooks named: the lock that orders that customer's events,
+    and the erasure tombstone.
+
+    Every customer event (create, update, redact) first locks this row, so an erasure and an update of
+    the same customer never interleave; once `erased_at` is set, no later-delivered update may bring the
+    customer's data back (safeguard 11, `erasure_is_final`).
+    """
+
+    __tablename__ = "shopify_customers"
+
+    shop_id: Mapped[int] = mapped_column(BigId, ForeignKey("shops.id"), primary_key=True)
+    shopify_customer_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    erased_at: Mapped[datetime | None]
+
+
 class EnqueueRequest(Base):
     """A stored Idempotency-Key of the enqueue endpoint (Brandur Leach's key table, one local phase)."""
 

@@ -28,7 +28,7 @@ from service.sending.mitto import (
 from service.sending.record import Outcomes, Recorded, record_outcomes
 from service.sending.references import reference_for
 from service.sending.resolve import resolve_references
-from service.settings import Settings
+from service.settings import SEND_LEASE_USABLE_SHARE, Settings
 
 log = logs.get_logger(__name__)
 
@@ -90,7 +90,8 @@ async def send_batch(
         sent=report.recorded.sent,
         failed=report.recorded.failed,
         unknown=len(outcomes.unknown),
-        back_to_pending=report.recorded.back_to_pending,
+        # Not `back_to_pending`: a field named `to` (or `..._to_...`) is redacted as a phone number.
+        pending_again=report.recorded.back_to_pending,
         provider_calls=report.provider_calls,
     )
     if report.recorded.back_to_pending:
@@ -119,7 +120,7 @@ async def deliver(
         remaining[reference] = OutgoingMessage(to=phone, text=claim.body, reference=reference)
         recipient_of[reference] = rid
     # A new provider call starts only if it can finish (timeout included) well inside the lease.
-    lease_end = started + settings.send_lease_seconds * 0.8
+    lease_end = started + settings.send_lease_seconds * SEND_LEASE_USABLE_SHARE
     resolve = safeguards.is_on(settings, safeguards.RESOLVE_AMBIGUOUS_SENDS)
     unknown: set[str] = set()
     tries = 0

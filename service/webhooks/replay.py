@@ -53,6 +53,7 @@ class IncomingEvent:
 class EffectResult:
     outcome: str = "applied"
     flagged: bool = False
+    keep_payload: bool = True  # False: the event is recorded without its body (it names an erased person)
 
 
 Effect = Callable[[AsyncSession], Awaitable[EffectResult]]
@@ -99,7 +100,7 @@ def event_values(event: IncomingEvent, result: EffectResult | None) -> dict[str,
         "event_type": event.event_type,
         "shop_id": event.shop_id,
         "subject": event.subject,
-        "payload": event.payload,
+        "payload": event.payload if result is None or result.keep_payload else None,
         "triggered_at": event.triggered_at,
         "received_at": utcnow(),
         "outcome": result.outcome if result else "processing",

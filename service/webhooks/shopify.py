@@ -108,7 +108,12 @@ async def handle(
         effect = partial(_outcome, outcome="shop_inactive")
     elif topic in CUSTOMER_TOPICS and isinstance(customer, dict) and customer.get("id") is not None:
         effect = partial(
-            sync_customer, shop_id=shop.id, customer=customer, triggered_at=triggered_at, region=region
+            sync_customer,
+            settings=settings,
+            shop_id=shop.id,
+            customer=customer,
+            triggered_at=triggered_at,
+            region=region,
         )
     elif topic == "app/uninstalled":
         effect = partial(uninstall_shop, shop_id=shop.id)

@@ -1,0 +1,77 @@
+"""I6: one enqueue per campaign; the same Idempotency-Key always gets the same response.
+
+Ground truth: the history the clients recorded (what the API actually answered). Violations:
+- two different keys both got 202 for one campaign (two enqueues won);
+- one key got 202 responses with different bodies (the stored response was not replayed);
+- one key got a 202 and, before or after it, a definite refusal (`campaign-not-draft`, 402, 422):
+  a request with that key was executed again instead of being answered from the stored response.
+A 409 `idempotency-key-in-flight` (the first request still running) and outcomes that are unknown
+(timeouts, 5xx) are not violations. Order does not matter: with the key stored, no request with it can
+ever be refused for a reason its twin did not meet. Safeguard: the idempotent enqueue (1).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+from chaos.checker.result import CheckResult
+from chaos.history import FAIL, OK
+
+ID = "I6"
+TITLE = "one enqueue per campaign; same key, same response"
+IN_FLIGHT = "idempotency-key-in-flight"
+
+
+def check(history: list[dict[str, Any]]) -> CheckResult:
+    result = CheckResult(ID, TITLE, True)
+    by_key: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    winners: dict[tuple[str, int], set[str]] = defaultdict(set)
+    enqueue_ops = 0
+    for entry in history:
+        if entry.get("f") != "enqueue" or entry["type"] not in (OK, FAIL):
+            continue
+        enqueue_ops += 1
+        value = entry["value"]
+        by_key[(value["shop"], value["key"])].append(entry)
+        if entry["type"] == OK and value.get("status") == 202:
+            winners[(value["shop"], value["campaign"])].add(value["key"])
+    two_winners = 0
+    for (shop, campaign), keys in winners.items():
+        if len(keys) > 1:
+            two_winners += 1
+            result.witness({"shop": shop, "campaign": campaign, "keys_that_won": sorted(keys)})
+    answered_differently = 0
+    for (shop, key), entries in by_key.items():
+        accepted = [e for e in entries if e["type"] == OK]
+        if not accepted:
+            continue
+        bodies = {repr(e["value"].get("response")) for e in accepted}
+        refusals = [e for e in entries if e["type"] == FAIL and e["value"].get("problem") != IN_FLIGHT]
+        if len(bodies) == 1 and not refusals:
+            continue
+        answered_differently += 1
+        odd = refusals[0] if refusals else accepted[-1]
+        result.witness(
+            {
+                "shop": shop,
+                "key": key,
+                "campaign": accepted[0]["value"]["campaign"],
+                "accepted": {"index": accepted[0]["index"], "status": accepted[0]["value"].get("status")},
+                "also_answered": {
+                    "index": odd["index"],
+                    "status": odd["value"].get("status"),
+                    "problem": odd["value"].get("problem"),
+                    "different_body": len(bodies) > 1,
+                },
+            }
+        )
+    result.counts = {
+        "enqueue_outcomes": enqueue_ops,
+        "keys": len(by_key),
+        "campaigns_enqueued": len(winners),
+        "campaigns_with_two_winners": two_winners,
+        "keys_answered_differently": answered_differently,
+    }
+    result.valid = not two_winners and not answered_differently
+    return result

@@ -1,0 +1,138 @@
+"""I8: no personal data in any log line; an erased customer leaves no personal data behind.
+
+Ground truth: every log line of every process of the run, scanned independently of the service's own
+redaction (other patterns, and the run's actual phone numbers and secrets); the history (which
+customers were erased, with their phone and email); the database's personal-data columns. Safeguard:
+log redaction (10), and the privacy topics' erasure.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from chaos.checker.result import CheckResult
+from chaos.history import OK
+
+ID = "I8"
+TITLE = "no PII in any log line; redacted customers leave no PII behind"
+
+# Each pattern starts with a literal, so the regex engine skims a file for it at memory speed; the few
+# hits are then confirmed by looking around them. Independent of the service's own redaction patterns.
+_PHONE = re.compile(rb"\+\d{10,15}(?!\d)")
+_JWT = re.compile(rb"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.")
+_BEARER = re.compile(rb"earer\s+(?!\[redacted\])[A-Za-z0-9._~+/-]{8,}")  # after a B or b
+_EMAIL = re.compile(rb"@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")  # after a local-part character
+_LOCAL_PART = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._%+-")
+# Bare digit runs (a phone logged without its +): digits masked to "0" and everything else to " ", then
+# runs of ten or more zeros found by a literal search, and only those compared with the run's phones.
+_MASK = bytes(0x30 if 0x30 <= b <= 0x39 else 0x20 for b in range(256))
+_DIGIT_RUN = re.compile(rb"0000000000+")
+CHUNK = 64 * 1024 * 1024
+KINDS = ("email", "jwt", "bearer", "phone", "secret")
+
+
+def _hits(data: bytes, bare_phones: set[bytes], secrets: list[bytes]) -> list[tuple[int, str]]:
+    hits: list[tuple[int, str]] = [(m.start(), "phone") for m in _PHONE.finditer(data)]
+    hits += [(m.start(), "jwt") for m in _JWT.finditer(data)]
+    hits += [
+        (m.start(), "bearer") for m in _BEARER.finditer(data) if m.start() and data[m.start() - 1] in b"Bb"
+    ]
+    hits += [
+        (m.start(), "email")
+        for m in _EMAIL.finditer(data)
+        if m.start() and data[m.start() - 1] in _LOCAL_PART
+    ]
+    if bare_phones:
+        masked = data.translate(_MASK)
+        for m in _DIGIT_RUN.finditer(masked):
+            if m.end() - m.start() <= 15 and data[m.start() : m.end()] in bare_phones:
+                hits.append((m.start(), "phone"))
+    for secret in secrets:
+        at = data.find(secret)
+        while at >= 0:
+            hits.append((at, "secret"))
+            at = data.find(secret, at + 1)
+    return sorted(hits)
+
+
+def _chunks(path: Path) -> Iterator[bytes]:
+    """The file in large pieces that end at a line end (a last line without one is kept too)."""
+    carry = b""
+    with path.open("rb") as handle:
+        while block := handle.read(CHUNK):
+            block = carry + block
+            end = block.rfind(b"\n") + 1
+            if end == 0:
+                carry = block
+                continue
+            carry = block[end:]
+            yield block[:end]
+    if carry:
+        yield carry + b"\n"
+
+
+def scan_logs(
+    log_files: Iterable[Path], phones: set[str], secrets: Iterable[str], result: CheckResult
+) -> dict[str, int]:
+    """Count suspect log lines by kind; witnesses name the file and line number, never the value."""
+    bare_phones = {p.lstrip("+").encode() for p in phones}
+    needles = [s.encode() for s in secrets if len(s) >= 6]
+    found = dict.fromkeys(("lines", *KINDS), 0)
+    for path in log_files:
+        first_line = 1
+        for data in _chunks(path):
+            lines: dict[int, set[str]] = {}
+            position, line = 0, first_line
+            for at, kind in _hits(data, bare_phones, needles):
+                line += data.count(b"\n", position, at)
+                position = at
+                lines.setdefault(line, set()).add(kind)
+            for number, kinds in lines.items():
+                for kind in kinds:
+                    found[kind] += 1
+                result.witness({"log": path.name, "line": number, "contains": sorted(kinds)})
+            count = data.count(b"\n")
+            found["lines"] += count
+            first_line += count
+    return found
+
+
+def check(
+    log_files: list[Path],
+    phones: set[str],
+    secrets: list[str],
+    history: list[dict[str, Any]],
+    personal_data: list[list[Any]],
+) -> CheckResult:
+    result = CheckResult(ID, TITLE, True)
+    found = scan_logs(log_files, phones, secrets, result)
+    erased: list[dict[str, Any]] = [
+        e["value"] for e in history if e.get("f") == "redact" and e["type"] == OK and e["value"].get("phone")
+    ]
+    leftovers = 0
+    needles = {v: e["customer"] for e in erased for v in (e["phone"], e["email"]) if v}
+    if needles:
+        for table, column, row, value in personal_data:
+            text = str(value)
+            hits = [n for n in needles if n in text]
+            if hits:
+                leftovers += 1
+                result.witness(
+                    {"erased_customer": needles[hits[0]], "still_in": f"{table}.{column}", "row": row}
+                )
+    result.counts = {
+        "log_lines_scanned": found["lines"],
+        "lines_with_phones": found["phone"],
+        "lines_with_emails": found["email"],
+        "lines_with_tokens": found["jwt"] + found["bearer"],
+        "lines_with_secrets": found["secret"],
+        "customers_erased": len(erased),
+        "erased_values_still_stored": leftovers,
+    }
+    result.valid = not (
+        found["phone"] or found["email"] or found["jwt"] or found["bearer"] or found["secret"] or leftovers
+    )
+    return result

@@ -1,0 +1,133 @@
+"""Check a finished run from its folder alone: every invariant, a verdict, `verdict.json`.
+
+Evidence, and nothing else: the simulator's ledgers (`simulator/`), the database as saved at the end of
+the run (`database/`), the history (`history.jsonl`), every process's log (`logs/`), and the run's
+manifest (`run.json`: quiescence, the lab's secrets to look for in the logs). Never the service's own
+counters. A checker that throws gives "unknown", never "valid".
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from chaos.checker import (
+    i1_single_acceptance,
+    i2_nothing_stuck,
+    i3_debits_match,
+    i4_credits_conserved,
+    i5_payments_once,
+    i6_one_enqueue,
+    i7_delivery_state,
+    i8_no_pii,
+)
+from chaos.checker.evidence import (
+    load_acceptances,
+    load_delivery_attempts,
+    load_reports,
+    load_stripe_truth,
+)
+from chaos.checker.result import CheckResult, compose, guarded
+from chaos.checker.snapshot_io import load_personal_data, load_saved_snapshot
+from chaos.history import read_history
+
+VERDICT = "verdict.json"
+MANIFEST = "run.json"
+
+
+# Violations that work still in flight explains, when a run did not settle: a debit not yet written, a
+# delivery report not yet applied. Anything else (a double send, an overcharge, a wrong final state)
+# no amount of waiting would fix.
+IN_FLIGHT_EXPLAINS = {
+    "I3": ("campaigns_undercharged", ("campaigns_overcharged",)),
+    "I7": ("regressed_or_missing_final", ("wrong_final_state",)),
+}
+
+
+def undecidable_when_unsettled(result: CheckResult) -> None:
+    """In a run that did not settle (I2 says so), a shortfall that may be in flight is unknown."""
+    if result.valid is not False or result.id not in IN_FLIGHT_EXPLAINS:
+        return
+    _shortfall, decisive = IN_FLIGHT_EXPLAINS[result.id]
+    if any(result.counts.get(name, 0) for name in decisive):
+        return
+    result.valid = "unknown"
+    result.note = "the run did not settle (see I2): what is missing here may still have been in flight"
+
+
+def check_run(run_dir: Path) -> dict[str, Any]:
+    started = time.perf_counter()
+    manifest: dict[str, Any] = (
+        json.loads((run_dir / MANIFEST).read_text()) if (run_dir / MANIFEST).exists() else {}
+    )
+    simulator_dir = run_dir / "simulator"
+    database_dir = run_dir / "database"
+    acceptances = load_acceptances(simulator_dir)
+    deliveries = load_delivery_attempts(simulator_dir)
+    snapshot = load_saved_snapshot(database_dir)
+    history = read_history(run_dir / "history.jsonl")
+    phones = {a.to for a in acceptances} | set(manifest.get("phones", []))
+    logs = sorted((run_dir / "logs").glob("*.log"))
+
+    def nothing_stuck() -> CheckResult:
+        result = i2_nothing_stuck.check(snapshot)
+        quiescence = manifest.get("quiescence", {})
+        result.counts["quiescence_bound_s"] = quiescence.get("bound_s", 0)
+        result.counts["settled_after_s"] = quiescence.get("settled_after_s", -1)
+        if quiescence and not quiescence.get("reached", False):
+            result.note = f"not settled within the scenario's bound of {quiescence.get('bound_s')} s"
+        return result
+
+    results = [
+        guarded(
+            i1_single_acceptance.ID,
+            i1_single_acceptance.TITLE,
+            lambda: i1_single_acceptance.check(acceptances, snapshot),
+        ),
+        guarded(i2_nothing_stuck.ID, i2_nothing_stuck.TITLE, nothing_stuck),
+        guarded(
+            i3_debits_match.ID, i3_debits_match.TITLE, lambda: i3_debits_match.check(acceptances, snapshot)
+        ),
+        guarded(
+            i4_credits_conserved.ID, i4_credits_conserved.TITLE, lambda: i4_credits_conserved.check(snapshot)
+        ),
+        guarded(
+            i5_payments_once.ID,
+            i5_payments_once.TITLE,
+            lambda: i5_payments_once.check(load_stripe_truth(simulator_dir), snapshot, deliveries),
+        ),
+        guarded(i6_one_enqueue.ID, i6_one_enqueue.TITLE, lambda: i6_one_enqueue.check(history)),
+        guarded(
+            i7_delivery_state.ID,
+            i7_delivery_state.TITLE,
+            lambda: i7_delivery_state.check(load_reports(simulator_dir), deliveries, snapshot),
+        ),
+        guarded(
+            i8_no_pii.ID,
+            i8_no_pii.TITLE,
+            lambda: i8_no_pii.check(
+                logs, phones, list(manifest.get("secrets", [])), history, load_personal_data(database_dir)
+            ),
+        ),
+    ]
+    if manifest.get("quiescence", {}).get("reached") is False:
+        for result in results:
+            undecidable_when_unsettled(result)
+    verdict = {
+        "run": manifest.get("run_id", run_dir.name),
+        "scenario": manifest.get("scenario"),
+        "seed": manifest.get("seed"),
+        "valid": compose(results),
+        "invariants": [r.as_dict() for r in results],
+        "evidence": {
+            "acceptances": len(acceptances),
+            "history_entries": len(history),
+            "log_files": len(logs),
+            "delivery_attempts": len(deliveries),
+        },
+        "checked_in_s": round(time.perf_counter() - started, 3),
+    }
+    (run_dir / VERDICT).write_text(json.dumps(verdict, indent=1, default=str))
+    return verdict

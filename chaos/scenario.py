@@ -1,0 +1,418 @@
+"""Lab scenarios: what a run does and what goes wrong in it, in one TOML file (chaos/scenarios/*.toml).
+
+    name = "quick"
+    description = "..."
+    seed = 42
+    quiescence_s = 30          # how long the system may take to settle after the faults stop
+    backend = "any"            # or "postgresql", for faults only PostgreSQL has (cutting connections)
+
+    [services]                 # the service as it runs in this scenario
+    workers = 2
+    worker_concurrency = 4
+    lease_s = 4
+    reconcile_interval_s = 1
+    batch_size = 50
+    mitto_timeout_s = 2
+    safeguards_off = []        # switched off for the lab (the matrix sets this)
+    worker_failpoints = ""     # e.g. "send.after_provider_accepted=kill@0.05"
+    api_failpoints = ""
+    log_sql = false            # every SQL statement logged with its parameters (an operator debugging)
+
+    [workload]
+    duration_s = 20            # how long the clients run
+    shops = 2
+    contacts_per_shop = 200    # imported in bulk through the API
+    customers_per_shop = 10    # created in the fake Shopify (webhooks), for consent changes and redaction
+    clients = 4                # concurrent merchant clients
+    client_timeout_s = 3
+    credits_per_shop = 5000    # bought through the fake Stripe before the clients start
+    duplicate_enqueue = 0.2    # probability that an enqueue is sent twice at once
+    retries = 3                # retries of a timed-out enqueue, with the same Idempotency-Key
+    [workload.mix]             # relative weights of the clients' operations
+    campaign = 10
+    buy = 2
+    refund = 1
+    consent = 2
+    redact = 1
+    uninstall = 0
+
+    [simulator]
+    dlr_delay_ms = 50
+    dlr_final = "Delivered=0.9,Undeliverable=0.05,Expired=0.05"
+    [[simulator.faults]]       # the simulator's fault rules (docs/simulator.md), active during the workload
+    target = "mitto.send"
+    kind = "accept_then_lose"
+    probability = 0.05
+
+    [[nemesis]]                # process and network faults, on a schedule drawn from the seed
+    action = "kill_worker"     # kill_worker, kill_api, restart_redis, cut_db_connections, toxic
+    every_s = [3, 6]           # at random intervals in this range (or at_s = 8 for once)
+    restart_after_s = [0.5, 1.5]
+
+    [[nemesis]]
+    action = "toxic"
+    proxy = "db"               # db, redis or providers
+    at_s = 8
+    duration_s = 3
+    toxic = { type = "latency", attributes = { latency = 300, jitter = 100 } }
+
+Every problem is refused before anything starts, naming the field (`scenario.workload.clients: ...`).
+"""
+
+from __future__ import annotations
+
+import copy
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from chaos.proxy import Toxic, ToxicError
+from service import failpoints, safeguards
+from service.settings import SEND_LEASE_USABLE_SHARE
+from simulator.faults import FaultSpecError, parse_rule
+from simulator.mitto import parse_final_mix
+
+SCENARIOS_DIR = Path(__file__).with_name("scenarios")
+NEMESIS_ACTIONS = ("kill_worker", "kill_api", "restart_redis", "cut_db_connections", "toxic")
+PROXIES = ("db", "redis", "providers")
+OPERATIONS = ("campaign", "buy", "refund", "consent", "redact", "uninstall")
+
+
+class ScenarioError(ValueError):
+    """A scenario that cannot be run; the message names the field."""
+
+
+@dataclass(frozen=True)
+class Services:
+    workers: int = 2
+    worker_concurrency: int = 4
+    api_workers: int = 1
+    lease_s: float = 4.0
+    reconcile_interval_s: float = 1.0
+    batch_size: int = 50
+    mitto_timeout_s: float = 2.0
+    unresolved_policy: str = "at-most-once"
+    unresolved_give_up_s: float = 600.0
+    safeguards_off: tuple[str, ...] = ()
+    worker_failpoints: str = ""
+    api_failpoints: str = ""
+    log_sql: bool = False
+
+
+@dataclass(frozen=True)
+class Workload:
+    duration_s: float = 20.0
+    shops: int = 2
+    contacts_per_shop: int = 200
+    customers_per_shop: int = 10
+    clients: int = 4
+    client_timeout_s: float = 3.0
+    credits_per_shop: int = 5000
+    duplicate_enqueue: float = 0.2
+    retries: int = 3
+    mix: tuple[tuple[str, float], ...] = (
+        ("campaign", 10.0),
+        ("buy", 2.0),
+        ("refund", 1.0),
+        ("consent", 2.0),
+        ("redact", 1.0),
+        ("uninstall", 0.0),
+    )
+
+
+@dataclass(frozen=True)
+class SimulatorPlan:
+    dlr_delay_ms: float = 50.0
+    dlr_final: str = "Delivered=0.9,Undeliverable=0.05,Expired=0.05"
+    faults: tuple[dict[str, Any], ...] = ()
+
+
+@dataclass(frozen=True)
+class NemesisRule:
+    action: str
+    every_s: tuple[float, float] | None = None
+    at_s: float | None = None
+    restart_after_s: tuple[float, float] = (0.5, 1.5)
+    duration_s: float = 2.0
+    proxy: str | None = None
+    toxic: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    description: str = ""
+    seed: int = 0
+    quiescence_s: float = 30.0
+    backend: str = "any"
+    services: Services = field(default_factory=Services)
+    workload: Workload = field(default_factory=Workload)
+    simulator: SimulatorPlan = field(default_factory=SimulatorPlan)
+    nemesis: tuple[NemesisRule, ...] = ()
+    source: str = ""  # the TOML as written
+    document: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def with_changes(self, changes: dict[str, Any]) -> Scenario:
+        """The scenario with some fields changed (tables merged key by key), checked again like a file."""
+        return parse_scenario(_merged(self.document or {"name": self.name}, changes))
+
+    def with_seed(self, seed: int) -> Scenario:
+        return self.with_changes({"seed": seed})
+
+    def with_safeguards_off(self, names: tuple[str, ...]) -> Scenario:
+        return self.with_changes({"services": {"safeguards_off": list(names)}})
+
+    def as_toml(self) -> str:
+        """The scenario as it will run, as a scenario file (`smslab replay` reads it back)."""
+        return tomli_w.dumps(self.document or {"name": self.name})
+
+
+def _merged(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    merged = copy.deepcopy(base)
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merged(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def _check_keys(where: str, table: Any, known: set[str]) -> dict[str, Any]:
+    if not isinstance(table, dict):
+        raise ScenarioError(f"{where}: must be a table")
+    unknown = sorted(set(table) - known)
+    if unknown:
+        raise ScenarioError(f"{where}.{unknown[0]}: unknown field (known: {', '.join(sorted(known))})")
+    return table
+
+
+def _int(where: str, value: Any, low: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ScenarioError(f"{where}: must be a whole number >= {low}")
+    return value
+
+
+def _float(where: str, value: Any, low: float = 0.0, high: float | None = None) -> float:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or value < low
+        or (high is not None and value > high)
+    ):
+        bound = f"between {low} and {high}" if high is not None else f">= {low}"
+        raise ScenarioError(f"{where}: must be a number {bound}")
+    return float(value)
+
+
+def _range(where: str, value: Any) -> tuple[float, float]:
+    if not isinstance(value, list) or len(value) != 2:
+        raise ScenarioError(f"{where}: must be [low, high] in seconds")
+    low, high = _float(f"{where}[0]", value[0]), _float(f"{where}[1]", value[1])
+    if high < low:
+        raise ScenarioError(f"{where}: high must not be below low")
+    return low, high
+
+
+def _from_casters(where: str, table: dict[str, Any], casters: dict[str, Any]) -> dict[str, Any]:
+    values = {}
+    for name, caster in casters.items():
+        if name in table:
+            values[name] = caster(f"{where}.{name}", table[name])
+    return values
+
+
+def _services(table: Any) -> Services:
+    where = "scenario.services"
+    table = _check_keys(where, table, set(Services.__dataclass_fields__))
+    values = _from_casters(
+        where,
+        table,
+        {
+            "workers": lambda w, v: _int(w, v, 1),
+            "worker_concurrency": lambda w, v: _int(w, v, 1),
+            "api_workers": lambda w, v: _int(w, v, 1),
+            "lease_s": lambda w, v: _float(w, v, 0.5),
+            "reconcile_interval_s": lambda w, v: _float(w, v, 0.2),
+            "batch_size": lambda w, v: _int(w, v, 1),
+            "mitto_timeout_s": lambda w, v: _float(w, v, 0.1),
+            "unresolved_give_up_s": lambda w, v: _float(w, v, 0.01),
+        },
+    )
+    if "unresolved_policy" in table:
+        if table["unresolved_policy"] not in ("at-most-once", "at-least-once"):
+            raise ScenarioError(f"{where}.unresolved_policy: must be at-most-once or at-least-once")
+        values["unresolved_policy"] = table["unresolved_policy"]
+    off = table.get("safeguards_off", [])
+    if not isinstance(off, list) or any(name not in safeguards.REGISTRY for name in off):
+        raise ScenarioError(
+            f"{where}.safeguards_off: must list safeguards among {', '.join(safeguards.REGISTRY)}"
+        )
+    values["safeguards_off"] = tuple(off)
+    if "log_sql" in table:
+        if not isinstance(table["log_sql"], bool):
+            raise ScenarioError(f"{where}.log_sql: must be true or false")
+        values["log_sql"] = table["log_sql"]
+    for name in ("worker_failpoints", "api_failpoints"):
+        if name in table:
+            try:
+                failpoints.parse_spec(str(table[name]))
+            except ValueError as exc:
+                raise ScenarioError(f"{where}.{name}: {exc}") from None
+            values[name] = str(table[name])
+    services = Services(**values)
+    if services.mitto_timeout_s >= services.lease_s * SEND_LEASE_USABLE_SHARE:
+        raise ScenarioError(
+            f"{where}.lease_s: {SEND_LEASE_USABLE_SHARE:.0%} of the lease must exceed mitto_timeout_s "
+            f"({services.mitto_timeout_s:g} s), or no batch can ever call the provider"
+        )
+    return services
+
+
+def _workload(table: Any) -> Workload:
+    where = "scenario.workload"
+    table = _check_keys(where, table, set(Workload.__dataclass_fields__))
+    values = _from_casters(
+        where,
+        table,
+        {
+            "duration_s": lambda w, v: _float(w, v, 1.0),
+            "shops": lambda w, v: _int(w, v, 1),
+            "contacts_per_shop": lambda w, v: _int(w, v, 1),
+            "customers_per_shop": lambda w, v: _int(w, v, 0),
+            "clients": lambda w, v: _int(w, v, 1),
+            "client_timeout_s": lambda w, v: _float(w, v, 0.1),
+            "credits_per_shop": lambda w, v: _int(w, v, 0),
+            "duplicate_enqueue": lambda w, v: _float(w, v, 0.0, 1.0),
+            "retries": lambda w, v: _int(w, v, 0),
+        },
+    )
+    if "mix" in table:
+        mix = _check_keys(f"{where}.mix", table["mix"], set(OPERATIONS))
+        weights = dict(Workload().mix)
+        weights.update({name: _float(f"{where}.mix.{name}", value) for name, value in mix.items()})
+        if weights["campaign"] <= 0:
+            raise ScenarioError(f"{where}.mix.campaign: must be > 0 (campaigns are what the lab checks)")
+        values["mix"] = tuple(weights.items())
+    return Workload(**values)
+
+
+def _simulator(table: Any) -> SimulatorPlan:
+    where = "scenario.simulator"
+    table = _check_keys(where, table, {"dlr_delay_ms", "dlr_final", "faults"})
+    values: dict[str, Any] = {}
+    if "dlr_delay_ms" in table:
+        values["dlr_delay_ms"] = _float(f"{where}.dlr_delay_ms", table["dlr_delay_ms"])
+    if "dlr_final" in table:
+        try:
+            parse_final_mix(str(table["dlr_final"]))
+        except ValueError as exc:
+            raise ScenarioError(f"{where}.dlr_final: {str(exc).removeprefix('dlr-final: ')}") from None
+        values["dlr_final"] = str(table["dlr_final"])
+    faults = table.get("faults", [])
+    if not isinstance(faults, list):
+        raise ScenarioError(f"{where}.faults: must be a list of fault rules")
+    for index, rule in enumerate(faults):
+        try:
+            parse_rule(rule, f"s{index}", f"{where}.faults[{index}]")
+        except FaultSpecError as exc:
+            raise ScenarioError(str(exc)) from None
+    values["faults"] = tuple(faults)
+    return SimulatorPlan(**values)
+
+
+def _nemesis(items: Any) -> tuple[NemesisRule, ...]:
+    if not isinstance(items, list):
+        raise ScenarioError("scenario.nemesis: must be a list of [[nemesis]] tables")
+    rules = []
+    for index, table in enumerate(items):
+        where = f"scenario.nemesis[{index}]"
+        table = _check_keys(
+            where, table, {"action", "every_s", "at_s", "restart_after_s", "duration_s", "proxy", "toxic"}
+        )
+        action = table.get("action")
+        if action not in NEMESIS_ACTIONS:
+            raise ScenarioError(f"{where}.action: must be one of {', '.join(NEMESIS_ACTIONS)}")
+        if ("every_s" in table) == ("at_s" in table):
+            raise ScenarioError(f"{where}: give exactly one of every_s = [low, high] or at_s = seconds")
+        rule = NemesisRule(
+            action=action,
+            every_s=_range(f"{where}.every_s", table["every_s"]) if "every_s" in table else None,
+            at_s=_float(f"{where}.at_s", table["at_s"]) if "at_s" in table else None,
+            restart_after_s=_range(f"{where}.restart_after_s", table.get("restart_after_s", [0.5, 1.5])),
+            duration_s=_float(f"{where}.duration_s", table.get("duration_s", 2.0), 0.1),
+        )
+        if action == "toxic":
+            if table.get("proxy") not in PROXIES:
+                raise ScenarioError(f"{where}.proxy: must be one of {', '.join(PROXIES)}")
+            try:
+                Toxic.parse(table.get("toxic"), f"{where}.toxic")
+            except ToxicError as exc:
+                raise ScenarioError(str(exc)) from None
+            rule = replace(rule, proxy=table["proxy"], toxic=dict(table["toxic"]))
+        rules.append(rule)
+    return tuple(rules)
+
+
+def parse_scenario(document: Any, source: str = "") -> Scenario:
+    table = _check_keys(
+        "scenario",
+        document,
+        {
+            "name",
+            "description",
+            "seed",
+            "quiescence_s",
+            "backend",
+            "services",
+            "workload",
+            "simulator",
+            "nemesis",
+        },
+    )
+    name = table.get("name")
+    if not isinstance(name, str) or not name:
+        raise ScenarioError("scenario.name: is required")
+    backend = table.get("backend", "any")
+    if backend not in ("any", "postgresql"):
+        raise ScenarioError("scenario.backend: must be any or postgresql")
+    scenario = Scenario(
+        name=name,
+        description=str(table.get("description", "")),
+        seed=_int("scenario.seed", table.get("seed", 0)),
+        quiescence_s=_float("scenario.quiescence_s", table.get("quiescence_s", 30.0), 1.0),
+        backend=backend,
+        services=_services(table.get("services", {})),
+        workload=_workload(table.get("workload", {})),
+        simulator=_simulator(table.get("simulator", {})),
+        nemesis=_nemesis(table.get("nemesis", [])),
+        source=source,
+        document=copy.deepcopy(table),
+    )
+    needs_postgres = any(
+        rule.action == "cut_db_connections" or rule.proxy == "db" for rule in scenario.nemesis
+    )
+    if needs_postgres and backend != "postgresql":
+        raise ScenarioError(
+            "scenario.backend: must be postgresql: its nemesis cuts or proxies database connections"
+        )
+    return scenario
+
+
+def load_scenario(name_or_path: str) -> Scenario:
+    """A scenario by name (chaos/scenarios/NAME.toml) or by path."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = SCENARIOS_DIR / f"{name_or_path}.toml"
+    try:
+        source = path.read_text()
+    except OSError:
+        known = ", ".join(sorted(p.stem for p in SCENARIOS_DIR.glob("*.toml")))
+        raise ScenarioError(f"scenario: no scenario {name_or_path!r} (known: {known})") from None
+    try:
+        document = tomllib.loads(source)
+    except tomllib.TOMLDecodeError as exc:
+        raise ScenarioError(f"scenario: {path.name} is not valid TOML: {exc}") from None
+    return parse_scenario(document, source)

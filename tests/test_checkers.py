@@ -1,0 +1,303 @@
+"""The checker on hand-made run folders: a clean one holds every invariant; each violation, slipped in
+alone, makes exactly its invariant fail, with a witness that points at it."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from chaos.checker import i6_one_enqueue, i8_no_pii
+from chaos.checker.result import CheckResult
+from chaos.checker.run import VERDICT, check_run
+from chaos.checker.synthetic import SECRETS, phone, write_synthetic_run
+
+SHOP = "shop-1.myshopify.com"
+
+
+@pytest.fixture
+def run_dir(tmp_path: Path) -> Path:
+    folder = tmp_path / "run"
+    write_synthetic_run(folder, messages=300, campaign_size=100, shops=2, batch_size=50)
+    return folder
+
+
+def rows(path: Path) -> list[Any]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def write_rows(path: Path, items: list[Any]) -> None:
+    path.write_text("".join(json.dumps(item) + "\n" for item in items))
+
+
+def append(path: Path, *items: Any) -> None:
+    with path.open("a") as handle:
+        for item in items:
+            handle.write(json.dumps(item) + "\n")
+
+
+def edit_rows(path: Path, change: Callable[[list[Any]], object]) -> None:
+    items = rows(path)
+    change(items)
+    write_rows(path, items)
+
+
+def verdicts(run_dir: Path) -> dict[str, Any]:
+    verdict = check_run(run_dir)
+    return {item["id"]: item for item in verdict["invariants"]}
+
+
+def only_invalid(run_dir: Path) -> dict[str, Any]:
+    """The one invariant that failed (and that no other did)."""
+    results = verdicts(run_dir)
+    failed = {k: v for k, v in results.items() if v["valid"] is not True}
+    assert len(failed) == 1, {k: (v["valid"], v["counts"]) for k, v in failed.items()}
+    (item,) = failed.values()
+    assert item["valid"] is False
+    return dict(item)
+
+
+def test_a_clean_run_holds_every_invariant_and_writes_the_verdict(run_dir: Path) -> None:
+    verdict = check_run(run_dir)
+    assert verdict["valid"] is True, [i for i in verdict["invariants"] if i["valid"] is not True]
+    saved = json.loads((run_dir / VERDICT).read_text())
+    assert [item["id"] for item in saved["invariants"]] == [f"I{n}" for n in range(1, 9)]
+    for item in saved["invariants"]:
+        assert set(item) >= {"id", "valid", "counts", "witnesses"}
+    assert saved["evidence"]["acceptances"] == 300
+
+
+def test_i1_a_double_send(run_dir: Path) -> None:
+    accepted = run_dir / "simulator" / "mitto_accepted.jsonl"
+    first = rows(accepted)[0]
+    append(accepted, {**first, "message_id": "msg-again", "t": first["t"] + 5})
+    results = verdicts(run_dir)
+    assert {k for k, v in results.items() if v["valid"] is not True} == {"I1", "I3"}  # sent twice, paid once
+    item = results["I1"]
+    assert item["counts"]["extra_acceptances"] == 1
+    assert item["witnesses"][0]["reference"] == first["reference"]
+    assert item["witnesses"][0]["message_ids"] == [first["message_id"], "msg-again"]
+
+
+def test_i1_the_same_phone_under_a_made_up_second_reference(run_dir: Path) -> None:
+    accepted = run_dir / "simulator" / "mitto_accepted.jsonl"
+    first = rows(accepted)[0]
+    append(accepted, {**first, "message_id": "msg-other", "reference": "c1-r999999"})
+    results = verdicts(run_dir)
+    assert results["I1"]["valid"] is False
+    assert results["I1"]["counts"]["phones_sent_twice_under_other_references"] == 1
+
+
+def test_i2_a_campaign_left_sending(run_dir: Path) -> None:
+    database = run_dir / "database"
+
+    def stuck(items: list[Any]) -> None:
+        items[0][2] = "sending"
+
+    edit_rows(database / "campaigns.jsonl", stuck)
+    edit_rows(database / "recipients.jsonl", lambda items: items[0].__setitem__(3, "pending"))
+    results = verdicts(run_dir)
+    assert results["I2"]["valid"] is False
+    assert results["I2"]["counts"]["campaigns_not_terminal"] == 1
+    assert results["I2"]["counts"]["recipients_pending"] == 1
+
+
+def test_i3_a_double_debit(run_dir: Path) -> None:
+    database = run_dir / "database"
+    ledger = rows(database / "ledger.jsonl")
+    debit = next(row for row in ledger if row[3] == "debit")
+    append(database / "ledger.jsonl", [len(ledger) + 1, debit[1], -1, "debit", debit[4], 1, "debit:again"])
+    edit_rows(
+        database / "wallets.jsonl",
+        lambda items: [row.__setitem__(1, row[1] - 1) for row in items if row[0] == debit[1]],
+    )
+    item = only_invalid(run_dir)
+    assert (item["id"], item["counts"]["credits_overcharged"]) == ("I3", 1)
+    assert item["witnesses"][0]["campaign_id"] == debit[4]
+
+
+def test_i4_a_balance_that_is_not_its_ledger(run_dir: Path) -> None:
+    edit_rows(run_dir / "database" / "wallets.jsonl", lambda items: items[0].__setitem__(1, items[0][1] + 7))
+    item = only_invalid(run_dir)
+    assert (item["id"], item["counts"]["balance_not_ledger_sum"]) == ("I4", 1)
+
+
+def test_i5_a_payment_credited_twice(run_dir: Path) -> None:
+    database = run_dir / "database"
+    ledger = rows(database / "ledger.jsonl")
+    purchase = next(row for row in ledger if row[3] == "purchase")
+    append(database / "ledger.jsonl", [len(ledger) + 1, *purchase[1:6], purchase[6] + ":delivery:2"])
+    edit_rows(
+        database / "wallets.jsonl",
+        lambda items: [row.__setitem__(1, row[1] + purchase[2]) for row in items if row[0] == purchase[1]],
+    )
+    item = only_invalid(run_dir)
+    assert (item["id"], item["counts"]["payments_credited_more_than_once"]) == ("I5", 1)
+
+
+def test_i7_a_final_state_overwritten_by_a_late_report(run_dir: Path) -> None:
+    recipients = run_dir / "database" / "recipients.jsonl"
+    edit_rows(recipients, lambda items: items[0].__setitem__(3, "sent"))
+    item = only_invalid(run_dir)
+    assert (item["id"], item["counts"]["regressed_or_missing_final"]) == ("I7", 1)
+    assert item["witnesses"][0]["recorded"] == "sent"
+
+
+def test_i7_a_report_the_service_never_heard_does_not_count_against_it(run_dir: Path) -> None:
+    deliveries = run_dir / "simulator" / "webhook_deliveries.jsonl"
+    edit_rows(deliveries, lambda items: items[1].update(acknowledged=False, status=None))  # r1's final
+    edit_rows(run_dir / "database" / "recipients.jsonl", lambda items: items[0].__setitem__(3, "sent"))
+    assert verdicts(run_dir)["I7"]["valid"] is True
+
+
+def test_i8_a_phone_in_a_log_line_and_an_erased_customer_left_in_the_database(run_dir: Path) -> None:
+    with (run_dir / "logs" / "worker-0.log").open("a") as handle:
+        handle.write(json.dumps({"event": "sent", "to": phone(5)}) + "\n")
+    item = only_invalid(run_dir)
+    assert (item["id"], item["counts"]["lines_with_phones"]) == ("I8", 1)
+    assert item["witnesses"] == [{"log": "worker-0.log", "line": 7, "contains": ["phone"]}]
+    assert phone(5) not in json.dumps(item)  # a witness names where, never the value
+
+
+def test_i8_an_erased_customer_still_stored(run_dir: Path) -> None:
+    value = {"shop": SHOP, "customer": 42, "phone": "+12025550143", "email": "ada@example.com"}
+    append(
+        run_dir / "history.jsonl",
+        {"index": 9000, "process": "client-0", "type": "invoke", "f": "redact", "value": value},
+        {"index": 9001, "process": "client-0", "type": "ok", "f": "redact", "op": 9000, "value": value},
+    )
+    append(run_dir / "database" / "personal_data.jsonl", ["contacts", "email", 17, "ada@example.com"])
+    item = only_invalid(run_dir)
+    assert item["counts"]["erased_values_still_stored"] == 1
+    assert item["witnesses"] == [{"erased_customer": 42, "still_in": "contacts.email", "row": 17}]
+
+
+def test_a_shortfall_in_a_run_that_did_not_settle_is_unknown_but_an_overcharge_is_not(run_dir: Path) -> None:
+    manifest = json.loads((run_dir / "run.json").read_text())
+    manifest["quiescence"] = {"reached": False, "bound_s": 30}
+    (run_dir / "run.json").write_text(json.dumps(manifest))
+    accepted = run_dir / "simulator" / "mitto_accepted.jsonl"
+    extra = {**rows(accepted)[0], "message_id": "m-new", "reference": "c1-r99999", "to": "+12025550199"}
+    append(accepted, extra)  # accepted, not yet debited: may still be in flight
+    results = verdicts(run_dir)
+    assert results["I3"]["valid"] == "unknown"
+    assert "did not settle" in results["I3"]["note"]
+    ledger = rows(run_dir / "database" / "ledger.jsonl")
+    append(run_dir / "database" / "ledger.jsonl", [len(ledger) + 1, 1, -5, "debit", 1, 5, "debit:x"])
+    assert verdicts(run_dir)["I3"]["valid"] is False  # charged for more than was sent: no wait fixes that
+
+
+def test_a_torn_last_line_is_left_out_not_fatal(run_dir: Path) -> None:
+    with (run_dir / "simulator" / "mitto_accepted.jsonl").open("a") as handle:
+        handle.write('{"seq": 1, "reference": "c1-r1", "message_id": "torn')
+    assert check_run(run_dir)["valid"] is True
+
+
+def test_log_scan_finds_each_kind_and_only_real_ones(tmp_path: Path) -> None:
+    log = tmp_path / "api.log"
+    log.write_text(
+        "\n".join(
+            [
+                '{"event": "request", "path": "/api/wallet", "duration_ms": 1.5}',
+                '{"event": "sent", "to": "+12025550143"}',
+                '{"event": "x", "email": "ada@example.com"}',
+                '{"event": "x", "auth": "Bearer abcdefghijklmnop"}',
+                '{"event": "x", "auth": "Bearer [redacted]"}',
+                '{"event": "x", "token": "eyJhbGciOiJIUzI1NiJ9.eyJkZXN0IjoiYWxwaGEifQ.sig"}',
+                '{"event": "x", "raw": "12025550143"}',
+                f'{{"event": "x", "key": "{SECRETS[1]}"}}',
+                '{"event": "x", "id": "1234567890123456789", "at": "@handle.com"}',
+                '{"event": "no newline at the end", "to": "+12025550143"}',
+            ]
+        )
+    )
+    result = CheckResult("I8", "", True)
+    found = i8_no_pii.scan_logs([log], {"+12025550143"}, SECRETS, result)
+    assert found == {"lines": 10, "email": 1, "jwt": 1, "bearer": 1, "phone": 3, "secret": 1}
+    assert [w["line"] for w in result.witnesses] == [2, 3, 4, 6, 7, 8, 10]
+
+
+# --- I6 on hand-made histories ----------------------------------------------------------------------------
+
+
+def enqueue(index: int, kind: str, key: str, **value: Any) -> dict[str, Any]:
+    campaign = value.pop("campaign", 1)
+    return {
+        "index": index,
+        "type": kind,
+        "f": "enqueue",
+        "process": "client-0",
+        "value": {"shop": SHOP, "campaign": campaign, "key": key, **value},
+    }
+
+
+ACCEPTED: dict[str, Any] = {"status": 202, "response": {"campaign_id": 1, "recipient_count": 3}}
+
+
+def test_i6_clean_history_with_retries_in_flight_conflicts_and_unknowns() -> None:
+    history = [
+        enqueue(0, "invoke", "k1"),
+        enqueue(1, "invoke", "k1", duplicate=True),
+        enqueue(2, "fail", "k1", duplicate=True, status=409, problem="idempotency-key-in-flight"),
+        enqueue(3, "info", "k1", error="ReadTimeout"),
+        enqueue(4, "ok", "k1", **ACCEPTED),  # the retry, answered from the stored response
+        enqueue(5, "ok", "k1", **ACCEPTED),
+        enqueue(6, "fail", "k2", campaign=2, status=402, problem="insufficient-credits"),
+    ]
+    result = i6_one_enqueue.check(history)
+    assert result.valid is True, result.witnesses
+    assert result.counts["campaigns_enqueued"] == 1
+
+
+@pytest.mark.parametrize(
+    ("history", "count"),
+    [
+        # two keys both won one campaign
+        (
+            [enqueue(0, "ok", "k1", **ACCEPTED), enqueue(1, "ok", "k2", **ACCEPTED)],
+            "campaigns_with_two_winners",
+        ),
+        # a retry with the key was run again instead of replayed
+        (
+            [
+                enqueue(0, "ok", "k1", **ACCEPTED),
+                enqueue(1, "fail", "k1", status=409, problem="campaign-not-draft"),
+            ],
+            "keys_answered_differently",
+        ),
+        # the same, the refusal arriving first
+        (
+            [
+                enqueue(0, "fail", "k1", status=402, problem="insufficient-credits"),
+                enqueue(1, "ok", "k1", **ACCEPTED),
+            ],
+            "keys_answered_differently",
+        ),
+        # a replay with another body
+        (
+            [
+                enqueue(0, "ok", "k1", **ACCEPTED),
+                enqueue(1, "ok", "k1", status=202, response={"campaign_id": 1, "recipient_count": 4}),
+            ],
+            "keys_answered_differently",
+        ),
+    ],
+)
+def test_i6_violations(history: list[dict[str, Any]], count: str) -> None:
+    result = i6_one_enqueue.check(history)
+    assert result.valid is False
+    assert result.counts[count] == 1
+    assert result.witnesses
+
+
+def test_i6_in_a_whole_run_folder(run_dir: Path) -> None:
+    # The synthetic run enqueued campaign 1 (shop 1) with key enqueue-1; a retry was then run again.
+    append(
+        run_dir / "history.jsonl",
+        enqueue(9000, "fail", "enqueue-1", status=409, problem="campaign-not-draft"),
+    )
+    item = only_invalid(run_dir)
+    assert (item["id"], item["counts"]["keys_answered_differently"]) == ("I6", 1)
