@@ -92,3 +92,26 @@ class IdempotencyKeyReused(InvalidInput):
 class NoRecipients(InvalidInput):
     slug = "no-recipients"
     title = "Campaign has no consenting recipients"
+
+
+def _problem_classes(base: type[ProblemError] = ProblemError) -> list[type[ProblemError]]:
+    classes = []
+    for sub in base.__subclasses__():
+        classes.append(sub)
+        classes.extend(_problem_classes(sub))
+    return classes
+
+
+def replayed_problem(problem: dict[str, Any]) -> ProblemError:
+    """A refusal stored under an Idempotency-Key, raised again (as its own class) for a retry."""
+    slug = str(problem.get("type", "")).rsplit("/", 1)[-1] or "bad-request"
+    status = int(problem.get("status", 400))
+    kind = next(
+        (c for c in _problem_classes() if c.slug == slug and c.status == status),
+        None,
+    )
+    if kind is None:  # a refusal of a kind this version no longer has: same status, same body
+        title = str(problem.get("title", ""))
+        kind = type("ReplayedProblem", (ProblemError,), {"status": status, "slug": slug, "title": title})
+    extra = {k: v for k, v in problem.items() if k not in ("type", "title", "status", "detail", "instance")}
+    return kind(str(problem.get("detail", "")), headers={"Idempotent-Replayed": "true"}, **extra)

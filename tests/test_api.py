@@ -184,6 +184,12 @@ async def test_enqueue_over_http_speaks_the_idempotency_contract(api: Api, lab: 
     assert short.status_code == 402
     assert (problem(short)["needed"], problem(short)["available"]) == (20, 5)
     assert (await client.get(f"/api/campaigns/{second}")).json()["status"] == "draft"
+    retried = await client.post(f"/api/campaigns/{second}/enqueue", headers={"Idempotency-Key": "k-3"})
+    assert (retried.status_code, retried.headers["idempotent-replayed"]) == (402, "true")
+    assert retried.headers["content-type"].startswith("application/problem+json")
+    assert {k: v for k, v in problem(retried).items() if k != "request_id"} == {
+        k: v for k, v in problem(short).items() if k != "request_id"
+    }
     assert (await client.get("/api/wallet")).json() == {"balance": 25, "reserved": 20, "available": 5}
 
 

@@ -117,7 +117,12 @@ async def test_two_concurrent_enqueues_one_winner(lab: Lab) -> None:
     assert all(isinstance(r, CampaignNotDraft) for r in losers), losers
     assert await lab.recipient_statuses(campaign_id) == {"pending": 30}
     assert await lab.wallet(shop_id) == (100, 30)
-    # A loser's key was released: retried once the campaign is a draft again it would be judged afresh.
+    # A loser's key keeps its refusal: retried, it is answered the same 409, never a 202.
+    for key, result in zip(("a", "b"), results, strict=False):
+        if isinstance(result, CampaignNotDraft):
+            with pytest.raises(CampaignNotDraft) as again:
+                await lab.enqueue(shop_id, campaign_id, key=key)
+            assert again.value.headers == {"Idempotent-Replayed": "true"}
     await lab.assert_holds("I4")
 
 
@@ -157,10 +162,34 @@ async def check_nothing_changed(lab: Lab, shop_id: int, campaign_id: int) -> Non
 async def test_insufficient_credits_is_402_with_nothing_changed(lab: Lab) -> None:
     shop_id, campaign_id = await enqueue_short_of_credits(lab)
     await check_nothing_changed(lab, shop_id, campaign_id)
-    # The key was not spent on the failure: after a top-up the same key succeeds.
+    # The refusal is the key's answer: even after a top-up, a retry with the key gets the same 402 ...
     async with lab.sessions() as session:
         await grant_credits(session, shop_id=shop_id, amount=50, idempotency_key="top-up")
-    assert (await lab.enqueue(shop_id, campaign_id, key="k")).status == 202
+    with pytest.raises(InsufficientCredits) as again:
+        await lab.enqueue(shop_id, campaign_id, key="k")
+    assert again.value.extra == {"needed": 30, "available": 10}
+    assert again.value.headers == {"Idempotent-Replayed": "true"}
+    # ... and a new key is a new request.
+    assert (await lab.enqueue(shop_id, campaign_id, key="k2")).status == 202
+
+
+async def test_a_duplicate_racing_a_refused_request_gets_the_same_refusal(lab: Lab) -> None:
+    """Found by the lab (I6): a duplicate of a refused request, retried after a top-up, got 202."""
+    shop_id, campaign_id = await _draft(lab, recipients=30, credits=10)
+    with failpoints.armed("enqueue.after_key_claimed", "sleep:0.3", count=1):
+        first = asyncio.create_task(lab.enqueue(shop_id, campaign_id, key="k"))
+        await asyncio.sleep(0.1)
+        with pytest.raises(IdempotencyKeyInFlight):  # the duplicate, while the first still runs
+            await lab.enqueue(shop_id, campaign_id, key="k")
+        with pytest.raises(InsufficientCredits):
+            await first
+    async with lab.sessions() as session:
+        await grant_credits(session, shop_id=shop_id, amount=50, idempotency_key="top-up")
+    answers = await asyncio.gather(
+        *(lab.enqueue(shop_id, campaign_id, key="k") for _ in range(3)), return_exceptions=True
+    )
+    assert all(isinstance(a, InsufficientCredits) for a in answers), answers
+    assert (await lab.campaign_row(campaign_id)).status == "draft"
 
 
 async def test_without_enqueue_transaction_a_402_leaves_a_half_enqueued_campaign(lab: Lab) -> None:

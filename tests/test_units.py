@@ -232,3 +232,18 @@ def test_a_checker_that_throws_is_unknown_never_valid() -> None:
     assert result.valid == "unknown"
     assert compose([CheckResult("a", "", True), result]) == "unknown"
     assert compose([result, CheckResult("b", "", False)]) is False
+
+
+def test_a_replayed_refusal_is_raised_as_its_own_kind_with_its_body() -> None:
+    from service.errors import InsufficientCredits, replayed_problem
+
+    original = InsufficientCredits("needs 30", needed=30, available=10)
+    again = replayed_problem(original.to_problem())
+    assert isinstance(again, InsufficientCredits)
+    assert (again.detail, again.extra, again.headers) == (
+        "needs 30",
+        {"needed": 30, "available": 10},
+        {"Idempotent-Replayed": "true"},
+    )
+    gone = replayed_problem({"type": "https://x/problems/retired-kind", "title": "Old", "status": 418})
+    assert (gone.status, gone.slug, gone.title) == (418, "retired-kind", "Old")

@@ -55,8 +55,9 @@ class CampaignsController(Controller):
         summary="Start sending; idempotent with an Idempotency-Key header",
         description=(
             "202 with the recipient count and reserved credits. Same key and same request: the stored "
-            "response again (header Idempotent-Replayed: true). Same key, other request: 422. Same key "
-            "still in flight: 409. Campaign no longer a draft: 409. Not enough credits: 402, nothing changed."
+            "answer again (header Idempotent-Replayed: true), a refusal as well as a 202. Same key, other "
+            "request: 422. Same key still in flight: 409. Campaign no longer a draft: 409. Not enough "
+            "credits: 402, nothing changed."
         ),
     )
     async def enqueue(

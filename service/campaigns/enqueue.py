@@ -23,7 +23,7 @@ from service import failpoints, safeguards
 from service.campaigns import idempotency
 from service.campaigns.drafts import get_campaign
 from service.db.models import Campaign, CampaignRecipient, CampaignStatus, Contact, RecipientStatus, utcnow
-from service.errors import CampaignNotDraft, NoRecipients, ProblemError
+from service.errors import CampaignNotDraft, NoRecipients, ProblemError, replayed_problem
 from service.settings import Settings
 from service.wallet import reservations
 
@@ -63,16 +63,22 @@ async def enqueue_campaign(
             fingerprint=idempotency.fingerprint(campaign_id, request_body),
         )
         if stored is not None:
+            if stored.status >= 400:
+                raise replayed_problem(stored.body)
             return EnqueueOutcome(stored.status, stored.body, replayed=True)
         await failpoints.hit("enqueue.after_key_claimed")
     try:
         outcome = await _enqueue_effects(
             session, settings, shop_id=shop_id, campaign_id=campaign_id, key=key if keyed else None
         )
-    except ProblemError:
+    except ProblemError as refusal:
         if keyed:
+            # The request ran and was refused: that is its answer, kept under the key like a 202
+            # (Stripe's rule). Nothing of the effects was committed.
             await session.rollback()
-            await idempotency.release_key(session, shop_id=shop_id, key=key)
+            await idempotency.store_refusal(
+                session, shop_id=shop_id, key=key, status=refusal.status, problem=refusal.to_problem()
+            )
         raise
     return outcome
 

@@ -4,9 +4,12 @@ Phase 1 (own transaction): claim the key by inserting it with a fingerprint of t
 time. A concurrent request with the same key sees the row: same fingerprint and still locked -> 409;
 other fingerprint -> 422; finished -> the stored response, replayed byte for byte.
 Phase 2 is the enqueue transaction itself, which stores the response in the same commit as its effects.
-Errors (402, 409, 422) are not stored: the key is released so the client may retry once it has fixed
-the cause. A request that crashed between the phases leaves a lock that expires after
-`enqueue_lock_timeout_seconds`; the next request with the key then takes it over.
+A request that ran and was refused (402 not enough credits, 409 no longer a draft, 422 no recipients) has
+its refusal stored instead, before it is answered: a retry, or a duplicate sent at the same moment, gets
+that same refusal, never a 202 (Stripe's rule; to try again after fixing the cause, use a new key).
+Refusals before the request ran (a bad key, 404, 422 key reused, 409 in flight) store nothing. A request
+that crashed between the phases leaves a lock that expires after `enqueue_lock_timeout_seconds`; the
+next request with the key then takes it over.
 """
 
 from __future__ import annotations
@@ -130,16 +133,12 @@ async def store_response(
     )
 
 
-async def release_key(session: AsyncSession, *, shop_id: int, key: str) -> None:
-    """Forget a key whose request failed, so a retry is judged afresh. Own transaction."""
+async def store_refusal(
+    session: AsyncSession, *, shop_id: int, key: str, status: int, problem: dict[str, Any]
+) -> None:
+    """Keep a refusal as the key's answer. Own transaction: the refused effects were rolled back."""
     async with session.begin():
-        await session.execute(
-            delete(EnqueueRequest).where(
-                EnqueueRequest.shop_id == shop_id,
-                EnqueueRequest.idempotency_key == key,
-                EnqueueRequest.response_status.is_(None),
-            )
-        )
+        await store_response(session, shop_id=shop_id, key=key, status=status, body=problem)
 
 
 async def purge_expired(session: AsyncSession) -> int:
