@@ -153,6 +153,21 @@ def test_i7_a_report_the_service_never_heard_does_not_count_against_it(run_dir: 
     assert verdicts(run_dir)["I7"]["valid"] is True
 
 
+def test_i7_two_final_reports_heard_the_providers_last_one_counts(run_dir: Path) -> None:
+    simulator = run_dir / "simulator"
+    first = rows(simulator / "mitto_dlr.jsonl")[1]  # message 1's final report
+    later = {**first, "t": first["t"] + 1, "status": "Expired"}
+    append(simulator / "mitto_dlr.jsonl", later)
+    delivery = rows(simulator / "webhook_deliveries.jsonl")[1]
+    append(
+        simulator / "webhook_deliveries.jsonl",
+        {**delivery, "delivery": 10**6, "event": f"{first['message_id']}:Expired", "type": "dlr.Expired"},
+    )
+    item = only_invalid(run_dir)
+    assert (item["id"], item["counts"]["messages_with_two_final_reports"]) == ("I7", 1)
+    assert item["witnesses"][0]["expected"] == "expired"
+
+
 def test_i8_a_phone_in_a_log_line_and_an_erased_customer_left_in_the_database(run_dir: Path) -> None:
     with (run_dir / "logs" / "worker-0.log").open("a") as handle:
         handle.write(json.dumps({"event": "sent", "to": phone(5)}) + "\n")

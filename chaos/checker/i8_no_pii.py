@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,8 @@ CHUNK = 64 * 1024 * 1024
 KINDS = ("email", "jwt", "bearer", "phone", "secret")
 
 
-def _hits(data: bytes, bare_phones: set[bytes], secrets: list[bytes]) -> list[tuple[int, str]]:
+def _hits(data: bytes, secrets: list[bytes]) -> tuple[list[tuple[int, str]], list[tuple[int, bytes]]]:
+    """(position, kind) of every sure hit, and (position, digits) of every bare 10-15 digit run."""
     hits: list[tuple[int, str]] = [(m.start(), "phone") for m in _PHONE.finditer(data)]
     hits += [(m.start(), "jwt") for m in _JWT.finditer(data)]
     hits += [
@@ -45,17 +47,17 @@ def _hits(data: bytes, bare_phones: set[bytes], secrets: list[bytes]) -> list[tu
         for m in _EMAIL.finditer(data)
         if m.start() and data[m.start() - 1] in _LOCAL_PART
     ]
-    if bare_phones:
-        masked = data.translate(_MASK)
-        for m in _DIGIT_RUN.finditer(masked):
-            if m.end() - m.start() <= 15 and data[m.start() : m.end()] in bare_phones:
-                hits.append((m.start(), "phone"))
     for secret in secrets:
         at = data.find(secret)
         while at >= 0:
             hits.append((at, "secret"))
             at = data.find(secret, at + 1)
-    return sorted(hits)
+    runs = [
+        (m.start(), data[m.start() : m.end()])
+        for m in _DIGIT_RUN.finditer(data.translate(_MASK))
+        if m.end() - m.start() <= 15
+    ]
+    return hits, runs
 
 
 def _chunks(path: Path) -> Iterator[bytes]:
@@ -74,41 +76,71 @@ def _chunks(path: Path) -> Iterator[bytes]:
         yield carry + b"\n"
 
 
+@dataclass
+class LogScan:
+    """What the scan found, by file and line (never the values, except digit runs to compare with phones)."""
+
+    lines: int = 0
+    hits: list[tuple[str, int, str]] = field(default_factory=list)  # (file, line, kind)
+    digit_runs: list[tuple[str, int, bytes]] = field(default_factory=list)  # (file, line, digits)
+
+
+def scan_log_files(log_files: list[Path], secrets: list[str]) -> LogScan:
+    """Every line of every file, for phones, emails, tokens and the run's secrets (picklable result, so
+    it can run in another process while the rest of the check goes on)."""
+    needles = [s.encode() for s in secrets if len(s) >= 6]
+    scan = LogScan()
+    for path in log_files:
+        first_line = 1
+        for data in _chunks(path):
+            hits, runs = _hits(data, needles)
+            found = [(at, kind) for at, kind in hits] + [(at, digits) for at, digits in runs]
+            position, line = 0, first_line
+            for at, what in sorted(found, key=lambda item: item[0]):
+                line += data.count(b"\n", position, at)
+                position = at
+                if isinstance(what, bytes):
+                    scan.digit_runs.append((path.name, line, what))
+                else:
+                    scan.hits.append((path.name, line, what))
+            count = data.count(b"\n")
+            scan.lines += count
+            first_line += count
+    return scan
+
+
 def scan_logs(
     log_files: Iterable[Path], phones: set[str], secrets: Iterable[str], result: CheckResult
 ) -> dict[str, int]:
     """Count suspect log lines by kind; witnesses name the file and line number, never the value."""
+    return tally(scan_log_files(list(log_files), list(secrets)), phones, result)
+
+
+def tally(scan: LogScan, phones: set[str], result: CheckResult) -> dict[str, int]:
     bare_phones = {p.lstrip("+").encode() for p in phones}
-    needles = [s.encode() for s in secrets if len(s) >= 6]
-    found = dict.fromkeys(("lines", *KINDS), 0)
-    for path in log_files:
-        first_line = 1
-        for data in _chunks(path):
-            lines: dict[int, set[str]] = {}
-            position, line = 0, first_line
-            for at, kind in _hits(data, bare_phones, needles):
-                line += data.count(b"\n", position, at)
-                position = at
-                lines.setdefault(line, set()).add(kind)
-            for number, kinds in lines.items():
-                for kind in kinds:
-                    found[kind] += 1
-                result.witness({"log": path.name, "line": number, "contains": sorted(kinds)})
-            count = data.count(b"\n")
-            found["lines"] += count
-            first_line += count
+    by_line: dict[tuple[str, int], set[str]] = {}
+    for name, line, kind in scan.hits:
+        by_line.setdefault((name, line), set()).add(kind)
+    for name, line, digits in scan.digit_runs:
+        if digits in bare_phones:
+            by_line.setdefault((name, line), set()).add("phone")
+    found = dict.fromkeys(KINDS, 0)
+    found["lines"] = scan.lines
+    for (name, line), kinds in sorted(by_line.items()):
+        for kind in kinds:
+            found[kind] += 1
+        result.witness({"log": name, "line": line, "contains": sorted(kinds)})
     return found
 
 
 def check(
-    log_files: list[Path],
+    scan: LogScan,
     phones: set[str],
-    secrets: list[str],
     history: list[dict[str, Any]],
     personal_data: list[list[Any]],
 ) -> CheckResult:
     result = CheckResult(ID, TITLE, True)
-    found = scan_logs(log_files, phones, secrets, result)
+    found = tally(scan, phones, result)
     erased: list[dict[str, Any]] = [
         e["value"] for e in history if e.get("f") == "redact" and e["type"] == OK and e["value"].get("phone")
     ]

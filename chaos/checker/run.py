@@ -9,7 +9,10 @@ counters. A checker that throws gives "unknown", never "valid".
 from __future__ import annotations
 
 import json
+import multiprocessing
 import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +60,27 @@ def undecidable_when_unsettled(result: CheckResult) -> None:
     result.note = "the run did not settle (see I2): what is missing here may still have been in flight"
 
 
+# Logs bigger than this are scanned in a second process while this one loads and checks the rest
+# (a million-message run writes about half a gigabyte of them).
+PARALLEL_SCAN_BYTES = 32 * 1024 * 1024
+
+
+def start_log_scan(logs: list[Path], secrets: list[str]) -> Callable[[], i8_no_pii.LogScan]:
+    """Begin scanning the logs; the returned function waits for the result."""
+    if sum(path.stat().st_size for path in logs) < PARALLEL_SCAN_BYTES:
+        return lambda: i8_no_pii.scan_log_files(logs, secrets)
+    pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+    future = pool.submit(i8_no_pii.scan_log_files, logs, secrets)
+
+    def result() -> i8_no_pii.LogScan:
+        try:
+            return future.result()
+        finally:
+            pool.shutdown()
+
+    return result
+
+
 def check_run(run_dir: Path) -> dict[str, Any]:
     started = time.perf_counter()
     manifest: dict[str, Any] = (
@@ -64,12 +88,13 @@ def check_run(run_dir: Path) -> dict[str, Any]:
     )
     simulator_dir = run_dir / "simulator"
     database_dir = run_dir / "database"
+    logs = sorted((run_dir / "logs").glob("*.log"))
+    log_scan = start_log_scan(logs, list(manifest.get("secrets", [])))
     acceptances = load_acceptances(simulator_dir)
     deliveries = load_delivery_attempts(simulator_dir)
     snapshot = load_saved_snapshot(database_dir)
     history = read_history(run_dir / "history.jsonl")
     phones = {a.to for a in acceptances} | set(manifest.get("phones", []))
-    logs = sorted((run_dir / "logs").glob("*.log"))
 
     def nothing_stuck() -> CheckResult:
         result = i2_nothing_stuck.check(snapshot)
@@ -102,14 +127,12 @@ def check_run(run_dir: Path) -> dict[str, Any]:
         guarded(
             i7_delivery_state.ID,
             i7_delivery_state.TITLE,
-            lambda: i7_delivery_state.check(load_reports(simulator_dir), deliveries, snapshot),
+            lambda: i7_delivery_state.check(lambda: load_reports(simulator_dir), deliveries, snapshot),
         ),
         guarded(
             i8_no_pii.ID,
             i8_no_pii.TITLE,
-            lambda: i8_no_pii.check(
-                logs, phones, list(manifest.get("secrets", [])), history, load_personal_data(database_dir)
-            ),
+            lambda: i8_no_pii.check(log_scan(), phones, history, load_personal_data(database_dir)),
         ),
     ]
     if manifest.get("quiescence", {}).get("reached") is False:
