@@ -202,3 +202,47 @@ async def test_a_batch_records_and_applies_each_report_once(lab: Lab) -> None:
     async with lab.sessions() as session, session.begin():
         kept = list(await session.scalars(select(PendingDeliveryReport.provider_message_id)))
     assert kept == [early["message_id"]]
+
+
+async def test_a_report_racing_the_workers_record_is_applied_not_lost(lab: Lab) -> None:
+    """The worker's record and a final report in two open transactions: neither may decide alone.
+
+    Under READ COMMITTED the report's transaction did not see the uncommitted message id, kept the report
+    as early, and the worker's `apply_pending` did not see the uncommitted kept report: 33 messages stayed
+    `sent` after their `Delivered` was acknowledged (the lab's I7, PostgreSQL with its connections cut).
+    """
+    from sqlalchemy import update
+
+    from service.sending.delivery_reports import DeliveryReport, apply_pending
+    from service.webhooks.replay import IncomingEvent
+    from service.webhooks.report_batcher import apply_batch
+
+    _, campaign_id = await lab.sending_campaign(recipients=1)
+    with failpoints.armed("send.after_provider_accepted", "raise", count=1), pytest.raises(SimulatedCrash):
+        await lab.send(campaign_id)
+    [message] = lab.accepted_messages()
+    recipient_id = int(message["reference"].split("-r")[1])
+    report = DeliveryReport(message["message_id"], message["reference"], "Delivered", None, None)
+    event = IncomingEvent("mitto", f"{message['message_id']}:Delivered:t", "dlr.Delivered")
+    async with lab.sessions() as record:
+        await record.begin()
+        await record.execute(  # the worker's record, in flight
+            update(CampaignRecipient)
+            .where(CampaignRecipient.id == recipient_id)
+            .values(status="sent", provider_message_id=message["message_id"])
+        )
+
+        async def webhook() -> str:
+            async with lab.sessions() as session:
+                [outcome] = await apply_batch(session, [(report, event)])
+                return outcome.outcome
+
+        racing = asyncio.create_task(webhook())
+        await asyncio.sleep(0.5)
+        assert not racing.done()  # it waits for the row the record holds
+        await apply_pending(record, lab.settings, campaign_id)
+        await record.commit()
+    assert await racing == "applied"
+    assert (await recipients_by_message(lab))[message["message_id"]] == ("delivered", "Delivered")
+    async with lab.sessions() as session, session.begin():
+        assert list(await session.scalars(select(PendingDeliveryReport.id))) == []

@@ -74,51 +74,75 @@ async def apply_to_recipient(
     session: AsyncSession, settings: Settings, recipient_id: int, report: DeliveryReport
 ) -> bool:
     """Move one recipient forward by a report; False if it was already past it. Caller's transaction."""
-    final = FINAL_STATUSES.get(report.status)
     forward_only = safeguards.is_on(settings, safeguards.DELIVERY_REPORTS_FORWARD_ONLY)
-    params: dict[str, Any] = {"recipient_id": recipient_id, "provider_status": report.status, "now": utcnow()}
+    return await _move_one(session, report, forward_only, recipient_id=recipient_id)
+
+
+async def _move_one(
+    session: AsyncSession, report: DeliveryReport, forward_only: bool, *, recipient_id: int | None = None
+) -> bool:
+    final = FINAL_STATUSES.get(report.status)
+    params: dict[str, Any] = {"provider_status": report.status, "now": utcnow()}
+    if recipient_id is None:
+        params["message_id"] = report.message_id
+    else:
+        params["recipient_id"] = recipient_id
     if final is not None:
         params.update(new_status=final.value, error_code=report.error_code)
-    moved = (await session.execute(_move_statement(final is not None, forward_only), params)).scalar()
-    return moved is not None
+    statement = _move_statement(final is not None, forward_only, by_message_id=recipient_id is None)
+    return (await session.execute(statement, params)).scalar() is not None
 
 
 async def apply_report(session: AsyncSession, settings: Settings, report: DeliveryReport) -> EffectResult:
     """The effect of one delivery report (inside the webhook's replay-protected transaction)."""
-    final = FINAL_STATUSES.get(report.status)
     forward_only = safeguards.is_on(settings, safeguards.DELIVERY_REPORTS_FORWARD_ONLY)
-    params: dict[str, Any] = {
-        "message_id": report.message_id,
-        "provider_status": report.status,
-        "now": utcnow(),
-    }
-    if final is not None:
-        params.update(new_status=final.value, error_code=report.error_code)
     # The common case in one statement: the message is recorded and moves forward.
-    moved = await session.execute(
-        _move_statement(final is not None, forward_only, by_message_id=True), params
-    )
-    if moved.scalar() is not None:
+    if await _move_one(session, report, forward_only):
         return EffectResult("applied")
-    if (await session.execute(_BY_MESSAGE_ID, {"message_id": report.message_id})).scalar() is not None:
-        return EffectResult("superseded")
+    return await settle_unmoved(session, report, forward_only=forward_only)
+
+
+_LOCK_REFERENCED = (
+    select(_RECIPIENTS.c.id, _RECIPIENTS.c.provider_message_id)
+    .where(
+        _RECIPIENTS.c.id == bindparam("recipient_id"), _RECIPIENTS.c.campaign_id == bindparam("campaign_id")
+    )
+    .with_for_update()
+)
+
+
+async def settle_unmoved(
+    session: AsyncSession, report: DeliveryReport, *, forward_only: bool
+) -> EffectResult:
+    """A report the one-statement update did not move: already superseded, early, or racing the record.
+
+    Under READ COMMITTED every statement sees a newer snapshot, so "the update moved nothing, then a lookup
+    found the message" proves nothing: the worker's record can commit between the two, and the report
+    would be called superseded and lost (the lab's I7 caught exactly that on PostgreSQL). So the recipient
+    row the reference names is locked first (`FOR UPDATE` waits for a record in flight and then reads the
+    committed row; SQLite's single writer gives the same order). With the row held, the answer is final:
+    it carries this message id, and the update is tried again (applied, or truly superseded); or it has
+    no message id yet, and the report is kept, which the worker's record (blocked on this row until we
+    commit) will see and apply. Callers lock in ascending recipient id, as the worker's record does.
+    """
     parsed = parse_reference(report.reference)
     if parsed is not None:
-        campaign_id, reference_recipient = parsed
+        campaign_id, recipient_id = parsed
         row = (
             await session.execute(
-                select(CampaignRecipient.id, CampaignRecipient.provider_message_id).where(
-                    CampaignRecipient.id == reference_recipient, CampaignRecipient.campaign_id == campaign_id
-                )
+                _LOCK_REFERENCED, {"recipient_id": recipient_id, "campaign_id": campaign_id}
             )
         ).first()
+        if row is not None and row.provider_message_id == report.message_id:
+            moved = await _move_one(session, report, forward_only, recipient_id=row.id)
+            return EffectResult("applied" if moved else "superseded")
         if row is not None and row.provider_message_id is None:
-            if not safeguards.is_on(settings, safeguards.DELIVERY_REPORTS_FORWARD_ONLY):
+            if not forward_only:
                 return EffectResult("dropped_unknown_message")  # unsafe variant (lab only)
             session.add(
                 PendingDeliveryReport(
                     campaign_id=campaign_id,
-                    recipient_id=reference_recipient,
+                    recipient_id=recipient_id,
                     provider_message_id=report.message_id,
                     provider_status=report.status,
                     error_code=report.error_code,
@@ -127,7 +151,18 @@ async def apply_report(session: AsyncSession, settings: Settings, report: Delive
                 )
             )
             return EffectResult("deferred_until_recorded")
+    # The reference names no row of ours carrying this message (or names none at all).
+    if await _move_one(session, report, forward_only):
+        return EffectResult("applied")
+    if (await session.execute(_BY_MESSAGE_ID, {"message_id": report.message_id})).scalar() is not None:
+        return EffectResult("superseded")
     return EffectResult("unmatched", flagged=True)
+
+
+def reference_order(report: DeliveryReport) -> int:
+    """The lock order of `settle_unmoved`: the recipient id its reference names (unparsable ones last)."""
+    parsed = parse_reference(report.reference)
+    return parsed[1] if parsed is not None else 2**63
 
 
 async def apply_pending(session: AsyncSession, settings: Settings, campaign_id: int) -> int:

@@ -23,22 +23,20 @@ import functools
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, select, text, update
+from sqlalchemy import Table, bindparam, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from service import failpoints
 from service.db.dialect import dialect_name
 from service.db.models import (
-    CampaignRecipient,
-    PendingDeliveryReport,
     RecipientStatus,
     UTCDateTime,
     WebhookEvent,
     utcnow,
 )
+from service.sending import delivery_reports
 from service.sending.delivery_reports import FINAL_STATUSES, DeliveryReport
-from service.sending.references import parse_reference
 from service.webhooks.replay import DUPLICATE, EVENT_COLUMNS, EffectResult, IncomingEvent, event_values
 
 MAX_BATCH = 500
@@ -188,53 +186,16 @@ async def _apply_new(
     for index in indexes:
         if index in chosen_indexes and items[index][0].message_id in moved:
             outcomes[index] = EffectResult("applied")
-    leftovers = [i for i in indexes if outcomes[i] is None]
-    if not leftovers:
-        return
-    recorded = set(
-        await session.scalars(
-            select(CampaignRecipient.provider_message_id).where(
-                CampaignRecipient.provider_message_id.in_({items[i][0].message_id for i in leftovers})
-            )
-        )
+    # The rest were superseded, came early, or raced the worker's record: decided with their rows locked,
+    # in ascending recipient id (the order the worker's record takes them).
+    leftovers = sorted(
+        (i for i in indexes if outcomes[i] is None),
+        key=lambda i: delivery_reports.reference_order(items[i][0]),
     )
     for index in leftovers:
-        report = items[index][0]
-        if report.message_id in recorded:
-            outcomes[index] = EffectResult("superseded")
-        else:
-            outcomes[index] = await _keep_or_flag(session, report)
-        outcome = outcomes[index]
-        assert outcome is not None
+        outcome = await delivery_reports.settle_unmoved(session, items[index][0], forward_only=True)
+        outcomes[index] = outcome
         await session.execute(
             _SET_OUTCOME,
             {"key": items[index][1].event_id, "new_outcome": outcome.outcome, "new_flagged": outcome.flagged},
         )
-
-
-async def _keep_or_flag(session: AsyncSession, report: DeliveryReport) -> EffectResult:
-    parsed = parse_reference(report.reference)
-    if parsed is not None:
-        campaign_id, recipient_id = parsed
-        row = (
-            await session.execute(
-                select(CampaignRecipient.provider_message_id).where(
-                    CampaignRecipient.id == recipient_id, CampaignRecipient.campaign_id == campaign_id
-                )
-            )
-        ).first()
-        if row is not None and row.provider_message_id is None:
-            session.add(
-                PendingDeliveryReport(
-                    campaign_id=campaign_id,
-                    recipient_id=recipient_id,
-                    provider_message_id=report.message_id,
-                    provider_status=report.status,
-                    error_code=report.error_code,
-                    reported_at=report.reported_at,
-                    received_at=utcnow(),
-                )
-            )
-            await session.flush()
-            return EffectResult("deferred_until_recorded")
-    return EffectResult("unmatched", flagged=True)
