@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import subprocess
 import sys
 import time
@@ -25,9 +26,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import SplitResult, urlsplit, urlunsplit
 
 import asyncpg
 import httpx
+import redis as redis_client
 from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 
@@ -52,6 +55,12 @@ from service.embedded_redis import EmbeddedRedis, free_port
 from service.settings import Settings, settings_as_env, validate
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def _netloc(url: SplitResult, host: str, port: int) -> str:
+    """The URL's user and password, at another host and port."""
+    credentials = url.netloc.rpartition("@")[0]
+    return f"{credentials}@{host}:{port}" if credentials else f"{host}:{port}"
 
 
 class LabError(RuntimeError):
@@ -147,8 +156,7 @@ class LabRun:
             "replayed_plan": self.options.plan is not None,
             "safeguards_off": list(scenario.services.safeguards_off),
         }
-        redis = EmbeddedRedis(self.run_dir / "redis")
-        redis_url = redis.start()
+        redis, redis_url = self._redis(manifest)
         proxies: dict[str, Proxy] = {}
         services: _Services | None = None
         schema: str | None = None
@@ -205,7 +213,10 @@ class LabRun:
                 await asyncio.to_thread(stop_all, services.all)
             for proxy in proxies.values():
                 await proxy.stop()
-            redis.stop()
+            if redis is not None:
+                redis.stop()
+            else:
+                await asyncio.to_thread(self._forget_queue, redis_url)
             manifest["finished_at"] = datetime.now(UTC).isoformat()
             self._time_phase("check")
             manifest["phase_seconds"] = dict(self.phase_seconds)
@@ -218,6 +229,18 @@ class LabRun:
         self._phase("done", valid=verdict["valid"])
         return verdict
 
+    def _forget_queue(self, redis_url: str) -> None:
+        """In a Redis the run shares with others, remove what its queue left behind."""
+        client = redis_client.Redis.from_url(redis_url)
+        try:
+            keys = list(client.scan_iter(match=f"saq:*lab-{self.run_id}*", count=1000))
+            for start in range(0, len(keys), 500):
+                client.delete(*keys[start : start + 500])
+        except redis_client.RedisError:
+            pass  # leftovers expire or are harmless; the verdict does not depend on them
+        finally:
+            client.close()
+
     def _link_latest(self) -> None:
         latest = self.options.out_dir / "latest"
         with contextlib.suppress(OSError):
@@ -226,6 +249,18 @@ class LabRun:
             latest.symlink_to(self.run_dir.name)
 
     # --- infrastructure --------------------------------------------------------------------------
+    def _redis(self, manifest: dict[str, Any]) -> tuple[EmbeddedRedis | None, str]:
+        """The lab's own redis-server, or the one SMSLAB_REDIS_URL names if the scenario never restarts
+        Redis (the run then uses a queue of its own in it)."""
+        given = os.environ.get("SMSLAB_REDIS_URL")
+        restarts = any(rule.action == "restart_redis" for rule in self.options.scenario.nemesis)
+        if given and not restarts:
+            manifest["redis"] = "given"
+            return None, given
+        manifest["redis"] = "embedded"
+        redis = EmbeddedRedis(self.run_dir / "redis")
+        return redis, redis.start()
+
     async def _database(self, manifest: dict[str, Any]) -> tuple[str, str | None]:
         url = self.options.database_url
         if url is None:
@@ -265,8 +300,8 @@ class LabRun:
         self, database_url: str, schema: str | None, redis_url: str, proxies: dict[str, Proxy], seed: int
     ) -> Settings:
         scenario = self.options.scenario
-        redis_host, redis_port = redis_url.split("//")[1].split("/")[0].split(":")
-        proxies["redis"] = Proxy("redis", redis_host, int(redis_port), seed)
+        target = urlsplit(redis_url)
+        proxies["redis"] = Proxy("redis", target.hostname or "127.0.0.1", target.port or 6379, seed)
         self._simulator_port = free_port()
         proxies["providers"] = Proxy("providers", "127.0.0.1", self._simulator_port, seed)
         service_db = database_url
@@ -288,8 +323,10 @@ class LabRun:
                 var_dir=self.run_dir / "var",
                 database_url=service_db,
                 database_schema=schema,
-                redis_url=f"redis://127.0.0.1:{proxies['redis'].port}/0",
-                queue_name="lab",
+                redis_url=urlunsplit(
+                    target._replace(netloc=_netloc(target, "127.0.0.1", proxies["redis"].port))
+                ),
+                queue_name=f"lab-{self.run_id}",
                 mitto_base_url=f"http://127.0.0.1:{proxies['providers'].port}/mitto",
                 stripe_api_base=f"http://127.0.0.1:{proxies['providers'].port}/stripe",
                 mitto_timeout_seconds=services.mitto_timeout_s,
@@ -372,7 +409,7 @@ class LabRun:
         events: list[NemesisEvent],
         services: _Services,
         proxies: dict[str, Proxy],
-        redis: EmbeddedRedis,
+        redis: EmbeddedRedis | None,
         workload: Workload,
         history: History,
     ) -> dict[str, Any]:
@@ -428,7 +465,7 @@ class LabRun:
             await asyncio.sleep(0.5)
 
     def _actions(
-        self, services: _Services, proxies: dict[str, Proxy], redis: EmbeddedRedis
+        self, services: _Services, proxies: dict[str, Proxy], redis: EmbeddedRedis | None
     ) -> dict[str, tuple[Any, Any]]:
         workers = {p.name: p for p in services.workers}
 
@@ -449,10 +486,12 @@ class LabRun:
             return f"restarted as pid {process.pid}"
 
         async def kill_redis(event: NemesisEvent) -> str:
+            assert redis is not None  # a scenario that restarts Redis always gets the lab's own
             redis.kill()
             return "SIGKILL redis-server: every queued job lost"
 
         async def start_redis(event: NemesisEvent) -> str:
+            assert redis is not None
             await asyncio.to_thread(redis.start)
             return f"redis-server up again on port {redis.port}, empty"
 
@@ -504,11 +543,13 @@ class LabRun:
         return f"terminated {count} service connections"
 
     # --- heal and settle -------------------------------------------------------------------------
-    async def _heal(self, services: _Services, proxies: dict[str, Proxy], redis: EmbeddedRedis) -> None:
+    async def _heal(
+        self, services: _Services, proxies: dict[str, Proxy], redis: EmbeddedRedis | None
+    ) -> None:
         for proxy in proxies.values():
             proxy.clear()
             proxy.enable()
-        if redis.process is None or redis.process.poll() is not None:
+        if redis is not None and (redis.process is None or redis.process.poll() is not None):
             await asyncio.to_thread(redis.start)
         async with httpx.AsyncClient(base_url=self._simulator_url(services), timeout=10) as sim:
             (await sim.delete("/control/faults")).raise_for_status()

@@ -89,19 +89,26 @@ def row_scenario(row: MatrixRow, short: bool) -> Scenario:
     return scenario
 
 
-def plan_runs(rows: list[MatrixRow], short: bool) -> list[tuple[str, MatrixRow | None, Scenario]]:
+@dataclass
+class PlannedRun:
+    kind: str  # "safeguard_off" or "all_on"
+    scenario: Scenario
+    row: MatrixRow | None = None  # the row whose safeguard is off
+    controls: list[str] = field(default_factory=list)  # all on: the rows whose scenario this is
+
+
+def plan_runs(rows: list[MatrixRow], short: bool) -> list[PlannedRun]:
     """Every row with its safeguard off, then each distinct scenario of the rows with everything on."""
-    runs: list[tuple[str, MatrixRow | None, Scenario]] = []
+    runs = [
+        PlannedRun("safeguard_off", row_scenario(row, short).with_safeguards_off((row.safeguard,)), row)
+        for row in rows
+    ]
+    controls: dict[str, PlannedRun] = {}
     for row in rows:
-        runs.append(("safeguard_off", row, row_scenario(row, short).with_safeguards_off((row.safeguard,))))
-    seen: set[str] = set()
-    for row in rows:
-        control = row_scenario(row, short)
-        key = control.as_toml()
-        if key not in seen:
-            seen.add(key)
-            runs.append(("all_on", None, control))
-    return runs
+        scenario = row_scenario(row, short)
+        control = controls.setdefault(scenario.as_toml(), PlannedRun("all_on", scenario))
+        control.controls.append(row.safeguard)
+    return runs + list(controls.values())
 
 
 def judge(kind: str, row: MatrixRow | None, verdict: dict[str, Any]) -> tuple[bool, str, dict[str, Any]]:
@@ -131,27 +138,35 @@ def run_matrix(
     out_dir.mkdir(parents=True, exist_ok=True)
     started = datetime.now(UTC).isoformat()
     outcomes: list[Outcome] = []
-    for index, (kind, row, scenario) in enumerate(planned, start=1):
+    for index, planned_run in enumerate(planned, start=1):
+        row = planned_run.row
+        expected = f"{row.fails} invalid" if row else "all valid"
+        note = row.why if row else f"the scenario of: {', '.join(planned_run.controls)}"
         try:
-            run_dir, verdict = run(scenario, out_dir)
+            run_dir, verdict = run(planned_run.scenario, out_dir)
         except Exception as exc:  # noqa: BLE001 - one broken run is a failed row, not a lost matrix
             outcome = Outcome(
-                kind,
-                scenario.name,
+                planned_run.kind,
+                planned_run.scenario.name,
                 row.safeguard if row else None,
-                f"{row.fails} invalid" if row else "all valid",
+                expected,
                 {},
                 False,
                 "",
                 note=f"the run itself failed: {type(exc).__name__}: {exc}",
             )
         else:
-            ok, expected, verdicts = judge(kind, row, verdict)
+            ok, expected, verdicts = judge(planned_run.kind, row, verdict)
             outcome = Outcome(
-                kind, scenario.name, row.safeguard if row else None, expected, verdicts, ok, str(run_dir)
+                planned_run.kind,
+                planned_run.scenario.name,
+                row.safeguard if row else None,
+                expected,
+                verdicts,
+                ok,
+                str(run_dir),
+                note=note,
             )
-            if row is not None:
-                outcome.note = row.why
         outcomes.append(outcome)
         if on_outcome:
             on_outcome(outcome, index, len(planned))

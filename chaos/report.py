@@ -113,15 +113,15 @@ def print_matrix(result: dict[str, Any], path: str) -> None:
         title="safeguard matrix  "
         + ("[green]every row as expected[/green]" if ok else "[red]NOT AS EXPECTED[/red]")
     )
-    for column in ("#", "safeguard", "scenario", "expected", "I1..I8", "result"):
-        table.add_column(column)
+    for column in ("#", "safeguard off", "scenario", "expected", "I1..I8", "result"):
+        table.add_column(column, overflow="fold")
     for row in result["rows"]:
         cells = " ".join(
             f"{k}:{'ok' if v is True else 'X' if v is False else '?'}" for k, v in row["verdicts"].items()
         )
         table.add_row(
             str(row["number"] or ""),
-            row["safeguard"] or "(all on)",
+            row["safeguard"] or f"(all on) {row['note'].removeprefix('the scenario of: ')}",
             row["scenario"],
             row["expected"],
             cells or row["note"][:60],
