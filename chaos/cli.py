@@ -122,7 +122,7 @@ def up(
 @app.command()
 def run(
     scenario: str = typer.Argument(..., help="A scenario name (chaos/scenarios/NAME.toml) or a path."),
-    seed: int | None = typer.Option(None, help="Seed for every random choice [default: the scenario's]."),
+    seed: int | None = typer.Option(None, help="Seed for every random choice (default: the scenario's)."),
     database: str | None = typer.Option(
         None, help="A PostgreSQL URL for the run (a fresh schema in it); default: SQLite in the run folder."
     ),

@@ -125,6 +125,40 @@ def test_i4_a_balance_that_is_not_its_ledger(run_dir: Path) -> None:
     assert (item["id"], item["counts"]["balance_not_ledger_sum"]) == ("I4", 1)
 
 
+def test_i4_a_live_reservation_left_on_a_finished_campaign(run_dir: Path) -> None:
+    database = run_dir / "database"
+    reservation = rows(database / "reservations.jsonl")[0]
+    shop_id = reservation[1]
+
+    def left_live(items: list[Any]) -> None:
+        items[0][4], items[0][5] = 5, "active"
+
+    edit_rows(database / "reservations.jsonl", left_live)
+    edit_rows(
+        database / "wallets.jsonl",
+        lambda items: [row.__setitem__(2, row[2] + 5) for row in items if row[0] == shop_id],
+    )
+    item = only_invalid(run_dir)
+    assert (item["id"], item["counts"]["live_reservations_on_finished_campaigns"]) == ("I4", 1)
+    assert item["witnesses"][0]["live_reservation_on_finished_campaign"]["campaign_id"] == reservation[2]
+
+
+def test_i5_a_payment_never_credited(run_dir: Path) -> None:
+    database = run_dir / "database"
+    ledger = rows(database / "ledger.jsonl")
+    purchase = next(row for row in ledger if row[3] == "purchase")
+    write_rows(database / "ledger.jsonl", [row for row in ledger if row is not purchase])
+    edit_rows(
+        database / "wallets.jsonl",
+        lambda items: [row.__setitem__(1, row[1] - purchase[2]) for row in items if row[0] == purchase[1]],
+    )
+    results = verdicts(run_dir)
+    item = results["I5"]
+    assert (item["valid"], item["counts"]["payments_not_credited"]) == (False, 1)
+    assert item["witnesses"][0]["ledger_entries"] == []
+    assert results["I4"]["counts"]["negative_balances"] == 1  # the debits went ahead of the credit
+
+
 def test_i5_a_payment_credited_twice(run_dir: Path) -> None:
     database = run_dir / "database"
     ledger = rows(database / "ledger.jsonl")
@@ -316,3 +350,33 @@ def test_i6_in_a_whole_run_folder(run_dir: Path) -> None:
     )
     item = only_invalid(run_dir)
     assert (item["id"], item["counts"]["keys_answered_differently"]) == ("I6", 1)
+
+
+@pytest.mark.parametrize("other_thread", [False, True], ids=["forked", "spawned"])
+def test_a_big_run_checked_by_three_processes_gets_the_same_verdict(
+    run_dir: Path, monkeypatch: pytest.MonkeyPatch, other_thread: bool
+) -> None:
+    import threading
+
+    from chaos.checker import run as checker_run
+
+    accepted = run_dir / "simulator" / "mitto_accepted.jsonl"
+    first = rows(accepted)[0]
+    append(accepted, {**first, "message_id": "msg-again", "t": first["t"] + 5})
+    serial = {item["id"]: (item["valid"], item["counts"]) for item in check_run(run_dir)["invariants"]}
+    monkeypatch.setattr(checker_run, "PARALLEL_BYTES", 0)
+    stop = threading.Event()
+    waiting = threading.Thread(target=stop.wait)  # a live thread: the pool must spawn, not fork
+    if other_thread:
+        waiting.start()
+    try:
+        expected = "spawn" if threading.active_count() > 1 else "fork"  # another test may leave a thread
+        assert checker_run._process_context().get_start_method() == expected
+        parallel = check_run(run_dir)
+    finally:
+        stop.set()
+        if other_thread:
+            waiting.join()
+    assert {item["id"]: (item["valid"], item["counts"]) for item in parallel["invariants"]} == serial
+    assert [item["id"] for item in parallel["invariants"]] == [f"I{n}" for n in range(1, 9)]
+    assert serial["I1"][0] is False

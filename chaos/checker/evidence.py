@@ -6,7 +6,9 @@ only so that the checker can compare them with what really happened.
 
 from __future__ import annotations
 
+import operator
 import re
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -161,6 +163,29 @@ class Record(msgspec.Struct, array_like=True):
 
     def get(self, name: str, default: Any = None) -> Any:
         return getattr(self, name, default)
+
+
+def _getter(rows: Collection[Row], names: tuple[str, ...]) -> Callable[[Row], Any]:
+    first = next(iter(rows), None)
+    if isinstance(first, Record):
+        return operator.attrgetter(*names)
+    return operator.itemgetter(*names)
+
+
+def column(rows: Collection[Row], name: str) -> Iterator[Any]:
+    """One column of every row, for loops over a million rows.
+
+    `row["column"]` on a `Record` is a Python call per lookup (1.5 s over five million); an `attrgetter`
+    (or an `itemgetter`, for dict rows) does the same lookups in C.
+    """
+    return map(_getter(rows, (name,)), rows)
+
+
+def columns(rows: Collection[Row], *names: str) -> Iterator[tuple[Any, ...]]:
+    """Several columns of every row, as tuples (see `column`)."""
+    if len(names) < 2:
+        raise ValueError("columns() takes two names or more; use column() for one")
+    return map(_getter(rows, names), rows)
 
 
 @dataclass

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from chaos.checker.evidence import DatabaseSnapshot
+from chaos.checker.evidence import DatabaseSnapshot, column
 from chaos.checker.result import CheckResult
 from service.db.models import CampaignStatus, RecipientStatus
 
@@ -21,7 +21,12 @@ UNSETTLED_RECIPIENT = {RecipientStatus.PENDING.value, RecipientStatus.SENDING.va
 def check(snapshot: DatabaseSnapshot) -> CheckResult:
     result = CheckResult(ID, TITLE, True)
     stuck_campaigns = [c for c in snapshot.campaigns.values() if c["status"] in UNSETTLED_CAMPAIGN]
-    stuck_recipients = [r for r in snapshot.recipients.values() if r["status"] in UNSETTLED_RECIPIENT]
+    recipient_rows = list(snapshot.recipients.values())
+    stuck_recipients = [
+        row
+        for row, status in zip(recipient_rows, column(recipient_rows, "status"), strict=True)
+        if status in UNSETTLED_RECIPIENT
+    ]
     for campaign in stuck_campaigns:
         result.witness(
             {

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from chaos.checker.evidence import DatabaseSnapshot
+from chaos.checker.evidence import DatabaseSnapshot, column, columns
 from chaos.checker.result import CheckResult
 from service.db.models import CampaignStatus, RecipientStatus, ReservationStatus
 
@@ -26,8 +26,12 @@ def check(snapshot: DatabaseSnapshot) -> CheckResult:
         ledger_sum[entry["shop_id"]] += entry["amount"]
     active_remaining: dict[int, int] = defaultdict(int)
     live_on_finished = []
+    recipient_rows = snapshot.recipients.values()
+    sending = RecipientStatus.SENDING.value
     in_flight = {
-        r["campaign_id"] for r in snapshot.recipients.values() if r["status"] == RecipientStatus.SENDING.value
+        campaign_id
+        for campaign_id, status in columns(recipient_rows, "campaign_id", "status")
+        if status == sending
     }
     sending_without_reservation = []
     reserved_campaigns = {r["campaign_id"] for r in snapshot.reservations}
@@ -38,7 +42,7 @@ def check(snapshot: DatabaseSnapshot) -> CheckResult:
         campaign = snapshot.campaigns.get(reservation["campaign_id"])
         if campaign and campaign["status"] in FINISHED and campaign["id"] not in in_flight:
             live_on_finished.append(reservation)
-    campaigns_with_recipients = {r["campaign_id"] for r in snapshot.recipients.values()}
+    campaigns_with_recipients = set(column(recipient_rows, "campaign_id"))
     for campaign in snapshot.campaigns.values():
         enqueued = campaign["status"] != CampaignStatus.DRAFT.value
         has_recipients = campaign["recipient_count"] or campaign["id"] in campaigns_with_recipients

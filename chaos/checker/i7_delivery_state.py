@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 
-from chaos.checker.evidence import DatabaseSnapshot, DeliveryAttempt, ProviderReport
+from chaos.checker.evidence import DatabaseSnapshot, DeliveryAttempt, ProviderReport, columns
 from chaos.checker.result import CheckResult
 from service.sending.delivery_reports import FINAL_STATUSES
 
@@ -28,14 +28,21 @@ def check(
     """`reports` loads the provider's report ledger, needed only when one message was reported twice."""
     result = CheckResult(ID, TITLE, True)
     final_state = {f"dlr.{status}": state.value for status, state in FINAL_STATUSES.items()}
-    # What the service heard: the final reports it acknowledged, from the delivery ledger.
-    heard: dict[str, str] = {}
+    # What the service heard: the final reports it acknowledged, from the delivery ledger (one
+    # comprehension and a dict build: this runs over two million deliveries in a big run).
+    finals = [
+        (d.message, state)
+        for d in deliveries
+        if d.acknowledged
+        and (state := final_state.get(d.type or "")) is not None
+        and d.provider == "mitto"
+        and d.message is not None
+    ]
+    heard: dict[str, str] = dict(finals)
     contested: set[str] = set()
-    for d in deliveries:
-        if d.acknowledged and d.provider == "mitto" and d.message is not None:
-            state = final_state.get(d.type or "")
-            if state is not None and heard.setdefault(d.message, state) != state:
-                contested.add(d.message)
+    if len(set(finals)) != len(heard):
+        seen: dict[str, str] = {}
+        contested = {m for m, state in finals if seen.setdefault(m, state) != state}
     expected = heard
     if contested:
         # Two different final reports heard for one message: the provider's order decides which one
@@ -49,24 +56,26 @@ def check(
                 and f"{report.message_id}:{report.status}" in acknowledged
             ):
                 expected[report.message_id] = state
-    recorded = {
-        r["provider_message_id"]: r for r in snapshot.recipients.values() if r.get("provider_message_id")
-    }
     outcomes: Counter[str] = Counter()
-    for message_id, recipient in recorded.items():
+    recorded = 0
+    for message_id, recipient_id, have in columns(
+        snapshot.recipients.values(), "provider_message_id", "id", "status"
+    ):
+        if not message_id:
+            continue
+        recorded += 1
         want = expected.get(message_id, "sent")
-        have = recipient["status"]
         if have == want:
             continue
         kind = "regressed" if have == "sent" else "wrong_final_state"
         outcomes[kind] += 1
         result.witness(
-            {"message_id": message_id, "recipient_id": recipient["id"], "expected": want, "recorded": have}
+            {"message_id": message_id, "recipient_id": recipient_id, "expected": want, "recorded": have}
         )
-    outcomes["matching"] = len(recorded) - outcomes["regressed"] - outcomes["wrong_final_state"]
+    outcomes["matching"] = recorded - outcomes["regressed"] - outcomes["wrong_final_state"]
     outcomes["final_reports_acknowledged"] = len(expected)
     outcomes["messages_with_two_final_reports"] = len(contested)
-    outcomes["messages_recorded"] = len(recorded)
+    outcomes["messages_recorded"] = recorded
     result.counts = {
         "messages_recorded": outcomes["messages_recorded"],
         "final_reports_acknowledged": outcomes["final_reports_acknowledged"],

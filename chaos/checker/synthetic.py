@@ -197,7 +197,7 @@ def write_synthetic_run(
                 "value": {**value, "status": 202, "response": {"campaign_id": campaign_id}},
             }
         )
-    for writer in (accepted, dlr, deliveries, recipients, api_log, worker_log):
+    for writer in (accepted, dlr, recipients, api_log, worker_log):
         writer.close()
     stripe = _Writer(sim / "stripe_ledger.jsonl")
     wallets, billing = [], []
@@ -217,7 +217,25 @@ def write_synthetic_run(
         )
         billing.append([shop_id, shop_id, session_id, credits, credits, "paid"])
         wallets.append([shop_id, 1000, 0])
+        delivery_no += 1
+        deliveries.write(
+            {
+                "t": T0 + 0.01,
+                "delivery": delivery_no,
+                "copy_of": None,
+                "provider": "stripe",
+                "attempt": 1,
+                "status": 200,
+                "error": None,
+                "acknowledged": True,
+                "dropped": False,
+                "faults": [],
+                "event": f"evt_checkout_{shop_id}",
+                "type": "checkout.session.completed",
+            }
+        )
     stripe.close()
+    deliveries.close()
     tables = {
         "campaigns": campaign_rows,
         "ledger": ledger_rows,
