@@ -28,6 +28,7 @@
     credits_per_shop = 5000    # bought through the fake Stripe before the clients start
     duplicate_enqueue = 0.2    # probability that an enqueue is sent twice at once
     retries = 3                # retries of a timed-out enqueue, with the same Idempotency-Key
+    consent_before_redact = 0  # probability that an erased customer changed consent just before
     [workload.mix]             # relative weights of the clients' operations
     campaign = 10
     buy = 2
@@ -113,6 +114,7 @@ class Workload:
     credits_per_shop: int = 5000
     duplicate_enqueue: float = 0.2
     retries: int = 3
+    consent_before_redact: float = 0.0
     mix: tuple[tuple[str, float], ...] = (
         ("campaign", 10.0),
         ("buy", 2.0),
@@ -287,6 +289,7 @@ def _workload(table: Any) -> Workload:
             "credits_per_shop": lambda w, v: _int(w, v, 0),
             "duplicate_enqueue": lambda w, v: _float(w, v, 0.0, 1.0),
             "retries": lambda w, v: _int(w, v, 0),
+            "consent_before_redact": lambda w, v: _float(w, v, 0.0, 1.0),
         },
     )
     if "mix" in table:

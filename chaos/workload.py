@@ -318,7 +318,12 @@ class Workload:
         customers = [c for c in shop.customers if not c.redacted]
         if not customers:
             return
-        customer = rng.choice(customers)
+        await self._change_consent(process, shop, sim, rng.choice(customers))
+
+    async def _change_consent(
+        self, process: str, shop: ShopWorld, sim: httpx.AsyncClient, customer: Customer
+    ) -> None:
+        """The merchant changes a customer in Shopify; Shopify sends `customers/update`."""
         customer.consent = not customer.consent
         state = "subscribed" if customer.consent else "unsubscribed"
         await self._call(
@@ -344,6 +349,10 @@ class Workload:
         if not customers:
             return
         customer = rng.choice(customers)
+        if rng.random() < self.scenario.workload.consent_before_redact:
+            # The customer's last change just before their erasure request: its `customers/update`
+            # and the `customers/redact` race through Shopify's delivery, in either order.
+            await self._change_consent(process, shop, sim, customer)
         customer.redacted = True
         payload = {
             "shop_domain": shop.domain,

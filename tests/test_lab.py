@@ -82,6 +82,10 @@ def test_every_shipped_scenario_is_valid_and_quick_fits_in_a_minute() -> None:
     [
         ({"workload": {"clients": 0}}, "scenario.workload.clients: must be a whole number >= 1"),
         ({"workload": {"speed": 3}}, "scenario.workload.speed: unknown field"),
+        (
+            {"workload": {"consent_before_redact": 1.5}},
+            "scenario.workload.consent_before_redact: must be a number between 0.0 and 1.0",
+        ),
         ({"nemesis": [{"action": "explode", "at_s": 1}]}, "scenario.nemesis[0].action: must be one of"),
         ({"nemesis": [{"action": "kill_api"}]}, "give exactly one of every_s"),
         ({"nemesis": [{"action": "cut_db_connections", "at_s": 1}]}, "scenario.backend: must be postgresql"),
