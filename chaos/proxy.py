@@ -189,6 +189,19 @@ class Proxy:
     async def _pump(
         self, connection: _Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, stream: str
     ) -> None:
+        """Forward one direction. Whichever way a side ends (EOF, a reset, an error), the other side is
+        ended too: a reset client otherwise left the other pump waiting on a server that never speaks,
+        and a database backend behind it idle in its transaction, holding its locks, forever."""
+        try:
+            await self._forward(connection, reader, writer, stream)
+        except (ConnectionError, OSError):
+            connection.reset()  # pass a reset on as a reset
+        finally:
+            connection.close()
+
+    async def _forward(
+        self, connection: _Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, stream: str
+    ) -> None:
         while not connection.closed.is_set():
             data = await reader.read(CHUNK)
             if not data:

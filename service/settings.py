@@ -34,6 +34,9 @@ class Settings:
     var_dir: Path = Path("var")
     database_url: str = ""
     database_schema: str | None = None
+    # PostgreSQL ends a session left idle inside a transaction this long, releasing its locks: a client
+    # that vanished mid-transaction (killed, or cut off without a reset) must not hold rows forever.
+    database_idle_transaction_timeout_seconds: float = 30.0
     redis_url: str | None = None
     queue_name: str = "smslab"
 
@@ -218,6 +221,7 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "var_dir": lambda _n, raw: Path(raw),
     "database_url": _database_url,
     "database_schema": _schema_name,
+    "database_idle_transaction_timeout_seconds": _positive_float,
     "redis_url": _redis_url,
     "queue_name": _text,
     "mitto_base_url": _http_url,

@@ -31,3 +31,35 @@ async def test_upgrade_is_repeatable_and_downgrade_reverses_it(lab: Lab) -> None
     async with lab.engine.connect() as connection:
         revision = (await connection.execute(text("SELECT version_num FROM alembic_version"))).scalar()
     assert revision == migrate.head_revision()
+
+
+async def test_a_transaction_left_idle_by_a_vanished_client_is_ended_and_its_locks_freed(lab: Lab) -> None:
+    """PostgreSQL only (SQLite has no sessions to leave behind): see `service/db/session.py`."""
+    import asyncio
+
+    import pytest
+    from sqlalchemy.exc import DBAPIError
+
+    from service.db.session import create_engine
+
+    if not lab.settings.database_url.startswith("postgresql"):
+        pytest.skip("PostgreSQL sessions only")
+    settings = lab.settings.with_overrides(database_idle_transaction_timeout_seconds=0.5)
+    engine = create_engine(settings, application_name="smslab-test")
+    try:
+        async with engine.connect() as vanished, engine.connect() as other:
+            await vanished.begin()
+            await vanished.execute(text("SELECT pg_advisory_xact_lock(4242)"))
+            await other.begin()
+            held = (await other.execute(text("SELECT pg_try_advisory_xact_lock(4242)"))).scalar()
+            assert held is False
+            await other.rollback()
+            await asyncio.sleep(1.5)  # the client never speaks again
+            await other.begin()
+            freed = (await other.execute(text("SELECT pg_try_advisory_xact_lock(4242)"))).scalar()
+            assert freed is True
+            await other.rollback()
+            with pytest.raises(DBAPIError):
+                await vanished.execute(text("SELECT 1"))
+    finally:
+        await engine.dispose()

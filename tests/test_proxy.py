@@ -102,3 +102,40 @@ def test_toxics_are_validated_field_by_field() -> None:
     ]:
         with pytest.raises(ToxicError, match=field.replace(".", r"\.")):
             Toxic.parse(spec)
+
+
+async def test_a_client_killed_mid_conversation_closes_the_servers_side_too() -> None:
+    """A SIGKILLed client's socket is reset by the kernel when it had unread data. The proxy must pass the
+    end on: a PostgreSQL backend left open behind it stays idle in its transaction, holding its row locks
+    forever (a killed API's delivery-report batch blocked every later batch in the lab)."""
+    import socket
+    import struct
+
+    server_saw_the_end = asyncio.Event()
+
+    async def silent_server(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # Like a database waiting for the next statement: it reads and never answers.
+        try:
+            while await reader.read(1024):
+                pass
+        except ConnectionError:
+            pass
+        server_saw_the_end.set()
+        writer.close()
+
+    server = await asyncio.start_server(silent_server, "127.0.0.1", 0)
+    proxy = Proxy("db", "127.0.0.1", int(server.sockets[0].getsockname()[1]), seed=1)
+    await proxy.start()
+    try:
+        _reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+        writer.write(b"BEGIN; SELECT ... FOR UPDATE")
+        await writer.drain()
+        await asyncio.sleep(0.1)
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()  # an RST, as the kernel sends for a killed process
+        await asyncio.wait_for(server_saw_the_end.wait(), 3)
+        assert not proxy.connections
+    finally:
+        await proxy.stop()
+        server.close()

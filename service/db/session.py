@@ -24,7 +24,16 @@ def create_engine(settings: Settings, application_name: str = "smslab", pool_siz
     url = make_url(settings.database_url)
     if url.get_backend_name() == "sqlite":
         return _sqlite_engine(settings.database_url)
-    server_settings = {"application_name": application_name}
+    server_settings = {
+        "application_name": application_name,
+        # A backend whose client vanished mid-transaction keeps its row locks until the server notices,
+        # which without a reset is never (a SIGKILLed API's batch behind a proxy blocked every later
+        # delivery-report batch in the lab). No transaction here waits on anything outside the database,
+        # so one idle for this long belongs to a dead client.
+        "idle_in_transaction_session_timeout": str(
+            round(settings.database_idle_transaction_timeout_seconds * 1000)
+        ),
+    }
     if settings.database_schema:
         server_settings["search_path"] = settings.database_schema
     return create_async_engine(
