@@ -30,7 +30,7 @@ _LOCAL_PART = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz01
 # Bare digit runs (a phone logged without its +): digits masked to "0" and everything else to " ", then
 # runs of ten or more zeros found by a literal search, and only those compared with the run's phones.
 _MASK = bytes(0x30 if 0x30 <= b <= 0x39 else 0x20 for b in range(256))
-_DIGIT_RUN = re.compile(rb"0000000000+")
+_DIGIT_RUN = re.compile(rb"0000000000(?<!00000000000)0{0,5}(?!0)")  # exactly 10 to 15, found by the literal
 CHUNK = 64 * 1024 * 1024
 KINDS = ("email", "jwt", "bearer", "phone", "secret")
 
@@ -52,11 +52,7 @@ def _hits(data: bytes, secrets: list[bytes]) -> tuple[list[tuple[int, str]], lis
         while at >= 0:
             hits.append((at, "secret"))
             at = data.find(secret, at + 1)
-    runs = [
-        (m.start(), data[m.start() : m.end()])
-        for m in _DIGIT_RUN.finditer(data.translate(_MASK))
-        if m.end() - m.start() <= 15
-    ]
+    runs = [(m.start(), data[m.start() : m.end()]) for m in _DIGIT_RUN.finditer(data.translate(_MASK))]
     return hits, runs
 
 

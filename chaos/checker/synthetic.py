@@ -9,6 +9,7 @@ and two API log lines per message, one debit per batch.
 from __future__ import annotations
 
 import json
+import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,7 @@ def write_synthetic_run(
 ) -> SyntheticRun:
     """Write a clean run folder with `messages` messages; every invariant holds in it."""
     campaigns = -(-messages // campaign_size)
+    request_ids = random.Random(messages)
     sim, db, logs = run_dir / "simulator", run_dir / "database", run_dir / "logs"
     accepted = _Writer(sim / "mitto_accepted.jsonl")
     dlr = _Writer(sim / "mitto_dlr.jsonl")
@@ -80,6 +82,25 @@ def write_synthetic_run(
     history: list[dict[str, Any]] = []
     debited = dict.fromkeys(range(1, shops + 1), 0)
     delivery_no = 0
+    # Credits are bought before anything is sent (the lab's world phase): Stripe's deliveries come first.
+    for shop_id in range(1, shops + 1):
+        delivery_no += 1
+        deliveries.write(
+            {
+                "t": T0 + 0.01,
+                "delivery": delivery_no,
+                "copy_of": None,
+                "provider": "stripe",
+                "attempt": 1,
+                "status": 200,
+                "error": None,
+                "acknowledged": True,
+                "dropped": False,
+                "faults": [],
+                "event": f"evt_checkout_{shop_id}",
+                "type": "checkout.session.completed",
+            }
+        )
     rid = 0
     for campaign_id in range(1, campaigns + 1):
         shop_id = (campaign_id - 1) % shops + 1
@@ -133,7 +154,7 @@ def write_synthetic_run(
                             "status": 200,
                             "duration_ms": 1.25,
                             "event": "request",
-                            "request_id": f"{r:032x}",
+                            "request_id": f"{request_ids.getrandbits(128):032x}",  # as uuid4().hex
                             "process": "api",
                             "level": "info",
                             "logger": "service.http",
@@ -197,7 +218,7 @@ def write_synthetic_run(
                 "value": {**value, "status": 202, "response": {"campaign_id": campaign_id}},
             }
         )
-    for writer in (accepted, dlr, recipients, api_log, worker_log):
+    for writer in (accepted, dlr, deliveries, recipients, api_log, worker_log):
         writer.close()
     stripe = _Writer(sim / "stripe_ledger.jsonl")
     wallets, billing = [], []
@@ -217,25 +238,7 @@ def write_synthetic_run(
         )
         billing.append([shop_id, shop_id, session_id, credits, credits, "paid"])
         wallets.append([shop_id, 1000, 0])
-        delivery_no += 1
-        deliveries.write(
-            {
-                "t": T0 + 0.01,
-                "delivery": delivery_no,
-                "copy_of": None,
-                "provider": "stripe",
-                "attempt": 1,
-                "status": 200,
-                "error": None,
-                "acknowledged": True,
-                "dropped": False,
-                "faults": [],
-                "event": f"evt_checkout_{shop_id}",
-                "type": "checkout.session.completed",
-            }
-        )
     stripe.close()
-    deliveries.close()
     tables = {
         "campaigns": campaign_rows,
         "ledger": ledger_rows,
