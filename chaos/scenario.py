@@ -29,6 +29,7 @@
     duplicate_enqueue = 0.2    # probability that an enqueue is sent twice at once
     retries = 3                # retries of a timed-out enqueue, with the same Idempotency-Key
     consent_before_redact = 0  # probability that an erased customer changed consent just before
+    think_s = [0, 0.05]        # a client's pause between two operations (sets the offered load)
     [workload.mix]             # relative weights of the clients' operations
     campaign = 10
     buy = 2
@@ -115,6 +116,7 @@ class Workload:
     duplicate_enqueue: float = 0.2
     retries: int = 3
     consent_before_redact: float = 0.0
+    think_s: tuple[float, float] = (0.0, 0.05)
     mix: tuple[tuple[str, float], ...] = (
         ("campaign", 10.0),
         ("buy", 2.0),
@@ -290,6 +292,7 @@ def _workload(table: Any) -> Workload:
             "duplicate_enqueue": lambda w, v: _float(w, v, 0.0, 1.0),
             "retries": lambda w, v: _int(w, v, 0),
             "consent_before_redact": lambda w, v: _float(w, v, 0.0, 1.0),
+            "think_s": _range,
         },
     )
     if "mix" in table:

@@ -186,7 +186,7 @@ class Workload:
                 await getattr(self, f"_op_{operation}")(process, shop, api, sim, rng)
             except Exception as exc:  # noqa: BLE001 - a client must outlive any one operation
                 self.history.invoke(process, "client_error", {"error": type(exc).__name__})
-            await asyncio.sleep(rng.uniform(0.0, 0.05))
+            await asyncio.sleep(rng.uniform(*self.scenario.workload.think_s))
 
     async def _call(
         self, process: str, f: str, value: dict[str, Any], request: Any

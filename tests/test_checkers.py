@@ -192,6 +192,24 @@ def test_i7_a_report_the_service_never_heard_does_not_count_against_it(run_dir: 
     assert verdicts(run_dir)["I7"]["valid"] is True
 
 
+@pytest.mark.parametrize(
+    ("error", "valid"),
+    [("IncompleteReadError", True), ("ConnectionRefusedError", False)],
+    ids=["answer-lost-after-reaching-the-service", "never-reached-the-service"],
+)
+def test_i7_a_final_report_applied_but_never_acknowledged(run_dir: Path, error: str, valid: bool) -> None:
+    """The API killed after its commit and before its answer: the report took effect, unacknowledged.
+    Only a delivery that reached the service can explain a final state; a refused connection cannot."""
+    deliveries = run_dir / "simulator" / "webhook_deliveries.jsonl"
+    edit_rows(
+        deliveries,
+        lambda items: mitto_deliveries(items)[1].update(acknowledged=False, status=None, error=error),
+    )
+    item = verdicts(run_dir)["I7"]
+    assert item["valid"] is valid
+    assert item["counts"]["final_applied_without_acknowledgement"] == (1 if valid else 0)
+
+
 def test_i7_two_final_reports_heard_the_providers_last_one_counts(run_dir: Path) -> None:
     simulator = run_dir / "simulator"
     first = rows(simulator / "mitto_dlr.jsonl")[1]  # message 1's final report

@@ -82,6 +82,7 @@ def test_every_shipped_scenario_is_valid_and_quick_fits_in_a_minute() -> None:
     [
         ({"workload": {"clients": 0}}, "scenario.workload.clients: must be a whole number >= 1"),
         ({"workload": {"speed": 3}}, "scenario.workload.speed: unknown field"),
+        ({"workload": {"think_s": [2, 1]}}, "scenario.workload.think_s: high must not be below low"),
         (
             {"workload": {"consent_before_redact": 1.5}},
             "scenario.workload.consent_before_redact: must be a number between 0.0 and 1.0",

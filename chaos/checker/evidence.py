@@ -125,10 +125,18 @@ class DeliveryAttempt(msgspec.Struct):
     event: str | None = None
     type: str | None = None  # Mitto's: "dlr.<status>"
     message: str | None = None  # Mitto's: the message id
+    status: int | None = None  # the service's answer; None when none came
+    error: str | None = None  # why none came
 
     @property
     def at(self) -> float:
         return self.t
+
+    @property
+    def may_have_taken_effect(self) -> bool:
+        """Unanswered after reaching the service (a reset, a timeout, the service killed mid-request):
+        the effect may have committed. A refused connection never reached it; an answer is definite."""
+        return not self.acknowledged and self.status is None and self.error != "ConnectionRefusedError"
 
 
 def load_delivery_attempts(simulator_data_dir: Path) -> list[DeliveryAttempt]:

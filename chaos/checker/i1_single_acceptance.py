@@ -20,20 +20,23 @@ def check(acceptances: list[Acceptance], snapshot: DatabaseSnapshot) -> CheckRes
     result = CheckResult(ID, TITLE, True)
     per_reference = Counter(a.reference for a in acceptances)
     doubled = {reference for reference, n in per_reference.items() if n > 1}
-    first_reference: dict[tuple[int | None, str], str] = {}
-    other_references: dict[tuple[int | None, str], set[str]] = defaultdict(set)
     recipients = snapshot.recipients
-    unexpected = 0
+    # Whole-list passes (comprehensions, set and Counter builds run in C per element); the per-item
+    # Python work happens only for the few acceptances a violation involves.
+    phone_references = {(a.campaign_id, a.to, a.reference) for a in acceptances}
+    phones = {(a.campaign_id, a.to) for a in acceptances}
+    other_references: dict[tuple[int | None, str], set[str]] = defaultdict(set)
+    if len(phones) != len(phone_references):  # some phone of a campaign went out under two references
+        by_phone: dict[tuple[int | None, str], set[str]] = defaultdict(set)
+        for campaign_id, phone, reference in phone_references:
+            by_phone[(campaign_id, phone)].add(reference)
+        other_references.update((key, refs) for key, refs in by_phone.items() if len(refs) > 1)
+    unexpected = sum(1 for a in acceptances if a.recipient_id is None or a.recipient_id not in recipients)
     groups: dict[str, list[Acceptance]] = defaultdict(list)
-    for acceptance in acceptances:
-        key = (acceptance.campaign_id, acceptance.to)
-        seen = first_reference.setdefault(key, acceptance.reference)
-        if seen != acceptance.reference:
-            other_references[key].update((seen, acceptance.reference))
-        if acceptance.recipient_id is None or acceptance.recipient_id not in recipients:
-            unexpected += 1
-        if acceptance.reference in doubled:
-            groups[acceptance.reference].append(acceptance)
+    if doubled:
+        for acceptance in acceptances:
+            if acceptance.reference in doubled:
+                groups[acceptance.reference].append(acceptance)
     extra = 0
     for reference, group in groups.items():
         extra += len(group) - 1
