@@ -48,7 +48,7 @@ class OutboundClient:
             except httpx.HTTPError as exc:
                 raise DeliveryError(type(exc).__name__) from None
         async with self._slots:
-            connection = self._idle.pop() if self._idle else None
+            connection = self._reusable()
             try:
                 if connection is None:
                     connection = _Connection(
@@ -72,6 +72,22 @@ class OutboundClient:
             else:
                 connection.close()
             return status
+
+    def _reusable(self) -> _Connection | None:
+        """An idle connection the server has not closed, if any.
+
+        A server that restarted closed every connection it had; their EOF is already queued here. Using
+        one anyway sends the request into a dead socket: the delivery fails at once, and a retry takes the
+        next dead one. A provider's retries then all failed against a healthy service after its restart
+        (the lab saw a Stripe payment's eight attempts lost this way, and the payment never credited).
+        """
+        while self._idle:
+            connection = self._idle.pop()
+            if connection.reader.at_eof() or connection.writer.is_closing():
+                connection.close()
+                continue
+            return connection
+        return None
 
     async def _exchange(
         self, connection: _Connection, path: str, body: bytes, headers: dict[str, str]

@@ -171,3 +171,52 @@ def test_mitto_reports_each_message_then_its_final_status(tmp_path: Path, receiv
     ]
     assert set(reports[1]) == {"messageId", "reference", "status", "errorCode", "timestamp"}
     assert looked_up["messages"][0]["deliveryStatus"] == "Delivered"
+
+
+async def test_webhooks_reach_a_service_that_restarted_on_the_same_port() -> None:
+    """After a restart every kept-alive connection to the old process is dead; none may be reused. (Each
+    retry took the next dead connection: a Stripe payment's eight attempts all failed against a healthy
+    API, and the payment was never credited.)"""
+    import asyncio
+
+    from simulator.outbound import OutboundClient
+
+    open_writers: list[asyncio.StreamWriter] = []
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        open_writers.append(writer)
+        while True:
+            try:
+                head = await reader.readuntil(b"\r\n\r\n")
+            except (asyncio.IncompleteReadError, ConnectionError):
+                break
+            length = next(
+                int(line.split(b":")[1])
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length")
+            )
+            await reader.readexactly(length)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await writer.drain()
+        writer.close()
+
+    first = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = int(first.sockets[0].getsockname()[1])
+    client = OutboundClient(f"http://127.0.0.1:{port}")
+    try:
+        statuses = await asyncio.gather(*(client.post("/hook", b"{}", {}) for _ in range(8)))
+        assert statuses == [200] * 8  # eight connections now idle, kept alive
+        first.close()
+        for writer in open_writers:  # the old process is gone, and every connection with it
+            writer.close()
+        open_writers.clear()
+        await asyncio.sleep(0.1)
+        second = await asyncio.start_server(answer, "127.0.0.1", port)
+        try:
+            assert [await client.post("/hook", b"{}", {}) for _ in range(3)] == [200] * 3
+        finally:
+            second.close()
+            for writer in open_writers:
+                writer.close()
+    finally:
+        await client.aclose()
