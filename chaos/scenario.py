@@ -74,7 +74,7 @@ import tomli_w
 from chaos.proxy import Toxic, ToxicError
 from service import failpoints, safeguards
 from service.settings import SEND_LEASE_USABLE_SHARE
-from simulator.faults import FaultSpecError, parse_rule
+from simulator.faults import FaultSpecError, parse_rules
 from simulator.mitto import parse_final_mix
 
 SCENARIOS_DIR = Path(__file__).with_name("scenarios")
@@ -318,13 +318,10 @@ def _simulator(table: Any) -> SimulatorPlan:
             raise ScenarioError(f"{where}.dlr_final: {str(exc).removeprefix('dlr-final: ')}") from None
         values["dlr_final"] = str(table["dlr_final"])
     faults = table.get("faults", [])
-    if not isinstance(faults, list):
-        raise ScenarioError(f"{where}.faults: must be a list of fault rules")
-    for index, rule in enumerate(faults):
-        try:
-            parse_rule(rule, f"s{index}", f"{where}.faults[{index}]")
-        except FaultSpecError as exc:
-            raise ScenarioError(str(exc)) from None
+    try:
+        parse_rules(faults, "s", where)
+    except FaultSpecError as exc:
+        raise ScenarioError(str(exc)) from None
     values["faults"] = tuple(faults)
     return SimulatorPlan(**values)
 

@@ -50,6 +50,10 @@ class ShopWorld:
     paid_sessions: list[tuple[str, int]] = field(default_factory=list)  # (session id, amount in cents)
     uninstalled: bool = False
 
+    def live_customers(self) -> list[Customer]:
+        """Customers not erased yet: the only ones a merchant can still change or erase."""
+        return [c for c in self.customers if not c.redacted]
+
 
 def valid_phones(count: int, offset: int) -> list[str]:
     """Distinct, valid E.164 numbers (US area codes, 555 exchange), starting `offset` numbers in."""
@@ -315,7 +319,7 @@ class Workload:
         sim: httpx.AsyncClient,
         rng: random.Random,
     ) -> None:
-        customers = [c for c in shop.customers if not c.redacted]
+        customers = shop.live_customers()
         if not customers:
             return
         await self._change_consent(process, shop, sim, rng.choice(customers))
@@ -345,7 +349,7 @@ class Workload:
         sim: httpx.AsyncClient,
         rng: random.Random,
     ) -> None:
-        customers = [c for c in shop.customers if not c.redacted]
+        customers = shop.live_customers()
         if not customers:
             return
         customer = rng.choice(customers)

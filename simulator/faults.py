@@ -117,6 +117,13 @@ def _kinds_for(target: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(kinds))
 
 
+def parse_rules(specs: Any, id_prefix: str, where: str) -> list[FaultRule]:
+    """A scenario's `faults` list, each rule checked and named `{where}.faults[i]` in any error."""
+    if not isinstance(specs, list):
+        raise FaultSpecError(f"{where}.faults: must be a list of fault rules")
+    return [parse_rule(spec, f"{id_prefix}{i}", f"{where}.faults[{i}]") for i, spec in enumerate(specs)]
+
+
 def parse_rule(spec: Any, rule_id: str, where: str = "fault") -> FaultRule:
     if not isinstance(spec, dict):
         raise FaultSpecError(f"{where}: must be an object")

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from simulator.faults import FaultSpecError, parse_rule
+from simulator.faults import FaultSpecError, parse_rule, parse_rules
 from simulator.mitto import parse_final_mix
 
 
@@ -87,13 +87,10 @@ def parse_scenario(document: Any, where: str = "scenario") -> SimulatorScenario:
         except ValueError as exc:
             raise ScenarioError(f"{where}.dlr.final: {str(exc).removeprefix('dlr-final: ')}") from None
     faults = document.get("faults", [])
-    if not isinstance(faults, list):
-        raise ScenarioError(f"{where}.faults: must be a list of fault rules")
-    for index, rule in enumerate(faults):
-        try:
-            parse_rule(rule, f"f{index}", f"{where}.faults[{index}]")
-        except FaultSpecError as exc:
-            raise ScenarioError(str(exc)) from None
+    try:
+        parse_rules(faults, "f", where)
+    except FaultSpecError as exc:
+        raise ScenarioError(str(exc)) from None
     return SimulatorScenario(seed, time_scale, target, delay, final, list(faults))
 
 

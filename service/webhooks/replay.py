@@ -82,14 +82,15 @@ EVENT_COLUMNS = (
 
 
 @functools.cache
-def _record_statement(dialect: str) -> Any:
-    """INSERT ... ON CONFLICT DO NOTHING RETURNING id, built once: every delivery takes this path."""
+def record_statement(dialect: str, returning: str = "id") -> Any:
+    """INSERT ... ON CONFLICT DO NOTHING RETURNING `returning`, built once: every delivery takes this path.
+    Executed with many rows (the report batcher), RETURNING names the events never seen before."""
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     return (
         insert(_EVENTS)
         .values({name: bindparam(name, type_=_EVENTS.c[name].type) for name in EVENT_COLUMNS})
         .on_conflict_do_nothing(index_elements=["provider", "event_id"])
-        .returning(_EVENTS.c.id)
+        .returning(_EVENTS.c[returning])
     )
 
 
@@ -118,9 +119,7 @@ async def apply_once(
     try:
         result = await effect(session)
         await failpoints.hit("webhook.after_effect")
-        recorded = await session.execute(
-            _record_statement(dialect_name(session)), event_values(event, result)
-        )
+        recorded = await session.execute(record_statement(dialect_name(session)), event_values(event, result))
         if recorded.scalar() is None:
             await transaction.rollback()  # seen before: this delivery's effect goes with it
             return EffectResult(DUPLICATE)

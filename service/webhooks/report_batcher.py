@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from sqlalchemy import Table, bindparam, text, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from service import failpoints
@@ -37,7 +36,7 @@ from service.db.models import (
 )
 from service.sending import delivery_reports
 from service.sending.delivery_reports import FINAL_STATUSES, DeliveryReport
-from service.webhooks.replay import DUPLICATE, EVENT_COLUMNS, EffectResult, IncomingEvent, event_values
+from service.webhooks.replay import DUPLICATE, EffectResult, IncomingEvent, event_values, record_statement
 
 MAX_BATCH = 500
 _EVENTS = cast(Table, WebhookEvent.__table__)
@@ -102,18 +101,6 @@ def _advance_statement(rows: int) -> Any:
     ).bindparams(bindparam("now", type_=UTCDateTime()))
 
 
-@functools.cache
-def _record_many_statement(dialect: str) -> Any:
-    """The events of a batch in one multi-row INSERT; RETURNING names the ones never seen before."""
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    return (
-        insert(_EVENTS)
-        .values({name: bindparam(name, type_=_EVENTS.c[name].type) for name in EVENT_COLUMNS})
-        .on_conflict_do_nothing(index_elements=["provider", "event_id"])
-        .returning(_EVENTS.c.event_id)
-    )
-
-
 _SET_OUTCOME = (
     update(_EVENTS)
     .where(_EVENTS.c.provider == "mitto", _EVENTS.c.event_id == bindparam("key"))
@@ -140,7 +127,8 @@ async def apply_batch(
         # In event-id order: two processes whose batches overlap take the index entries in one order.
         firsts = sorted((items[i][1] for i in first_of.values()), key=lambda e: e.event_id)
         recorded = await session.execute(
-            _record_many_statement(dialect_name(session)), [event_values(e, EffectResult()) for e in firsts]
+            record_statement(dialect_name(session), "event_id"),
+            [event_values(e, EffectResult()) for e in firsts],
         )
         new = set(recorded.scalars())
         for event_id, index in first_of.items():
