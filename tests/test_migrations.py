@@ -33,7 +33,7 @@ async def test_upgrade_is_repeatable_and_downgrade_reverses_it(lab: Lab) -> None
     assert revision == migrate.head_revision()
 
 
-async def test_a_transaction_left_idle_by_a_vanished_client_is_ended_and_its_locks_freed(lab: Lab) -> None:
+async def test_a_transaction_left_idle_by_a_vanished_client_is_ended_and_its_locks_freed() -> None:
     """PostgreSQL only (SQLite has no sessions to leave behind): see `service/db/session.py`."""
     import asyncio
 
@@ -41,10 +41,14 @@ async def test_a_transaction_left_idle_by_a_vanished_client_is_ended_and_its_loc
     from sqlalchemy.exc import DBAPIError
 
     from service.db.session import create_engine
+    from service.settings import Settings, validate
+    from tests.support.infra import POSTGRES_URL, REQUIRE_POSTGRES, postgres_available
 
-    if not lab.settings.database_url.startswith("postgresql"):
-        pytest.skip("PostgreSQL sessions only")
-    settings = lab.settings.with_overrides(database_idle_transaction_timeout_seconds=0.5)
+    if not await postgres_available():
+        if REQUIRE_POSTGRES:
+            pytest.fail(f"PostgreSQL required but not reachable at {POSTGRES_URL}")
+        pytest.skip(f"PostgreSQL not reachable at {POSTGRES_URL}")
+    settings = validate(Settings(database_url=POSTGRES_URL, database_idle_transaction_timeout_seconds=0.5))
     engine = create_engine(settings, application_name="smslab-test")
     try:
         async with engine.connect() as vanished, engine.connect() as other:
