@@ -52,6 +52,8 @@ async def fresh_database(backend: str, tmp: Path) -> AsyncIterator[tuple[str, st
         yield f"sqlite+aiosqlite:///{tmp / 'bench.db'}", None
         return
     schema = f"bench_{uuid.uuid4().hex[:10]}"
+    # Every bench process connects as `{schema}-{role}` (bench_settings), so the clean-up below ends this
+    # benchmark's leftover connections and nobody else's.
     plain = POSTGRES_URL.replace("postgresql+asyncpg://", "postgresql://")
     connection = await asyncpg.connect(plain)
     await connection.execute(f'CREATE SCHEMA "{schema}"')
@@ -62,7 +64,8 @@ async def fresh_database(backend: str, tmp: Path) -> AsyncIterator[tuple[str, st
         connection = await asyncpg.connect(plain)
         await connection.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid <> pg_backend_pid() "
-            "AND application_name LIKE 'smslab%'"
+            "AND starts_with(application_name, $1)",
+            f"{schema}-",
         )
         await connection.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
         await connection.close()
@@ -95,6 +98,7 @@ def bench_settings(
             var_dir=tmp / "var",
             database_url=database_url,
             database_schema=schema,
+            database_application_name=schema or "smslab-bench",
             redis_url=redis,
             queue_name=f"bench-{uuid.uuid4().hex[:8]}",
             mitto_base_url=mitto_url,
@@ -114,7 +118,7 @@ class Loaded:
 
 async def load_shop(settings: Settings, contacts: int, credits: int) -> Loaded:
     await migrate.upgrade_async(settings)
-    engine = create_engine(settings, application_name="smslab-bench")
+    engine = create_engine(settings, "bench")
     sessions = create_sessionmaker(engine)
     async with sessions() as session:
         shop = await install_shop(session, "bench.myshopify.com")

@@ -119,6 +119,9 @@ class LabRun:
         self._phase_started = time.monotonic()
         self._timed_phase = "prepare"
         self._held_down: set[str] = set()  # processes the nemesis killed and will restart itself
+        # This run's connections, and only this run's, carry this name (a fault that cuts "the service's
+        # connections" must never touch another run's or another test's on a shared database).
+        self.database_application_name = f"smslab-lab-{uuid.uuid4().hex[:12]}"
 
     def _phase(self, phase: str, **extra: Any) -> None:
         self._time_phase(phase)
@@ -189,9 +192,7 @@ class LabRun:
             self._phase("settle")
             manifest["quiescence"] = await self._settle(settings, database_url, services)
             self._phase("snapshot")
-            engine = create_engine(
-                self._direct(settings, database_url), application_name="lab-harness", pool_size=1
-            )
+            engine = create_engine(self._direct(settings, database_url), "harness", pool_size=1)
             try:
                 async with create_sessionmaker(engine)() as session:
                     await save_snapshot(session, self.run_dir / "database")
@@ -323,6 +324,7 @@ class LabRun:
                 var_dir=self.run_dir / "var",
                 database_url=service_db,
                 database_schema=schema,
+                database_application_name=self.database_application_name,
                 redis_url=urlunsplit(
                     target._replace(netloc=_netloc(target, "127.0.0.1", proxies["redis"].port))
                 ),
@@ -531,12 +533,16 @@ class LabRun:
         plain = validate(Settings(database_url=url)).database_url.replace(
             "postgresql+asyncpg://", "postgresql://"
         )
-        connection = await asyncpg.connect(plain, server_settings={"application_name": "lab-harness"})
+        name = self.database_application_name
+        connection = await asyncpg.connect(plain, server_settings={"application_name": f"{name}-nemesis"})
         try:
+            # The service processes of this run only: not the harness's own reads, not anyone else's.
             count = await connection.fetchval(
                 "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                "WHERE datname = current_database() "
-                "AND application_name LIKE 'smslab-%' AND pid <> pg_backend_pid()"
+                "WHERE datname = current_database() AND starts_with(application_name, $1) "
+                "AND application_name <> ALL($2::text[]) AND pid <> pg_backend_pid()",
+                f"{name}-",
+                [f"{name}-harness", f"{name}-nemesis"],
             )
         finally:
             await connection.close()
@@ -566,9 +572,7 @@ class LabRun:
     async def _settle(self, settings: Settings, database_url: str, services: _Services) -> dict[str, Any]:
         bound = self.options.scenario.quiescence_s
         started = time.monotonic()
-        engine = create_engine(
-            self._direct(settings, database_url), application_name="lab-harness", pool_size=1
-        )
+        engine = create_engine(self._direct(settings, database_url), "harness", pool_size=1)
         try:
             sessions = create_sessionmaker(engine)
             async with httpx.AsyncClient(base_url=self._simulator_url(services), timeout=5) as sim:

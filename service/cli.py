@@ -165,7 +165,7 @@ async def _grant(settings: Settings, shop_domain: str, amount: int, key: str, no
     from service.shops import install_shop
     from service.wallet.ledger import grant_credits, wallet_of
 
-    engine = create_engine(settings, application_name="smslab-cli", pool_size=1)
+    engine = create_engine(settings, "cli", pool_size=1)
     try:
         async with create_sessionmaker(engine)() as session:
             shop = await install_shop(session, shop_domain)

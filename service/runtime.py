@@ -46,7 +46,7 @@ class Runtime:
                 *settings.stripe_webhook_secret,
             ]
         )
-        engine = create_engine(settings, application_name=f"smslab-{role}")
+        engine = create_engine(settings, role)
         sessions = create_sessionmaker(engine)
         stripe_http = stripe_http_client()
         return cls(

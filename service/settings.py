@@ -37,6 +37,9 @@ class Settings:
     # PostgreSQL ends a session left idle inside a transaction this long, releasing its locks: a client
     # that vanished mid-transaction (killed, or cut off without a reset) must not hold rows forever.
     database_idle_transaction_timeout_seconds: float = 30.0
+    # Every connection names itself `{this}-{role}` (api, worker, cli, ...) in pg_stat_activity. The lab
+    # gives each run its own, so a fault that ends "the service's connections" ends only that run's.
+    database_application_name: str = "smslab"
     redis_url: str | None = None
     queue_name: str = "smslab"
 
@@ -210,6 +213,14 @@ def _credit_packages(name: str, raw: str) -> tuple[tuple[int, int], ...]:
     return tuple(packages)
 
 
+def _application_name(name: str, raw: str) -> str:
+    value = raw.strip()
+    # PostgreSQL keeps 63 bytes of it; leave room for "-{role}". LIKE patterns must not match by accident.
+    if not value or len(value) > 48 or not all(c.isalnum() or c in "-_." for c in value):
+        raise SettingsError(name, f"expected 1 to 48 letters, digits, '-', '_' or '.', got {raw!r}")
+    return value
+
+
 def _schema_name(name: str, raw: str) -> str:
     value = raw.strip()
     if not value.replace("_", "").isalnum() or value[0].isdigit():
@@ -222,6 +233,7 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "database_url": _database_url,
     "database_schema": _schema_name,
     "database_idle_transaction_timeout_seconds": _positive_float,
+    "database_application_name": _application_name,
     "redis_url": _redis_url,
     "queue_name": _text,
     "mitto_base_url": _http_url,

@@ -49,7 +49,7 @@ async def test_a_transaction_left_idle_by_a_vanished_client_is_ended_and_its_loc
             pytest.fail(f"PostgreSQL required but not reachable at {POSTGRES_URL}")
         pytest.skip(f"PostgreSQL not reachable at {POSTGRES_URL}")
     settings = validate(Settings(database_url=POSTGRES_URL, database_idle_transaction_timeout_seconds=0.5))
-    engine = create_engine(settings, application_name="smslab-test")
+    engine = create_engine(settings, "test")
     try:
         async with engine.connect() as vanished, engine.connect() as other:
             await vanished.begin()

@@ -20,12 +20,17 @@ from service.settings import Settings
 SQLITE_BUSY_TIMEOUT_SECONDS = 30
 
 
-def create_engine(settings: Settings, application_name: str = "smslab", pool_size: int = 10) -> AsyncEngine:
+def application_name(settings: Settings, role: str) -> str:
+    """How this process shows in pg_stat_activity: `{SMSLAB_DATABASE_APPLICATION_NAME}-{role}`."""
+    return f"{settings.database_application_name}-{role}"
+
+
+def create_engine(settings: Settings, role: str = "service", pool_size: int = 10) -> AsyncEngine:
     url = make_url(settings.database_url)
     if url.get_backend_name() == "sqlite":
         return _sqlite_engine(settings.database_url)
     server_settings = {
-        "application_name": application_name,
+        "application_name": application_name(settings, role),
         # A backend whose client vanished mid-transaction keeps its row locks until the server notices,
         # which without a reset is never (a SIGKILLed API's batch behind a proxy blocked every later
         # delivery-report batch in the lab). No transaction here waits on anything outside the database,

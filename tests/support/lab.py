@@ -81,7 +81,7 @@ class Lab:
 
     @classmethod
     def build(cls, settings: Settings, simulator: SimulatorProcess, redis_url: str, tmp: Path) -> Lab:
-        engine = create_engine(settings, application_name="smslab-test")
+        engine = create_engine(settings, "test")
         return cls(
             settings, engine, create_sessionmaker(engine), MittoClient(settings), simulator, redis_url, tmp
         )

@@ -37,7 +37,7 @@ def _run_sync(connection: Connection) -> None:
 
 
 async def _run_online() -> None:
-    engine = create_engine(_settings(), application_name="smslab-migrate", pool_size=1)
+    engine = create_engine(_settings(), "migrate", pool_size=1)
     try:
         async with engine.connect() as connection:
             await connection.run_sync(_run_sync)
