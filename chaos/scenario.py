@@ -73,7 +73,7 @@ import tomli_w
 
 from chaos.proxy import Toxic, ToxicError
 from service import failpoints, safeguards
-from service.settings import SEND_LEASE_USABLE_SHARE
+from service.settings import lease_problem
 from simulator.faults import FaultSpecError, parse_rules
 from simulator.mitto import parse_final_mix
 
@@ -267,11 +267,9 @@ def _services(table: Any) -> Services:
                 raise ScenarioError(f"{where}.{name}: {exc}") from None
             values[name] = str(table[name])
     services = Services(**values)
-    if services.mitto_timeout_s >= services.lease_s * SEND_LEASE_USABLE_SHARE:
-        raise ScenarioError(
-            f"{where}.lease_s: {SEND_LEASE_USABLE_SHARE:.0%} of the lease must exceed mitto_timeout_s "
-            f"({services.mitto_timeout_s:g} s), or no batch can ever call the provider"
-        )
+    problem = lease_problem(services.lease_s, services.mitto_timeout_s)
+    if problem:
+        raise ScenarioError(f"{where}.lease_s: {problem} (mitto_timeout_s)")
     return services
 
 

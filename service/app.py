@@ -1,32 +1,58 @@
-"""The Litestar application: routes, dependencies, error rendering, and the runtime's life cycle."""
+"""The Litestar application: routes, the dependencies handlers declare, error rendering, the life cycle.
+
+Handlers name what they need (`settings`, `db_session`, `shop`, `page`, `queue`, `stripe_client`,
+`report_batcher`, `engine`) and get it from here; nothing reaches into application state.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import os
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from litestar import Litestar
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
+from saq.queue.redis import RedisQueue
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from stripe import StripeClient
 
 from service import logs
+from service.auth import provide_shop
 from service.billing.api import BillingController
 from service.campaigns.api import CampaignsController
 from service.contacts.api import ContactsController
 from service.health import HealthController
-from service.http import EXCEPTION_HANDLERS, RequestContextMiddleware, provide_session, provide_shop
+from service.http import EXCEPTION_HANDLERS, RequestContextMiddleware
+from service.pagination import provide_page
 from service.runtime import Runtime
 from service.settings import Settings
 from service.wallet.api import WalletController
 from service.webhooks.api import WebhooksController
+from service.webhooks.report_batcher import DeliveryReportBatcher
+
+
+def _constant(value: Any) -> Provide:
+    """A dependency that is one object for the life of the process."""
+
+    def provide() -> Any:
+        return value
+
+    provide.__annotations__["return"] = type(value)
+    return Provide(provide, use_cache=True, sync_to_thread=False)
 
 
 def create_app(settings: Settings, redis_url: str) -> Litestar:
     runtime = Runtime.build(settings, redis_url, role="api")
+    batcher = DeliveryReportBatcher(runtime.sessions, settings)
+
+    async def provide_session() -> AsyncGenerator[AsyncSession, None]:
+        async with runtime.sessions() as session:
+            yield session
 
     @asynccontextmanager
-    async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        app.state.runtime = runtime
+    async def lifespan(_app: Litestar) -> AsyncIterator[None]:
         await runtime.start()
         logs.get_logger(__name__).info("api_started", queue=settings.queue_name)
         try:
@@ -34,6 +60,16 @@ def create_app(settings: Settings, redis_url: str) -> Litestar:
         finally:
             await runtime.close()
 
+    dependencies: dict[str, Provide] = {
+        "settings": Provide(lambda: settings, use_cache=True, sync_to_thread=False),
+        "engine": _constant(runtime.engine),
+        "queue": _constant(runtime.queue),
+        "stripe_client": _constant(runtime.stripe),
+        "report_batcher": _constant(batcher),
+        "db_session": Provide(provide_session),
+        "shop": Provide(provide_shop),
+        "page": Provide(provide_page),
+    }
     return Litestar(
         route_handlers=[
             HealthController,
@@ -43,7 +79,15 @@ def create_app(settings: Settings, redis_url: str) -> Litestar:
             BillingController,
             WebhooksController,
         ],
-        dependencies={"db_session": Provide(provide_session), "shop": Provide(provide_shop)},
+        dependencies=dependencies,
+        signature_namespace={
+            "Settings": Settings,
+            "AsyncEngine": AsyncEngine,
+            "RedisQueue": RedisQueue,
+            "StripeClient": StripeClient,
+            "DeliveryReportBatcher": DeliveryReportBatcher,
+            "AsyncSession": AsyncSession,
+        },
         exception_handlers=EXCEPTION_HANDLERS,
         middleware=[RequestContextMiddleware()],
         lifespan=[lifespan],
@@ -59,8 +103,6 @@ def create_app(settings: Settings, redis_url: str) -> Litestar:
 
 def app_from_environment() -> Litestar:
     """Factory for uvicorn's worker processes (`smslab api --workers N`): settings from SMSLAB_*."""
-    import os
-
     from service.settings import load_settings
 
     settings = load_settings()

@@ -10,12 +10,18 @@ from __future__ import annotations
 import re
 import time
 import uuid
+from typing import Any
 from urllib.parse import urlsplit
 
 import jwt
+import structlog
+from litestar import Request
+from sqlalchemy.ext.asyncio import AsyncSession
 
+from service.db.models import Shop
 from service.errors import Unauthorized
 from service.settings import Settings
+from service.shops import shop_for_request
 
 SHOP_DOMAIN = re.compile(r"^[a-z0-9][a-z0-9-]{0,60}\.myshopify\.com$")
 CLOCK_SKEW_SECONDS = 10
@@ -69,3 +75,11 @@ def shop_from_authorization(settings: Settings, authorization: str | None) -> st
     if not is_shop_domain(dest_host) or iss_host != dest_host:
         raise Unauthorized("session token does not name a shop consistently (dest/iss)")
     return dest_host
+
+
+async def provide_shop(request: Request[Any, Any, Any], settings: Settings, db_session: AsyncSession) -> Shop:
+    """The `shop` dependency of every merchant route: the shop the request's session token speaks for."""
+    domain = shop_from_authorization(settings, request.headers.get("authorization"))
+    shop = await shop_for_request(db_session, domain)
+    structlog.contextvars.bind_contextvars(shop_id=shop.id)
+    return shop

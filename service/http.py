@@ -1,4 +1,4 @@
-"""HTTP plumbing shared by every controller: problem details, request ids, the session and the shop.
+"""HTTP plumbing shared by every controller: problem details, their OpenAPI shape, and request ids.
 
 No error leaves as a bare 500 with a traceback: domain errors carry their own status; a unique-constraint
 race becomes a 409; a database or queue outage a 503 with Retry-After (the client retries, with its
@@ -9,25 +9,20 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import AsyncGenerator
 from typing import Any
 
+import msgspec
 import structlog
 from litestar import Request, Response
-from litestar.datastructures import State
 from litestar.exceptions import HTTPException
 from litestar.middleware import ASGIMiddleware
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.types import ASGIApp, ExceptionHandlersMap, Message, Receive, Scope, Send
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from service import logs
-from service.auth import shop_from_authorization
-from service.db.models import Shop
 from service.errors import PROBLEM_TYPE_BASE, ProblemError
-from service.runtime import Runtime
-from service.shops import shop_for_request
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 REQUEST_ID_HEADER = "x-request-id"
@@ -36,9 +31,54 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 log = logs.get_logger("service.http")
 
 
-def runtime_of(state: State) -> Runtime:
-    runtime: Runtime = state.runtime
-    return runtime
+class FieldError(msgspec.Struct, omit_defaults=True):
+    """One thing wrong with the input: which field (and row, for bulk input), and what."""
+
+    message: str
+    field: str | None = None
+    row: int | None = None
+
+
+class Problem(msgspec.Struct, omit_defaults=True):
+    """RFC 9457 problem details: every error this API answers has this shape (`application/problem+json`).
+
+    `type` is a stable URI whose last segment clients branch on; `request_id` is the id to quote to an
+    operator; `errors` lists each bad field. Some problems carry a few more members (`campaign_id`,
+    `billing_id`), named in the route's description.
+    """
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    request_id: str | None = None
+    errors: list[FieldError] | None = None
+
+
+_DESCRIPTIONS = {
+    400: "The request is malformed: a parameter, a header or the body cannot be read",
+    401: "Missing or invalid credentials (session token, signature or token)",
+    402: "Not enough credits; nothing was changed",
+    404: "No such resource for this shop",
+    409: "Conflicts with the resource's state or with a request still in flight; see `type`",
+    422: "The request was understood but its content is invalid; `errors` names each field",
+    503: "A dependency (database, queue or payment provider) is unavailable; retry after `Retry-After`",
+}
+
+
+def problems(*statuses: int, **descriptions: str) -> dict[int, ResponseSpec]:
+    """The OpenAPI `responses` of a route's error statuses, each a problem-details body.
+
+    `descriptions` overrides a status's text (keyword `s409="..."`)."""
+    return {
+        status: ResponseSpec(
+            data_container=Problem,
+            description=descriptions.get(f"s{status}", _DESCRIPTIONS[status]),
+            media_type=PROBLEM_MEDIA_TYPE,
+            generate_examples=False,
+        )
+        for status in statuses
+    }
 
 
 def problem_response(status: int, slug: str, title: str, detail: str, **extra: Any) -> Response[Any]:
@@ -138,16 +178,3 @@ class RequestContextMiddleware(ASGIMiddleware):
                     status=status_holder.get("status"),
                     duration_ms=round((time.perf_counter() - started) * 1000, 2),
                 )
-
-
-async def provide_session(state: State) -> AsyncGenerator[AsyncSession, None]:
-    async with runtime_of(state).sessions() as session:
-        yield session
-
-
-async def provide_shop(request: Request[Any, Any, Any], state: State, db_session: AsyncSession) -> Shop:
-    runtime = runtime_of(state)
-    domain = shop_from_authorization(runtime.settings, request.headers.get("authorization"))
-    shop = await shop_for_request(db_session, domain)
-    structlog.contextvars.bind_contextvars(shop_id=shop.id)
-    return shop

@@ -1,27 +1,53 @@
-"""Keyset pagination: `?limit=&after=<id>` pages in id order, stable while rows are added."""
+"""Keyset pagination: `?limit=&after=<id>` pages in id order, stable while rows are added.
+
+Every list route takes the same two parameters through one dependency (`provide_page`), so their bounds
+and their 400 for a bad value are written once and documented in the OpenAPI of every list route.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Annotated, Any
 
+from litestar.params import Parameter
 from sqlalchemy import Select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 1_000
+MAX_ID = 2**63 - 1  # ids are BIGINT on PostgreSQL and INTEGER (64-bit) on SQLite
+
+
+@dataclass(frozen=True)
+class Page:
+    """Which page a client asked for: at most `limit` rows with an id greater than `after`."""
+
+    limit: int = DEFAULT_PAGE_SIZE
+    after: int | None = None
+
+
+async def provide_page(
+    limit: Annotated[
+        int, Parameter(ge=1, le=MAX_PAGE_SIZE, description="Rows per page (1 to 1000)")
+    ] = DEFAULT_PAGE_SIZE,
+    after: Annotated[
+        int | None,
+        Parameter(ge=0, le=MAX_ID, description="The `next_cursor` of the previous page; omit for the first"),
+    ] = None,
+) -> Page:
+    return Page(limit, after)
+
 
 async def keyset_page(
-    session: AsyncSession,
-    query: Select[Any],
-    id_column: InstrumentedAttribute[int],
-    limit: int,
-    after: int | None,
+    session: AsyncSession, query: Select[Any], id_column: InstrumentedAttribute[int], page: Page
 ) -> tuple[list[Any], int | None]:
     """One page and the cursor of the next (None on the last page). Own transaction."""
-    query = query.order_by(id_column).limit(limit + 1)
-    if after is not None:
-        query = query.where(id_column > after)
+    query = query.order_by(id_column).limit(page.limit + 1)
+    if page.after is not None:
+        query = query.where(id_column > page.after)
     async with session.begin():
         rows = list(await session.scalars(query))
-    page = rows[:limit]
-    next_cursor = int(getattr(page[-1], id_column.key)) if len(rows) > limit else None
-    return page, next_cursor
+    items = rows[: page.limit]
+    next_cursor = int(getattr(items[-1], id_column.key)) if len(rows) > page.limit else None
+    return items, next_cursor

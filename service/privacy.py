@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.campaigns import progress
 from service.contacts.shopify_sync import customer_phone, lock_customer
+from service.db.apply_once import EffectResult
 from service.db.dialect import for_update
 from service.db.models import (
     Campaign,
@@ -26,7 +27,6 @@ from service.db.models import (
     WebhookEvent,
     utcnow,
 )
-from service.webhooks.replay import EffectResult
 
 
 async def _customer_contacts(

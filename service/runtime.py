@@ -18,7 +18,6 @@ from service.db.session import create_engine, create_sessionmaker
 from service.queue import create_queue
 from service.sending.mitto import MittoClient
 from service.settings import Settings
-from service.webhooks.report_batcher import DeliveryReportBatcher
 
 
 @dataclass
@@ -31,7 +30,6 @@ class Runtime:
     mitto: MittoClient
     stripe: StripeClient
     stripe_http: HTTPXClient
-    report_batcher: DeliveryReportBatcher
 
     @classmethod
     def build(cls, settings: Settings, redis_url: str, role: str) -> Runtime:
@@ -58,7 +56,6 @@ class Runtime:
             mitto=MittoClient(settings),
             stripe=create_stripe_client(settings, stripe_http),
             stripe_http=stripe_http,
-            report_batcher=DeliveryReportBatcher(sessions),
         )
 
     async def start(self) -> None:

@@ -99,6 +99,21 @@ class Settings:
 SEND_LEASE_USABLE_SHARE = 0.8
 
 
+def lease_problem(lease_seconds: float, provider_timeout_seconds: float) -> str | None:
+    """Why a send lease this long cannot work with this provider timeout, or None if it can.
+
+    The one rule behind both the settings' check and a lab scenario's: a batch starts a provider call only
+    while the call can end (timeout included) inside the usable share of its lease, so a lease that does
+    not exceed the timeout by that margin never sends anything."""
+    usable = lease_seconds * SEND_LEASE_USABLE_SHARE
+    if provider_timeout_seconds < usable:
+        return None
+    return (
+        f"must leave room for one provider call: {SEND_LEASE_USABLE_SHARE:.0%} of the lease "
+        f"({usable:g} s) must exceed the provider timeout ({provider_timeout_seconds:g} s)"
+    )
+
+
 def normalize_database_url(url: str) -> str:
     """Accept the URLs users actually type and return the async driver's form."""
     for plain, async_form in (
@@ -118,34 +133,29 @@ def _text(name: str, raw: str) -> str:
     return raw.strip()
 
 
-def _positive_int(name: str, raw: str) -> int:
-    try:
-        value = int(raw)
-    except ValueError:
-        raise SettingsError(name, f"expected a whole number >= 1, got {raw!r}") from None
-    if value < 1:
-        raise SettingsError(name, f"expected a whole number >= 1, got {raw!r}")
-    return value
+def _number(
+    kind: type[int] | type[float], low: float, *, exclusive: bool = False
+) -> Callable[[str, str], Any]:
+    """A parser for a whole number (`int`) or seconds (`float`) from `low` on (or above it, `exclusive`)."""
+    bound = (
+        f"{'a whole number' if kind is int else 'a number of seconds'} {'>' if exclusive else '>='} {low:g}"
+    )
+
+    def parse(name: str, raw: str) -> Any:
+        try:
+            value = kind(raw)
+        except ValueError:
+            raise SettingsError(name, f"expected {bound}, got {raw!r}") from None
+        if not (value > low if exclusive else value >= low):  # NaN fails both
+            raise SettingsError(name, f"expected {bound}, got {raw!r}")
+        return value
+
+    return parse
 
 
-def _whole_number(name: str, raw: str) -> int:
-    try:
-        value = int(raw)
-    except ValueError:
-        raise SettingsError(name, f"expected a whole number >= 0, got {raw!r}") from None
-    if value < 0:
-        raise SettingsError(name, f"expected a whole number >= 0, got {raw!r}")
-    return value
-
-
-def _positive_float(name: str, raw: str) -> float:
-    try:
-        value = float(raw)
-    except ValueError:
-        raise SettingsError(name, f"expected a number of seconds > 0, got {raw!r}") from None
-    if not value > 0:
-        raise SettingsError(name, f"expected a number of seconds > 0, got {raw!r}")
-    return value
+_positive_int = _number(int, 1)
+_whole_number = _number(int, 0)
+_positive_float = _number(float, 0, exclusive=True)
 
 
 def _boolean(name: str, raw: str) -> bool:
@@ -265,7 +275,7 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "lab_allow_unsafe": _boolean,
     "safeguards_off": _name_set,
     "failpoints": lambda _n, raw: raw.strip(),
-    "failpoint_seed": lambda n, raw: _whole_number(n, raw),
+    "failpoint_seed": _whole_number,
 }
 
 
@@ -326,13 +336,9 @@ def validate(settings: Settings) -> Settings:
             raise SettingsError(env_name("failpoints"), str(exc)) from None
     if settings.database_schema and not settings.is_postgres:
         raise SettingsError(env_name("database_schema"), "only applies to a PostgreSQL database URL")
-    usable = settings.send_lease_seconds * SEND_LEASE_USABLE_SHARE
-    if settings.mitto_timeout_seconds >= usable:
-        raise SettingsError(
-            env_name("send_lease_seconds"),
-            f"must leave room for one provider call: {SEND_LEASE_USABLE_SHARE:.0%} of the lease "
-            f"({usable:g} s) must exceed SMSLAB_MITTO_TIMEOUT_SECONDS ({settings.mitto_timeout_seconds:g} s)",
-        )
+    problem = lease_problem(settings.send_lease_seconds, settings.mitto_timeout_seconds)
+    if problem:
+        raise SettingsError(env_name("send_lease_seconds"), f"{problem} (SMSLAB_MITTO_TIMEOUT_SECONDS)")
     return settings
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from service.db.apply_once import EffectResult
 from service.db.dialect import insert_ignoring_conflicts
 from service.db.models import Campaign, CampaignStatus, Shop, Wallet, utcnow
 from service.errors import Unauthorized
-from service.webhooks.replay import EffectResult
 
 
 async def install_shop(session: AsyncSession, domain: str) -> Shop:

@@ -160,8 +160,9 @@ async def test_cancel_keeps_the_in_flight_share_until_it_resolves(lab: Lab) -> N
         await lab.send(campaign_id, 0)
     async with lab.sessions() as session:
         detail = await cancel_campaign(session, shop_id, campaign_id)
-    assert detail["counts"]["cancelled"] == 50
-    assert detail["credits"]["reserved_remaining"] == 50  # the claimed half may yet prove accepted
+    assert detail.counts["cancelled"] == 50
+    assert detail.reservation is not None
+    assert detail.reservation.remaining == 50  # the claimed half may yet prove accepted
     await lab.expire_leases(campaign_id)
     await lab.reconcile()
     assert await lab.recipient_statuses(campaign_id) == {"sent": 50, "cancelled": 50}

@@ -227,7 +227,7 @@ async def test_multi_segment_bodies_cost_a_credit_per_segment(lab: Lab) -> None:
     await lab.contacts(shop_id, 10)
     campaign_id = await lab.campaign(shop_id, body="x" * 200)  # 2 GSM segments
     outcome = await lab.enqueue(shop_id, campaign_id)
-    assert outcome.body["reserved_credits"] == 20
+    assert outcome.body.reserved_credits == 20
     await lab.send(campaign_id)
     assert await lab.wallet(shop_id) == (80, 0)
     await lab.assert_holds()

@@ -145,8 +145,8 @@ async def test_the_callback_token_and_the_report_shape_are_checked(api: Api) -> 
 
 async def test_a_batch_records_and_applies_each_report_once(lab: Lab) -> None:
     """The API's group commit, driven directly: duplicates, reordering, early and unknown reports."""
+    from service.db.apply_once import IncomingEvent
     from service.sending.delivery_reports import DeliveryReport
-    from service.webhooks.replay import IncomingEvent
     from service.webhooks.report_batcher import apply_batch
 
     _, campaign_id = await lab.sending_campaign(recipients=4)
@@ -183,7 +183,7 @@ async def test_a_batch_records_and_applies_each_report_once(lab: Lab) -> None:
         unknown,
     ]
     async with lab.sessions() as session:
-        outcomes = [o.outcome for o in await apply_batch(session, batch)]
+        outcomes = [o.outcome for o in await apply_batch(session, lab.settings, batch)]
     assert outcomes == [
         "applied",
         "duplicate",
@@ -193,7 +193,10 @@ async def test_a_batch_records_and_applies_each_report_once(lab: Lab) -> None:
         "unmatched",
     ]
     async with lab.sessions() as session:
-        again = [o.outcome for o in await apply_batch(session, [item(0, "Delivered"), item(2, "Sent")])]
+        again = [
+            o.outcome
+            for o in await apply_batch(session, lab.settings, [item(0, "Delivered"), item(2, "Sent")])
+        ]
     assert again == ["duplicate", "applied"]
     states = await recipients_by_message(lab)
     assert states[m[0]["message_id"]] == ("delivered", "Delivered")
@@ -213,8 +216,8 @@ async def test_a_report_racing_the_workers_record_is_applied_not_lost(lab: Lab) 
     """
     from sqlalchemy import update
 
+    from service.db.apply_once import IncomingEvent
     from service.sending.delivery_reports import DeliveryReport, apply_pending
-    from service.webhooks.replay import IncomingEvent
     from service.webhooks.report_batcher import apply_batch
 
     _, campaign_id = await lab.sending_campaign(recipients=1)
@@ -234,7 +237,7 @@ async def test_a_report_racing_the_workers_record_is_applied_not_lost(lab: Lab) 
 
         async def webhook() -> str:
             async with lab.sessions() as session:
-                [outcome] = await apply_batch(session, [(report, event)])
+                [outcome] = await apply_batch(session, lab.settings, [(report, event)])
                 return outcome.outcome
 
         racing = asyncio.create_task(webhook())

@@ -4,50 +4,94 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
+import msgspec
 from litestar import Controller, get, post
-from litestar.datastructures import State
 from litestar.params import Parameter
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
+from stripe import StripeClient
 
-from service.billing.checkout import create_checkout, describe
+from service.billing.checkout import create_checkout, purchases_page
 from service.db.models import BillingTransaction, Shop
-from service.http import runtime_of
-from service.pagination import keyset_page
+from service.http import problems
+from service.pagination import Page
+from service.settings import Settings
+
+
+class PurchaseView(msgspec.Struct):
+    """A credit purchase: its Checkout Session (pay at `url`) and what became of it."""
+
+    billing_id: int
+    session_id: str | None
+    url: str | None
+    credits: int
+    amount_cents: int
+    currency: str
+    status: str
+    credits_granted: int
+    credits_refunded: int
+    refund_shortfall: int
+
+    @classmethod
+    def of(cls, billing: BillingTransaction) -> PurchaseView:
+        return cls(
+            billing_id=billing.id,
+            session_id=billing.provider_ref,
+            url=billing.checkout_url,
+            credits=billing.credits,
+            amount_cents=billing.amount_cents,
+            currency=billing.currency,
+            status=billing.status,
+            credits_granted=billing.credits_granted,
+            credits_refunded=billing.credits_refunded,
+            refund_shortfall=billing.refund_shortfall,
+        )
+
+
+class PurchasePage(msgspec.Struct):
+    items: list[PurchaseView]
+    next_cursor: int | None
 
 
 class BillingController(Controller):
     path = "/api/billing"
     tags = ["billing"]
 
-    @post("/checkout", status_code=201, summary="Start buying credits: a Stripe Checkout Session")
+    @post(
+        "/checkout",
+        status_code=201,
+        summary="Start buying credits: a Stripe Checkout Session",
+        description=(
+            "With an Idempotency-Key, a retry gets the same Checkout Session; the same key for another "
+            "package is a 422 naming `billing_id`. Stripe unreachable: 503 with `billing_id` and "
+            "Retry-After; retry with the same key."
+        ),
+        responses=problems(400, 401, 409, 422, 503),
+    )
     async def checkout(
         self,
         data: dict[str, Any],
         shop: Shop,
         db_session: AsyncSession,
-        state: State,
+        settings: Settings,
+        stripe_client: StripeClient,
         idempotency_key: Annotated[str | None, Parameter(header="Idempotency-Key")] = None,
-    ) -> dict[str, Any]:
-        runtime = runtime_of(state)
-        return await create_checkout(
+    ) -> PurchaseView:
+        billing = await create_checkout(
             db_session,
-            runtime.settings,
-            runtime.stripe,
+            settings,
+            stripe_client,
             shop_id=shop.id,
             shop_domain=shop.domain,
             credits=data.get("credits"),
             client_key=idempotency_key,
         )
+        return PurchaseView.of(billing)
 
-    @get("/transactions", summary="Purchases and their refunds, oldest first")
-    async def transactions(
-        self,
-        shop: Shop,
-        db_session: AsyncSession,
-        limit: Annotated[int, Parameter(ge=1, le=200)] = 50,
-        after: Annotated[int | None, Parameter(ge=0)] = None,
-    ) -> dict[str, Any]:
-        query = select(BillingTransaction).where(BillingTransaction.shop_id == shop.id)
-        page, next_cursor = await keyset_page(db_session, query, BillingTransaction.id, limit, after)
-        return {"items": [describe(b) for b in page], "next_cursor": next_cursor}
+    @get(
+        "/transactions",
+        summary="Purchases and their refunds, oldest first",
+        responses=problems(400, 401, 503),
+    )
+    async def transactions(self, shop: Shop, db_session: AsyncSession, page: Page) -> PurchasePage:
+        purchases, next_cursor = await purchases_page(db_session, shop.id, page)
+        return PurchasePage([PurchaseView.of(b) for b in purchases], next_cursor)

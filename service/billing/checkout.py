@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from service.db.dialect import insert_ignoring_conflicts
 from service.db.models import BillingStatus, BillingTransaction, utcnow
 from service.errors import InvalidInput, ProblemError
+from service.pagination import Page, keyset_page
 from service.settings import Settings
 
 STRIPE_TIMEOUT_SECONDS = 10
@@ -53,6 +54,14 @@ def package_price(settings: Settings, credits: Any) -> int:
     return prices[credits]
 
 
+async def purchases_page(
+    session: AsyncSession, shop_id: int, page: Page
+) -> tuple[list[BillingTransaction], int | None]:
+    """The shop's purchases (with what was refunded of each), oldest first."""
+    query = select(BillingTransaction).where(BillingTransaction.shop_id == shop_id)
+    return await keyset_page(session, query, BillingTransaction.id, page)
+
+
 async def create_checkout(
     session: AsyncSession,
     settings: Settings,
@@ -62,7 +71,7 @@ async def create_checkout(
     shop_domain: str,
     credits: Any,
     client_key: str | None,
-) -> dict[str, Any]:
+) -> BillingTransaction:
     amount = package_price(settings, credits)
     key = f"checkout:{shop_id}:{client_key}" if client_key else f"checkout:{shop_id}:{uuid.uuid4()}"
     now = utcnow()
@@ -125,19 +134,4 @@ async def create_checkout(
                 .values(provider_ref=checkout.id, checkout_url=checkout.url, updated_at=utcnow())
             )
         billing.provider_ref, billing.checkout_url = checkout.id, checkout.url
-    return describe(billing)
-
-
-def describe(billing: BillingTransaction) -> dict[str, Any]:
-    return {
-        "billing_id": billing.id,
-        "session_id": billing.provider_ref,
-        "url": billing.checkout_url,
-        "credits": billing.credits,
-        "amount_cents": billing.amount_cents,
-        "currency": billing.currency,
-        "status": billing.status,
-        "credits_granted": billing.credits_granted,
-        "credits_refunded": billing.credits_refunded,
-        "refund_shortfall": billing.refund_shortfall,
-    }
+    return billing

@@ -18,11 +18,11 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service import safeguards
+from service.db.apply_once import EffectResult, effect_key
 from service.db.dialect import for_update, insert_ignoring_conflicts
 from service.db.models import BillingRefund, BillingStatus, BillingTransaction, LedgerKind, Wallet, utcnow
 from service.settings import Settings
 from service.wallet import ledger
-from service.webhooks.replay import EffectResult, effect_key
 
 
 @dataclass(frozen=True)

@@ -3,51 +3,139 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from typing import Annotated, Any
 
+import msgspec
 from litestar import Controller, Request, Response, get, post
-from litestar.datastructures import State
 from litestar.params import Parameter
+from saq.queue.redis import RedisQueue
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service import failpoints, logs
 from service.campaigns import drafts
-from service.campaigns.enqueue import enqueue_campaign
-from service.db.models import Shop
+from service.campaigns.drafts import CampaignDetail
+from service.campaigns.enqueue import EnqueueAccepted, enqueue_campaign
+from service.db.models import Campaign, Shop
 from service.errors import BadRequest
-from service.http import runtime_of
+from service.http import problems
+from service.pagination import Page
 from service.queue import enqueue_send_batches
+from service.settings import Settings
 
 log = logs.get_logger(__name__)
+
+
+class CampaignSummary(msgspec.Struct):
+    id: int
+    name: str
+    status: str
+    status_reason: str | None
+    segments: int
+    recipient_count: int
+    sent_count: int
+    failed_count: int
+    created_at: datetime
+    enqueued_at: datetime | None
+    finished_at: datetime | None
+    last_activity_at: datetime
+
+    @classmethod
+    def of(cls, campaign: Campaign) -> CampaignSummary:
+        return cls(
+            id=campaign.id,
+            name=campaign.name,
+            status=campaign.status,
+            status_reason=campaign.status_reason,
+            segments=campaign.segments,
+            recipient_count=campaign.recipient_count,
+            sent_count=campaign.sent_count,
+            failed_count=campaign.failed_count,
+            created_at=campaign.created_at,
+            enqueued_at=campaign.enqueued_at,
+            finished_at=campaign.finished_at,
+            last_activity_at=campaign.last_activity_at,
+        )
+
+
+class CampaignCreated(CampaignSummary):
+    body: str
+
+
+class CampaignCredits(msgspec.Struct):
+    reserved: int
+    reserved_remaining: int
+    reservation_status: str | None
+    debited: int
+
+
+class CampaignView(CampaignSummary):
+    """A campaign, its recipients counted by status (from the rows themselves) and its credits."""
+
+    body: str
+    counts: dict[str, int]
+    credits: CampaignCredits
+
+    @classmethod
+    def of_detail(cls, detail: CampaignDetail) -> CampaignView:
+        reservation = detail.reservation
+        return cls(
+            **msgspec.structs.asdict(CampaignSummary.of(detail.campaign)),
+            body=detail.campaign.body,
+            counts=detail.counts,
+            credits=CampaignCredits(
+                reserved=reservation.amount if reservation else 0,
+                reserved_remaining=reservation.remaining if reservation else 0,
+                reservation_status=reservation.status if reservation else None,
+                debited=detail.debited,
+            ),
+        )
+
+
+class CampaignPage(msgspec.Struct):
+    items: list[CampaignSummary]
+    next_cursor: int | None
 
 
 class CampaignsController(Controller):
     path = "/api/campaigns"
     tags = ["campaigns"]
 
-    @post("/", status_code=201, summary="Create a draft campaign")
-    async def create(self, data: dict[str, Any], shop: Shop, db_session: AsyncSession) -> dict[str, Any]:
+    @post(
+        "/",
+        status_code=201,
+        summary="Create a draft campaign",
+        responses=problems(400, 401, 422, 503),
+    )
+    async def create(self, data: dict[str, Any], shop: Shop, db_session: AsyncSession) -> CampaignCreated:
         campaign = await drafts.create_campaign(db_session, shop.id, data.get("name"), data.get("body"))
-        return {**drafts.summary(campaign), "body": campaign.body}
+        return CampaignCreated(**msgspec.structs.asdict(CampaignSummary.of(campaign)), body=campaign.body)
 
-    @get("/", summary="List campaigns; pass next_cursor as `after` for the next page")
-    async def list_campaigns(
-        self,
-        shop: Shop,
-        db_session: AsyncSession,
-        limit: Annotated[int, Parameter(ge=1, le=200)] = 50,
-        after: Annotated[int | None, Parameter(ge=0)] = None,
-    ) -> dict[str, Any]:
-        rows, next_cursor = await drafts.list_campaigns(db_session, shop.id, limit, after)
-        return {"items": [drafts.summary(c) for c in rows], "next_cursor": next_cursor}
+    @get(
+        "/",
+        summary="List campaigns; pass next_cursor as `after` for the next page",
+        responses=problems(400, 401, 503),
+    )
+    async def list_campaigns(self, shop: Shop, db_session: AsyncSession, page: Page) -> CampaignPage:
+        rows, next_cursor = await drafts.list_campaigns(db_session, shop.id, page)
+        return CampaignPage([CampaignSummary.of(c) for c in rows], next_cursor)
 
-    @get("/{campaign_id:int}", summary="A campaign with counts by recipient status and its credits")
-    async def detail(self, campaign_id: int, shop: Shop, db_session: AsyncSession) -> dict[str, Any]:
-        return await drafts.campaign_detail(db_session, shop.id, campaign_id)
+    @get(
+        "/{campaign_id:int}",
+        summary="A campaign with counts by recipient status and its credits",
+        responses=problems(400, 401, 404, 503),
+    )
+    async def detail(self, campaign_id: int, shop: Shop, db_session: AsyncSession) -> CampaignView:
+        return CampaignView.of_detail(await drafts.campaign_detail(db_session, shop.id, campaign_id))
 
-    @post("/{campaign_id:int}/cancel", status_code=200, summary="Cancel a draft or sending campaign")
-    async def cancel(self, campaign_id: int, shop: Shop, db_session: AsyncSession) -> dict[str, Any]:
-        return await drafts.cancel_campaign(db_session, shop.id, campaign_id)
+    @post(
+        "/{campaign_id:int}/cancel",
+        status_code=200,
+        summary="Cancel a draft or sending campaign",
+        responses=problems(400, 401, 404, 409, 503, s409="The campaign has already finished"),
+    )
+    async def cancel(self, campaign_id: int, shop: Shop, db_session: AsyncSession) -> CampaignView:
+        return CampaignView.of_detail(await drafts.cancel_campaign(db_session, shop.id, campaign_id))
 
     @post(
         "/{campaign_id:int}/enqueue",
@@ -59,6 +147,17 @@ class CampaignsController(Controller):
             "request: 422. Same key still in flight: 409. Campaign no longer a draft: 409. Not enough "
             "credits: 402, nothing changed."
         ),
+        responses=problems(
+            400,
+            401,
+            402,
+            404,
+            409,
+            422,
+            503,
+            s409="The campaign is no longer a draft, or a request with this key is still in flight",
+            s422="The campaign has no consenting recipients, or the key was used for another request",
+        ),
     )
     async def enqueue(
         self,
@@ -66,10 +165,10 @@ class CampaignsController(Controller):
         request: Request[Any, Any, Any],
         shop: Shop,
         db_session: AsyncSession,
-        state: State,
+        settings: Settings,
+        queue: RedisQueue,
         idempotency_key: Annotated[str | None, Parameter(header="Idempotency-Key")] = None,
-    ) -> Response[dict[str, Any]]:
-        runtime = runtime_of(state)
+    ) -> Response[EnqueueAccepted]:
         raw = await request.body()
         try:
             body = json.loads(raw) if raw.strip() else None
@@ -77,7 +176,7 @@ class CampaignsController(Controller):
             raise BadRequest("request body is not JSON") from None
         outcome = await enqueue_campaign(
             db_session,
-            runtime.settings,
+            settings,
             shop_id=shop.id,
             campaign_id=campaign_id,
             idempotency_key=idempotency_key,
@@ -87,11 +186,7 @@ class CampaignsController(Controller):
             await failpoints.hit("enqueue.before_jobs")
             try:
                 await enqueue_send_batches(
-                    runtime.queue,
-                    runtime.settings,
-                    campaign_id,
-                    outcome.batches_to_queue,
-                    logs.current_request_id(),
+                    queue, settings, campaign_id, outcome.batches_to_queue, logs.current_request_id()
                 )
             except Exception as exc:  # noqa: BLE001 - committed already; the reconciler queues them
                 log.warning("send_jobs_not_queued", campaign_id=campaign_id, error=type(exc).__name__)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import func, select
@@ -18,10 +19,9 @@ from service.db.models import (
     utcnow,
 )
 from service.errors import CampaignNotCancellable, InvalidInput, NotFound
-from service.pagination import keyset_page
+from service.pagination import Page, keyset_page
 
 MAX_BODY_CHARACTERS = 1_600
-MAX_PAGE = 200
 
 
 def _validate(name: Any, body: Any) -> tuple[str, str]:
@@ -63,30 +63,22 @@ async def get_campaign(session: AsyncSession, shop_id: int, campaign_id: int) ->
 
 
 async def list_campaigns(
-    session: AsyncSession, shop_id: int, limit: int, after: int | None
+    session: AsyncSession, shop_id: int, page: Page
 ) -> tuple[list[Campaign], int | None]:
-    query = select(Campaign).where(Campaign.shop_id == shop_id)
-    return await keyset_page(session, query, Campaign.id, max(1, min(limit, MAX_PAGE)), after)
+    return await keyset_page(session, select(Campaign).where(Campaign.shop_id == shop_id), Campaign.id, page)
 
 
-def summary(campaign: Campaign) -> dict[str, Any]:
-    return {
-        "id": campaign.id,
-        "name": campaign.name,
-        "status": campaign.status,
-        "status_reason": campaign.status_reason,
-        "segments": campaign.segments,
-        "recipient_count": campaign.recipient_count,
-        "sent_count": campaign.sent_count,
-        "failed_count": campaign.failed_count,
-        "created_at": campaign.created_at.isoformat(),
-        "enqueued_at": campaign.enqueued_at.isoformat() if campaign.enqueued_at else None,
-        "finished_at": campaign.finished_at.isoformat() if campaign.finished_at else None,
-        "last_activity_at": campaign.last_activity_at.isoformat(),
-    }
+@dataclass(frozen=True)
+class CampaignDetail:
+    """A campaign with what its recipient rows and the ledger say about it (not its own counters)."""
+
+    campaign: Campaign
+    counts: dict[str, int]
+    reservation: CreditReservation | None
+    debited: int
 
 
-async def campaign_detail(session: AsyncSession, shop_id: int, campaign_id: int) -> dict[str, Any]:
+async def campaign_detail(session: AsyncSession, shop_id: int, campaign_id: int) -> CampaignDetail:
     """Status, counts by recipient status (from the rows themselves), credits reserved and debited."""
     async with session.begin():
         campaign = await get_campaign(session, shop_id, campaign_id)
@@ -99,20 +91,10 @@ async def campaign_detail(session: AsyncSession, shop_id: int, campaign_id: int)
         reservation = await session.scalar(
             select(CreditReservation).where(CreditReservation.campaign_id == campaign_id)
         )
-    return {
-        **summary(campaign),
-        "body": campaign.body,
-        "counts": counts,
-        "credits": {
-            "reserved": reservation.amount if reservation else 0,
-            "reserved_remaining": reservation.remaining if reservation else 0,
-            "reservation_status": reservation.status if reservation else None,
-            "debited": int(debited or 0),
-        },
-    }
+    return CampaignDetail(campaign, counts, reservation, int(debited or 0))
 
 
-async def cancel_campaign(session: AsyncSession, shop_id: int, campaign_id: int) -> dict[str, Any]:
+async def cancel_campaign(session: AsyncSession, shop_id: int, campaign_id: int) -> CampaignDetail:
     """Cancel a draft or sending campaign (see `progress.stop_campaign`)."""
     async with session.begin():
         campaign = await get_campaign(session, shop_id, campaign_id)

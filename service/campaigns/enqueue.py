@@ -13,9 +13,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
+import msgspec
 from sqlalchemy import func, insert, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -30,10 +31,22 @@ from service.wallet import reservations
 ENQUEUE_ACCEPTED = 202
 
 
+class EnqueueAccepted(msgspec.Struct):
+    """The 202 answer, as stored under the Idempotency-Key and replayed to a retry."""
+
+    campaign_id: int
+    status: str
+    recipient_count: int
+    batch_count: int
+    segments: int
+    reserved_credits: int
+    enqueued_at: datetime
+
+
 @dataclass
 class EnqueueOutcome:
     status: int
-    body: dict[str, Any]
+    body: EnqueueAccepted
     replayed: bool = False
     batches_to_queue: list[int] = field(default_factory=list)
 
@@ -65,7 +78,7 @@ async def enqueue_campaign(
         if stored is not None:
             if stored.status >= 400:
                 raise replayed_problem(stored.body)
-            return EnqueueOutcome(stored.status, stored.body, replayed=True)
+            return EnqueueOutcome(stored.status, msgspec.convert(stored.body, EnqueueAccepted), replayed=True)
         await failpoints.hit("enqueue.after_key_claimed")
     try:
         outcome = await _enqueue_effects(
@@ -123,19 +136,19 @@ async def _enqueue_effects(
                 .where(Campaign.id == campaign_id)
                 .values(recipient_count=recipient_count, batch_count=batch_count)
             )
-        body = {
-            "campaign_id": campaign_id,
-            "status": CampaignStatus.SENDING.value,
-            "recipient_count": recipient_count,
-            "batch_count": batch_count,
-            "segments": campaign.segments,
-            "reserved_credits": credits,
-            "enqueued_at": now.isoformat(),
-        }
+        body = EnqueueAccepted(
+            campaign_id=campaign_id,
+            status=CampaignStatus.SENDING.value,
+            recipient_count=recipient_count,
+            batch_count=batch_count,
+            segments=campaign.segments,
+            reserved_credits=credits,
+            enqueued_at=now,
+        )
         if key is not None:
             async with step():
                 await idempotency.store_response(
-                    session, shop_id=shop_id, key=key, status=ENQUEUE_ACCEPTED, body=body
+                    session, shop_id=shop_id, key=key, status=ENQUEUE_ACCEPTED, body=msgspec.to_builtins(body)
                 )
         await failpoints.hit("enqueue.before_commit")
     return EnqueueOutcome(ENQUEUE_ACCEPTED, body, batches_to_queue=list(range(batch_count)))

@@ -21,11 +21,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.campaigns import progress
 from service.contacts.phones import InvalidPhone, normalize_phone
+from service.db.apply_once import EffectResult
 from service.db.dialect import for_update, insert_ignoring_conflicts
 from service.db.models import Contact, ShopifyCustomer, utcnow
 from service.safeguards import ERASURE_IS_FINAL, is_on
 from service.settings import Settings
-from service.webhooks.replay import EffectResult
 
 
 def customer_phone(customer: dict[str, Any], region: str) -> str | None:

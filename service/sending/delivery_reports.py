@@ -9,6 +9,11 @@ A report can arrive before the worker recorded the message id (the provider's ca
 HTTP answer). Such a report is kept in `pending_delivery_reports` and applied when the worker records the
 id (in the same transaction), or by the reconciler if the two raced. A report about a reference this
 service never sent is recorded and flagged, never silently dropped.
+
+Both ways a report arrives go through `apply_reports`: one report inside its own `apply_once`
+transaction, or many at once in the API's group commit (`webhooks/report_batcher.py`, which only groups
+and commits). The rule lives here once: one statement (`_advance_statement`), one choice of which report
+of a message counts (`_choose`), one `is_on(DELIVERY_REPORTS_FORWARD_ONLY)` decision per call.
 """
 
 from __future__ import annotations
@@ -18,14 +23,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, delete, select, update
+from sqlalchemy import Table, bindparam, delete, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service import safeguards
-from service.db.models import CampaignRecipient, PendingDeliveryReport, RecipientStatus, utcnow
+from service.db.apply_once import EffectResult
+from service.db.models import CampaignRecipient, PendingDeliveryReport, RecipientStatus, UTCDateTime, utcnow
 from service.sending.references import parse_reference
 from service.settings import Settings
-from service.webhooks.replay import EffectResult
 
 FINAL_STATUSES: dict[str, RecipientStatus] = {
     "Delivered": RecipientStatus.DELIVERED,
@@ -49,57 +54,115 @@ class DeliveryReport:
 
 _RECIPIENTS = cast(Table, CampaignRecipient.__table__)
 _BY_MESSAGE_ID = select(_RECIPIENTS.c.id).where(_RECIPIENTS.c.provider_message_id == bindparam("message_id"))
+_CHUNK = 200  # reports per statement: 4 bind parameters each, well inside both backends' limits
+
+
+def rank(report: DeliveryReport) -> int:
+    """How far a report moves a message: a final status beats an intermediate one."""
+    return 2 if report.status in FINAL_STATUSES else 1
 
 
 @functools.cache
-def _move_statement(final: bool, forward_only: bool, by_message_id: bool = False) -> Any:
-    """The conditional update for one kind of report, built once (this is the webhook's hot path)."""
-    values: dict[str, Any] = {
-        "provider_status": bindparam("provider_status"),
-        "status_updated_at": bindparam("now", type_=_RECIPIENTS.c.status_updated_at.type),
-    }
-    if final:
-        values.update(status=bindparam("new_status"), error_code=bindparam("error_code"))
-    elif not forward_only:
-        # Unsafe variant (lab only): the report is the truth, whatever came before it.
-        values["status"] = RecipientStatus.SENT.value
-    key = _RECIPIENTS.c.provider_message_id if by_message_id else _RECIPIENTS.c.id
-    statement = update(_RECIPIENTS).where(key == bindparam("message_id" if by_message_id else "recipient_id"))
-    if forward_only:
-        statement = statement.where(_RECIPIENTS.c.status == RecipientStatus.SENT.value)
-    return statement.values(values).returning(_RECIPIENTS.c.id)
+def _advance_statement(rows: int, forward_only: bool, by_recipient_id: bool) -> Any:
+    """THE statement that moves messages by their reports (the only one): `UPDATE ... FROM (VALUES ...)`,
+    one row per message, keyed by provider message id (a report as it comes) or by recipient id (a kept
+    report, or one whose row is already locked). Built once per shape: this is the webhooks' hot path.
+
+    Forward-only: only a `sent` row moves, to the report's final status if it has one; an intermediate
+    report only notes the provider's status. Unsafe variant (lab only): the report is the truth, whatever
+    came before it, and an intermediate report puts the message back to `sent`.
+    """
+    key, cast_key = ("id", "BIGINT") if by_recipient_id else ("provider_message_id", "VARCHAR(64)")
+    values = ", ".join(
+        f"(CAST(:k{n} AS {cast_key}), CAST(:p{n} AS VARCHAR(32)), "
+        f"CAST(:s{n} AS VARCHAR(16)), CAST(:e{n} AS INTEGER))"
+        for n in range(rows)
+    )
+    sent = RecipientStatus.SENT.value
+    new_status = (
+        "COALESCE(v.column3, campaign_recipients.status)"
+        if forward_only
+        else f"COALESCE(v.column3, '{sent}')"
+    )
+    only_sent = f" AND campaign_recipients.status = '{sent}'" if forward_only else ""
+    return text(
+        "UPDATE campaign_recipients SET provider_status = v.column2, "  # noqa: S608 - placeholders only
+        f"status = {new_status}, "
+        "error_code = COALESCE(v.column4, campaign_recipients.error_code), status_updated_at = :now "
+        f"FROM (VALUES {values}) AS v WHERE campaign_recipients.{key} = v.column1{only_sent} "
+        f"RETURNING campaign_recipients.{key}"
+    ).bindparams(bindparam("now", type_=UTCDateTime()))
 
 
-async def apply_to_recipient(
-    session: AsyncSession, settings: Settings, recipient_id: int, report: DeliveryReport
-) -> bool:
-    """Move one recipient forward by a report; False if it was already past it. Caller's transaction."""
+async def _advance(
+    session: AsyncSession,
+    moves: list[tuple[Any, DeliveryReport]],
+    forward_only: bool,
+    by_recipient_id: bool = False,
+) -> set[Any]:
+    """Apply one report per key (message ids, or recipient ids); the keys whose row moved."""
+    moved: set[Any] = set()
+    for start in range(0, len(moves), _CHUNK):
+        chunk = moves[start : start + _CHUNK]
+        params: dict[str, Any] = {"now": utcnow()}
+        for n, (key, report) in enumerate(chunk):
+            final = FINAL_STATUSES.get(report.status)
+            params.update(
+                {
+                    f"k{n}": key,
+                    f"p{n}": report.status,
+                    f"s{n}": final.value if final else None,
+                    f"e{n}": report.error_code if final else None,
+                }
+            )
+        statement = _advance_statement(len(chunk), forward_only, by_recipient_id)
+        moved.update((await session.execute(statement, params)).scalars())
+    return moved
+
+
+def _choose(reports: list[DeliveryReport], forward_only: bool) -> dict[str, int]:
+    """Which report of each message to apply (message id -> index). Forward-only: the most advanced, the
+    first among equals (a second final is superseded). Unsafe: the last to arrive, as if each overwrote."""
+    chosen: dict[str, int] = {}
+    for index, report in enumerate(reports):
+        current = chosen.get(report.message_id)
+        if current is None or not forward_only or rank(report) > rank(reports[current]):
+            chosen[report.message_id] = index
+    return chosen
+
+
+async def apply_reports(
+    session: AsyncSession, settings: Settings, reports: list[DeliveryReport]
+) -> list[EffectResult]:
+    """The effect of delivery reports never applied before, one outcome each, in order. Caller's
+    transaction: the webhook's (`apply_once`) for one report, the batcher's for many.
+
+    The common case is one statement for all: each recorded message moves by its report. What did not
+    move (superseded, early, or racing the worker's record) is decided row by row with the row locked."""
     forward_only = safeguards.is_on(settings, safeguards.DELIVERY_REPORTS_FORWARD_ONLY)
-    return await _move_one(session, report, forward_only, recipient_id=recipient_id)
-
-
-async def _move_one(
-    session: AsyncSession, report: DeliveryReport, forward_only: bool, *, recipient_id: int | None = None
-) -> bool:
-    final = FINAL_STATUSES.get(report.status)
-    params: dict[str, Any] = {"provider_status": report.status, "now": utcnow()}
-    if recipient_id is None:
-        params["message_id"] = report.message_id
-    else:
-        params["recipient_id"] = recipient_id
-    if final is not None:
-        params.update(new_status=final.value, error_code=report.error_code)
-    statement = _move_statement(final is not None, forward_only, by_message_id=recipient_id is None)
-    return (await session.execute(statement, params)).scalar() is not None
+    outcomes: list[EffectResult | None] = [None] * len(reports)
+    chosen = _choose(reports, forward_only)
+    moved = await _advance(session, [(m, reports[i]) for m, i in chosen.items()], forward_only)
+    for message_id, index in chosen.items():
+        if message_id in moved:
+            outcomes[index] = EffectResult("applied")
+    if not forward_only:  # unsafe: a report overwritten by a later one of the same batch was applied
+        for index, report in enumerate(reports):
+            if outcomes[index] is None and chosen[report.message_id] != index and report.message_id in moved:
+                outcomes[index] = EffectResult("applied")
+    # In ascending recipient id: the order the worker's record locks them in.
+    leftovers = sorted(
+        (i for i, o in enumerate(outcomes) if o is None), key=lambda i: _lock_order(reports[i])
+    )
+    for index in leftovers:
+        outcomes[index] = await settle_unmoved(session, reports[index], forward_only)
+    return [outcome or EffectResult("superseded") for outcome in outcomes]
 
 
 async def apply_report(session: AsyncSession, settings: Settings, report: DeliveryReport) -> EffectResult:
     """The effect of one delivery report (inside the webhook's replay-protected transaction)."""
-    forward_only = safeguards.is_on(settings, safeguards.DELIVERY_REPORTS_FORWARD_ONLY)
-    # The common case in one statement: the message is recorded and moves forward.
-    if await _move_one(session, report, forward_only):
-        return EffectResult("applied")
-    return await settle_unmoved(session, report, forward_only=forward_only)
+    [outcome] = await apply_reports(session, settings, [report])
+    return outcome
 
 
 _LOCK_REFERENCED = (
@@ -111,9 +174,7 @@ _LOCK_REFERENCED = (
 )
 
 
-async def settle_unmoved(
-    session: AsyncSession, report: DeliveryReport, *, forward_only: bool
-) -> EffectResult:
+async def settle_unmoved(session: AsyncSession, report: DeliveryReport, forward_only: bool) -> EffectResult:
     """A report the one-statement update did not move: already superseded, early, or racing the record.
 
     Under READ COMMITTED every statement sees a newer snapshot, so "the update moved nothing, then a lookup
@@ -134,7 +195,7 @@ async def settle_unmoved(
             )
         ).first()
         if row is not None and row.provider_message_id == report.message_id:
-            moved = await _move_one(session, report, forward_only, recipient_id=row.id)
+            moved = await _advance(session, [(row.id, report)], forward_only, by_recipient_id=True)
             return EffectResult("applied" if moved else "superseded")
         if row is not None and row.provider_message_id is None:
             if not forward_only:
@@ -152,14 +213,14 @@ async def settle_unmoved(
             )
             return EffectResult("deferred_until_recorded")
     # The reference names no row of ours carrying this message (or names none at all).
-    if await _move_one(session, report, forward_only):
+    if await _advance(session, [(report.message_id, report)], forward_only):
         return EffectResult("applied")
     if (await session.execute(_BY_MESSAGE_ID, {"message_id": report.message_id})).scalar() is not None:
         return EffectResult("superseded")
     return EffectResult("unmatched", flagged=True)
 
 
-def reference_order(report: DeliveryReport) -> int:
+def _lock_order(report: DeliveryReport) -> int:
     """The lock order of `settle_unmoved`: the recipient id its reference names (unparsable ones last)."""
     parsed = parse_reference(report.reference)
     return parsed[1] if parsed is not None else 2**63
@@ -178,18 +239,23 @@ async def apply_pending(session: AsyncSession, settings: Settings, campaign_id: 
             .order_by(PendingDeliveryReport.id)
         )
     )
-    applied: list[int] = []
-    for kept, recorded_message_id in pending:
-        if kept.provider_message_id != recorded_message_id:
-            continue  # a report about another acceptance of this recipient: stays kept, for an operator
-        report = DeliveryReport(
-            kept.provider_message_id, "", kept.provider_status, kept.error_code, kept.reported_at
-        )
-        await apply_to_recipient(session, settings, kept.recipient_id, report)
-        applied.append(kept.id)
-    if applied:
-        await session.execute(delete(PendingDeliveryReport).where(PendingDeliveryReport.id.in_(applied)))
-    return len(applied)
+    # A kept report about another acceptance of this recipient stays kept, for an operator.
+    kept = [k for k, recorded_message_id in pending if k.provider_message_id == recorded_message_id]
+    if not kept:
+        return 0
+    forward_only = safeguards.is_on(settings, safeguards.DELIVERY_REPORTS_FORWARD_ONLY)
+    reports = [
+        DeliveryReport(k.provider_message_id, "", k.provider_status, k.error_code, k.reported_at)
+        for k in kept
+    ]
+    recipient_of = {k.provider_message_id: k.recipient_id for k in kept}
+    chosen = _choose(reports, forward_only)
+    moves = [(recipient_of[m], reports[i]) for m, i in chosen.items()]
+    await _advance(session, moves, forward_only, by_recipient_id=True)
+    await session.execute(
+        delete(PendingDeliveryReport).where(PendingDeliveryReport.id.in_([k.id for k in kept]))
+    )
+    return len(kept)
 
 
 async def campaigns_with_pending_reports(session: AsyncSession) -> list[int]:

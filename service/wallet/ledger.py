@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.db.dialect import insert_ignoring_conflicts
 from service.db.models import CreditLedgerEntry, LedgerKind, Wallet, utcnow
+from service.pagination import Page, keyset_page
 from service.wallet import reservations
 
 
@@ -133,3 +134,11 @@ async def wallet_of(session: AsyncSession, shop_id: int) -> Wallet:
     if wallet is None:
         raise LookupError(f"shop {shop_id} has no wallet")
     return wallet
+
+
+async def ledger_page(
+    session: AsyncSession, shop_id: int, page: Page
+) -> tuple[list[CreditLedgerEntry], int | None]:
+    """The shop's ledger entries, oldest first."""
+    query = select(CreditLedgerEntry).where(CreditLedgerEntry.shop_id == shop_id)
+    return await keyset_page(session, query, CreditLedgerEntry.id, page)

@@ -16,10 +16,10 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service import safeguards
+from service.db.apply_once import EffectResult, IncomingEvent, apply_once
 from service.errors import InvalidInput, Unauthorized
 from service.sending.delivery_reports import KNOWN_STATUSES, DeliveryReport, apply_report
 from service.settings import Settings
-from service.webhooks.replay import EffectResult, IncomingEvent, apply_once
 from service.webhooks.report_batcher import DeliveryReportBatcher
 
 
@@ -72,16 +72,14 @@ def parse(body: bytes) -> tuple[DeliveryReport, dict[str, Any]]:
 async def handle(
     session: AsyncSession, settings: Settings, body: bytes, batcher: DeliveryReportBatcher | None = None
 ) -> EffectResult:
-    """Apply one report: through the API process's batcher (group commit) when both safeguards are on."""
+    """Apply one report: through the API process's batcher (group commit) while replay protection is on,
+    else in a transaction of its own; either way `delivery_reports.apply_reports` decides what it does."""
     report, document = parse(body)
     event_id = f"{report.message_id}:{report.status}:{document.get('timestamp', '')}"
     incoming = IncomingEvent(
         "mitto", event_id, f"dlr.{report.status}", subject=f"message:{report.message_id}", payload=document
     )
-    batched = safeguards.is_on(settings, safeguards.WEBHOOK_EFFECT_ONCE) and safeguards.is_on(
-        settings, safeguards.DELIVERY_REPORTS_FORWARD_ONLY
-    )
-    if batcher is not None and batched:
+    if batcher is not None and safeguards.is_on(settings, safeguards.WEBHOOK_EFFECT_ONCE):
         return await batcher.submit(report, incoming)
     return await apply_once(
         session, settings, incoming, partial(apply_report, settings=settings, report=report)

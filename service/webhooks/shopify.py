@@ -23,10 +23,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from service import logs, privacy
 from service.contacts.shopify_sync import sync_customer
+from service.db.apply_once import Effect, EffectResult, IncomingEvent, apply_once
 from service.errors import BadRequest, Unauthorized
 from service.settings import Settings
 from service.shops import install_shop, shop_by_domain, uninstall_shop
-from service.webhooks.replay import Effect, EffectResult, IncomingEvent, apply_once
 
 log = logs.get_logger(__name__)
 

@@ -26,10 +26,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from service import logs
 from service.billing import fulfilment
+from service.db.apply_once import Effect, EffectResult, IncomingEvent, apply_once
 from service.db.models import BillingTransaction
 from service.errors import BadRequest
 from service.settings import Settings
-from service.webhooks.replay import Effect, EffectResult, IncomingEvent, apply_once
 
 TOLERANCE_SECONDS = 300
 log = logs.get_logger(__name__)

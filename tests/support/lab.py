@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import phonenumbers
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -34,6 +35,7 @@ from chaos.checker.evidence import (
     load_stripe_truth,
 )
 from chaos.checker.result import CheckResult
+from service.billing.api import PurchaseView
 from service.billing.checkout import create_checkout, create_stripe_client, stripe_http_client
 from service.campaigns import drafts
 from service.campaigns.enqueue import EnqueueOutcome, enqueue_campaign
@@ -241,8 +243,9 @@ class Lab:
         return client
 
     async def checkout(self, shop_id: int, credits: int = 1000, key: str | None = None) -> dict[str, Any]:
+        """What `POST /api/billing/checkout` would answer."""
         async with self.sessions() as session:
-            return await create_checkout(
+            billing = await create_checkout(
                 session,
                 self.settings,
                 self.stripe_client(),
@@ -251,6 +254,7 @@ class Lab:
                 credits=credits,
                 client_key=key,
             )
+        return dict(msgspec.to_builtins(PurchaseView.of(billing)))
 
     def pay(self, session_id: str, asynchronous: bool = False, succeed: bool = True) -> None:
         self.simulator.control(

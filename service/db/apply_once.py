@@ -1,8 +1,10 @@
-"""One mechanism for every provider's webhooks to take effect exactly once (safeguard 6, invariant I5).
+"""Apply once: the exactly-once building block (safeguard 6, `webhook_effect_once`, invariant I5).
 
-The event record (unique per provider and event id) and its effect commit in ONE transaction. The
-effect runs first and the record, with the outcome, last (`INSERT ... ON CONFLICT DO NOTHING`); if the
-record already exists the whole transaction rolls back, effect included:
+Every effect that an outside event causes (a Stripe payment, a Shopify customer change or erasure, a Mitto
+delivery report) is applied through here. The event record (unique per provider and event id) and its
+effect commit in ONE transaction. The effect runs first and the record, with the outcome, last (`INSERT
+... ON CONFLICT DO NOTHING`); if the record already exists the whole transaction rolls back, effect
+included:
 - a duplicate delivery rolls back and answers 2xx with no effect;
 - two concurrent deliveries of one event: the second blocks on the first's row locks or on its uncommitted
   index entry, then finds the record and rolls back (PostgreSQL), or simply runs after it (SQLite);
@@ -10,8 +12,13 @@ record already exists the whole transaction rolls back, effect included:
   applies it; nothing is ever left "processing".
 (Recording last saves the statement that would otherwise write the outcome: this is the webhooks' hot
 path. The price is that a duplicate does its effect's work before rolling it back.)
-And each effect writes under a key of its business object (`purchase:{session}`, `refund:{re_...}`), so
-two *different* events about one payment (completed, then async_payment_succeeded) still credit once.
+And each effect writes under a key of its business object (`effect_key`: `purchase:{session}`,
+`refund:{re_...}`), so two *different* events about one payment (completed, then
+async_payment_succeeded) still credit once.
+
+Domain modules (billing, contacts, privacy, shops, sending) describe their effects with `EffectResult`
+and key them with `effect_key`; the webhook handlers (`service/webhooks/`) and the delivery-report batcher
+call `apply_once` / `record_statement`. Nothing here knows HTTP or any one provider.
 
 The lab's unsafe variant is the seed's unwired replay service: check for the event, record it, apply the
 effect and mark it processed as separate steps, and apply effects under a key of the delivery alone.
