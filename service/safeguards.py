@@ -1,5 +1,9 @@
 """The safeguard registry: each safeguard, the invariant it protects, the fault it survives, and its switch.
 
+One hop from any of them to all the others: each entry names the lab checker that proves its invariant,
+the runbook section an operator follows when that invariant fails, and the test file that holds its
+switched-off twin (`tests/test_registry.py` fails when one of them is missing or does not mention it).
+
 Every safeguard is on in production. The lab may switch one off (`SMSLAB_SAFEGUARDS_OFF=name,...`, only
 with `SMSLAB_LAB_ALLOW_UNSAFE=true`) to show that the checker notices its absence. Code that implements a
 safeguard asks `is_on(settings, NAME)` at the exact place where the unsafe variant diverges, so a reader can
@@ -23,7 +27,9 @@ class Safeguard:
     protects: str
     survives: str
     unsafe_variant: str
-    test: str
+    test: str  # holds a test with this safeguard switched off, showing its invariant fail
+    checker: str  # the lab's checker module for `invariant`
+    runbook: str  # the runbook with a section for `invariant`
 
 
 ENQUEUE_IDEMPOTENCY = "enqueue_idempotency"
@@ -48,6 +54,8 @@ REGISTRY: dict[str, Safeguard] = {
             "client retries after a timeout, duplicate submits, two enqueues racing",
             "keys ignored and the draft check is a read followed by a write",
             "tests/test_enqueue.py",
+            "chaos/checker/i6_one_enqueue.py",
+            "docs/runbooks/double-send-suspected.md",
         ),
         Safeguard(
             2,
@@ -57,6 +65,8 @@ REGISTRY: dict[str, Safeguard] = {
             "a crash or an error half-way through enqueue (e.g. insufficient credits found late)",
             "each step commits on its own, as in the seed",
             "tests/test_enqueue.py",
+            "chaos/checker/i4_credits_conserved.py",
+            "docs/runbooks/credit-reconciliation.md",
         ),
         Safeguard(
             3,
@@ -67,6 +77,8 @@ REGISTRY: dict[str, Safeguard] = {
             "a batch job run twice at once, a worker killed after the provider accepted",
             "the job selects pending rows and sends them without claiming",
             "tests/test_sending.py",
+            "chaos/checker/i1_single_acceptance.py",
+            "docs/runbooks/double-send-suspected.md",
         ),
         Safeguard(
             4,
@@ -75,7 +87,9 @@ REGISTRY: dict[str, Safeguard] = {
             "a send whose outcome is unknown is resolved by looking up its reference before any resend",
             "the provider accepted but the response was lost (timeout, reset, worker killed)",
             "an expired claim is assumed unsent and goes back to pending",
-            "tests/test_reconcile.py",
+            "tests/test_sending.py",
+            "chaos/checker/i1_single_acceptance.py",
+            "docs/runbooks/double-send-suspected.md",
         ),
         Safeguard(
             5,
@@ -87,6 +101,8 @@ REGISTRY: dict[str, Safeguard] = {
             "rows are marked sent in one transaction and debited in a second, keyed by the provider's "
             "bulk id",
             "tests/test_sending.py",
+            "chaos/checker/i3_debits_match.py",
+            "docs/runbooks/credit-reconciliation.md",
         ),
         Safeguard(
             6,
@@ -98,6 +114,8 @@ REGISTRY: dict[str, Safeguard] = {
             "each delivery is checked, recorded and applied in separate steps, and applied with no key of "
             "its own (the seed's replay service, unwired)",
             "tests/test_webhooks_stripe.py",
+            "chaos/checker/i5_payments_once.py",
+            "docs/runbooks/webhook-failures.md",
         ),
         Safeguard(
             7,
@@ -108,6 +126,8 @@ REGISTRY: dict[str, Safeguard] = {
             "reordered, duplicated and early delivery reports",
             "every report overwrites the status; a report for an unknown message id is dropped",
             "tests/test_webhooks_mitto.py",
+            "chaos/checker/i7_delivery_state.py",
+            "docs/runbooks/webhook-failures.md",
         ),
         Safeguard(
             8,
@@ -118,6 +138,8 @@ REGISTRY: dict[str, Safeguard] = {
             "lost queue jobs (Redis restarted empty), killed workers, a crash between commit and job enqueue",
             "the reconcile job does nothing",
             "tests/test_reconcile.py",
+            "chaos/checker/i2_nothing_stuck.py",
+            "docs/runbooks/stuck-campaigns.md",
         ),
         Safeguard(
             10,
@@ -128,6 +150,8 @@ REGISTRY: dict[str, Safeguard] = {
             "a handler or library that logs a request, a payload or an exception text",
             "log lines are rendered as they come",
             "tests/test_units.py",
+            "chaos/checker/i8_no_pii.py",
+            "docs/runbooks/personal-data-in-logs.md",
         ),
         Safeguard(
             11,
@@ -138,6 +162,8 @@ REGISTRY: dict[str, Safeguard] = {
             "a customer update retried by Shopify (or delayed) past the customer's redaction",
             "customer webhooks ignore the tombstone and re-create the contact",
             "tests/test_webhooks_shopify.py",
+            "chaos/checker/i8_no_pii.py",
+            "docs/runbooks/personal-data-in-logs.md",
         ),
     )
 }

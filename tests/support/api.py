@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,11 +47,51 @@ def start_worker(settings: Settings, log_dir: Path, name: str = "worker", **extr
     return process
 
 
+class OpenApiPromise:
+    """The API's OpenAPI (`/schema/openapi.json`) as a promise every test holds it to: each answer a test
+    sees must have its status documented for its route. So the schema lists every status the tests
+    observe, and a route that starts answering something new fails the test that saw it."""
+
+    def __init__(self, document: dict[str, Any]) -> None:
+        self.routes: list[tuple[re.Pattern[str], str, dict[str, Any]]] = []
+        for template, operations in document["paths"].items():
+            pattern = re.sub(r"\\\{[^}]+\\\}", "[^/]+", re.escape(template.rstrip("/")))
+            self.routes.append((re.compile(f"^{pattern}/?$"), template, operations))
+
+    def check(self, method: str, path: str, status: int) -> None:
+        for pattern, template, operations in self.routes:
+            if pattern.match(path) and method.lower() in operations:
+                documented = set(operations[method.lower()]["responses"])
+                assert str(status) in documented, (
+                    f"{method} {template} answered {status}, which its OpenAPI does not document "
+                    f"(documented: {', '.join(sorted(documented))})"
+                )
+                return
+        # Not a route of the API (a test probing an unknown path or method): nothing was promised.
+
+
 @dataclass
 class Api:
     settings: Settings
     process: ManagedProcess
     clients: list[httpx.AsyncClient] = field(default_factory=list)
+    promise: OpenApiPromise | None = None
+
+    async def _hold_to_the_schema(self, response: httpx.Response) -> None:
+        if response.request.url.path.startswith("/schema"):
+            return
+        if self.promise is None:
+            async with httpx.AsyncClient(base_url=self.base_url, timeout=30) as client:
+                document = (await client.get("/schema/openapi.json")).raise_for_status().json()
+            self.promise = OpenApiPromise(document)
+        self.promise.check(response.request.method, response.request.url.path, response.status_code)
+
+    def _client(self, **kwargs: Any) -> httpx.AsyncClient:
+        client = httpx.AsyncClient(
+            base_url=self.base_url, timeout=30, event_hooks={"response": [self._hold_to_the_schema]}, **kwargs
+        )
+        self.clients.append(client)
+        return client
 
     @property
     def base_url(self) -> str:
@@ -61,16 +102,10 @@ class Api:
         return issue_session_token(self.settings, shop)
 
     def anonymous(self) -> httpx.AsyncClient:
-        client = httpx.AsyncClient(base_url=self.base_url, timeout=30)
-        self.clients.append(client)
-        return client
+        return self._client()
 
     def as_shop(self, shop: str = "alpha.myshopify.com") -> httpx.AsyncClient:
-        client = httpx.AsyncClient(
-            base_url=self.base_url, timeout=30, headers={"Authorization": f"Bearer {self.token(shop)}"}
-        )
-        self.clients.append(client)
-        return client
+        return self._client(headers={"Authorization": f"Bearer {self.token(shop)}"})
 
     async def close(self) -> None:
         for client in self.clients:
