@@ -43,8 +43,8 @@ class Problem(msgspec.Struct, omit_defaults=True):
     """RFC 9457 problem details: every error this API answers has this shape (`application/problem+json`).
 
     `type` is a stable URI whose last segment clients branch on; `request_id` is the id to quote to an
-    operator; `errors` lists each bad field. Some problems carry a few more members (`campaign_id`,
-    `billing_id`), named in the route's description.
+    operator; `errors` lists each bad field. Some problems carry a few more members (`needed` and
+    `available` credits on a 402, `campaign_id` on a reused key, `billing_id` on a checkout refusal).
     """
 
     type: str
