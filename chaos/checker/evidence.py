@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import operator
 import re
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import msgspec
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.db.models import (
@@ -209,96 +209,85 @@ class DatabaseSnapshot:
     billing: dict[str, Row] = field(default_factory=dict)  # by Stripe session id
     refunds: dict[str, Row] = field(default_factory=dict)  # by refund id (the key it was stored under)
 
+    def rows(self, table: str) -> Collection[Row]:
+        """One table's rows, in the order they were read."""
+        rows: dict[Any, Row] | list[Row] = getattr(self, table)
+        return rows.values() if isinstance(rows, dict) else rows
 
-def _rows(result: Any) -> list[dict[str, Any]]:
-    return [dict(row) for row in result.mappings()]
+
+@dataclass(frozen=True)
+class SnapshotTable:
+    """One table of the snapshot: the model it is read from, its columns (in the order a saved row holds
+    them), the column `DatabaseSnapshot` keys its rows by (None: a list), and which rows it takes."""
+
+    model: type[Any]
+    columns: tuple[str, ...]
+    key: str | None = None
+    where: ColumnElement[bool] | None = None
+
+
+# The snapshot's tables, declared once: the live read (`load_snapshot`) selects these columns, and the
+# saved snapshot (`snapshot_io`) writes and reads its rows in this order. Each name is a field of
+# `DatabaseSnapshot`.
+SNAPSHOT_TABLES: dict[str, SnapshotTable] = {
+    "campaigns": SnapshotTable(
+        Campaign,
+        (
+            "id",
+            "shop_id",
+            "status",
+            "segments",
+            "recipient_count",
+            "sent_count",
+            "failed_count",
+            "enqueued_at",
+            "last_activity_at",
+        ),
+        key="id",
+    ),
+    "recipients": SnapshotTable(
+        CampaignRecipient,
+        ("id", "campaign_id", "phone_e164", "status", "provider_message_id", "attempts", "failure_reason"),
+        key="id",
+    ),
+    "ledger": SnapshotTable(
+        CreditLedgerEntry, ("id", "shop_id", "amount", "kind", "campaign_id", "messages", "idempotency_key")
+    ),
+    "wallets": SnapshotTable(Wallet, ("shop_id", "balance", "reserved"), key="shop_id"),
+    "reservations": SnapshotTable(
+        CreditReservation, ("id", "shop_id", "campaign_id", "amount", "remaining", "status")
+    ),
+    "billing": SnapshotTable(
+        BillingTransaction,
+        ("id", "shop_id", "provider_ref", "credits", "credits_granted", "status"),
+        key="provider_ref",
+        where=BillingTransaction.provider_ref.is_not(None),
+    ),
+    "refunds": SnapshotTable(
+        BillingRefund,
+        ("refund_id", "billing_id", "credits", "deducted", "shortfall", "applied"),
+        key="refund_id",
+    ),
+}
+
+
+def snapshot_of(tables: Mapping[str, list[Row]]) -> DatabaseSnapshot:
+    """A snapshot from each table's rows (dicts or `Record`s), keyed as `SNAPSHOT_TABLES` says."""
+    fields: dict[str, Any] = {}
+    for table, spec in SNAPSHOT_TABLES.items():
+        rows = tables[table]
+        fields[table] = rows if spec.key is None else dict(zip(column(rows, spec.key), rows, strict=True))
+    return DatabaseSnapshot(**fields)
 
 
 async def load_snapshot(session: AsyncSession) -> DatabaseSnapshot:
     """One consistent read of everything the invariants need (one transaction)."""
-    snapshot = DatabaseSnapshot()
+    tables: dict[str, list[Row]] = {}
     async with session.begin():
-        for row in _rows(
-            await session.execute(
-                select(
-                    Campaign.id,
-                    Campaign.shop_id,
-                    Campaign.status,
-                    Campaign.segments,
-                    Campaign.recipient_count,
-                    Campaign.sent_count,
-                    Campaign.failed_count,
-                    Campaign.enqueued_at,
-                    Campaign.last_activity_at,
-                )
-            )
-        ):
-            snapshot.campaigns[row["id"]] = row
-        for row in _rows(
-            await session.execute(
-                select(
-                    CampaignRecipient.id,
-                    CampaignRecipient.campaign_id,
-                    CampaignRecipient.phone_e164,
-                    CampaignRecipient.status,
-                    CampaignRecipient.provider_message_id,
-                    CampaignRecipient.attempts,
-                    CampaignRecipient.failure_reason,
-                )
-            )
-        ):
-            snapshot.recipients[row["id"]] = row
-        snapshot.ledger = _rows(
-            await session.execute(
-                select(
-                    CreditLedgerEntry.id,
-                    CreditLedgerEntry.shop_id,
-                    CreditLedgerEntry.amount,
-                    CreditLedgerEntry.kind,
-                    CreditLedgerEntry.campaign_id,
-                    CreditLedgerEntry.messages,
-                    CreditLedgerEntry.idempotency_key,
-                )
-            )
-        )
-        for row in _rows(await session.execute(select(Wallet.shop_id, Wallet.balance, Wallet.reserved))):
-            snapshot.wallets[row["shop_id"]] = row
-        snapshot.reservations = _rows(
-            await session.execute(
-                select(
-                    CreditReservation.id,
-                    CreditReservation.shop_id,
-                    CreditReservation.campaign_id,
-                    CreditReservation.amount,
-                    CreditReservation.remaining,
-                    CreditReservation.status,
-                )
-            )
-        )
-        for row in _rows(
-            await session.execute(
-                select(
-                    BillingTransaction.id,
-                    BillingTransaction.shop_id,
-                    BillingTransaction.provider_ref,
-                    BillingTransaction.credits,
-                    BillingTransaction.credits_granted,
-                    BillingTransaction.status,
-                ).where(BillingTransaction.provider_ref.is_not(None))
-            )
-        ):
-            snapshot.billing[row["provider_ref"]] = row
-        for row in _rows(
-            await session.execute(
-                select(
-                    BillingRefund.refund_id,
-                    BillingRefund.billing_id,
-                    BillingRefund.credits,
-                    BillingRefund.deducted,
-                    BillingRefund.shortfall,
-                    BillingRefund.applied,
-                )
-            )
-        ):
-            snapshot.refunds[row["refund_id"]] = row
-    return snapshot
+        for table, spec in SNAPSHOT_TABLES.items():
+            statement = select(*(getattr(spec.model, name) for name in spec.columns))
+            if spec.where is not None:
+                statement = statement.where(spec.where)
+            result = await session.execute(statement)
+            tables[table] = [dict(row) for row in result.mappings()]
+    return snapshot_of(tables)

@@ -1,7 +1,8 @@
 """The database as the checker needs it, saved into the run folder (`database/`) at the end of a run.
 
 `smslab check RUN_DIR` then works from the folder alone, whatever became of the database. Rows are JSON
-arrays (column order in `COLUMNS`), one per line, so a million recipients load in about a second.
+arrays, one per line, so a million recipients load in about a second; their column order is
+`evidence.SNAPSHOT_TABLES`, the one declaration the live read uses too, so the two cannot drift apart.
 Besides what the invariants read, the columns that can hold personal data (contacts, recipient phones,
 stored webhook payloads, privacy exports) are saved too: I8 checks erased customers left nothing there.
 """
@@ -17,36 +18,18 @@ import msgspec
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from chaos.checker.evidence import DatabaseSnapshot, Record, load_snapshot, read_lines
+from chaos.checker.evidence import (
+    SNAPSHOT_TABLES,
+    DatabaseSnapshot,
+    Record,
+    load_snapshot,
+    read_lines,
+    snapshot_of,
+)
 from service.db.models import Contact, PrivacyRequest, WebhookEvent
 
-COLUMNS: dict[str, tuple[str, ...]] = {
-    "campaigns": (
-        "id",
-        "shop_id",
-        "status",
-        "segments",
-        "recipient_count",
-        "sent_count",
-        "failed_count",
-        "enqueued_at",
-        "last_activity_at",
-    ),
-    "recipients": (
-        "id",
-        "campaign_id",
-        "phone_e164",
-        "status",
-        "provider_message_id",
-        "attempts",
-        "failure_reason",
-    ),
-    "ledger": ("id", "shop_id", "amount", "kind", "campaign_id", "messages", "idempotency_key"),
-    "wallets": ("shop_id", "balance", "reserved"),
-    "reservations": ("id", "shop_id", "campaign_id", "amount", "remaining", "status"),
-    "billing": ("id", "shop_id", "provider_ref", "credits", "credits_granted", "status"),
-    "refunds": ("refund_id", "billing_id", "credits", "deducted", "shortfall", "applied"),
-}
+# The column order of each saved table's rows, as `evidence.SNAPSHOT_TABLES` declares it.
+COLUMNS: dict[str, tuple[str, ...]] = {table: spec.columns for table, spec in SNAPSHOT_TABLES.items()}
 PERSONAL = "personal_data.jsonl"  # [table, column, row id, value]
 
 
@@ -77,19 +60,9 @@ async def save_snapshot(session: AsyncSession, directory: Path) -> DatabaseSnaps
     snapshot = await load_snapshot(session)
     directory.mkdir(parents=True, exist_ok=True)
     encoder = msgspec.json.Encoder()
-    tables: dict[str, Any] = {
-        "campaigns": snapshot.campaigns.values(),
-        "recipients": snapshot.recipients.values(),
-        "ledger": snapshot.ledger,
-        "wallets": snapshot.wallets.values(),
-        "reservations": snapshot.reservations,
-        "billing": snapshot.billing.values(),
-        "refunds": snapshot.refunds.values(),
-    }
-    for table, rows in tables.items():
-        columns = COLUMNS[table]
+    for table, columns in COLUMNS.items():
         with (directory / f"{table}.jsonl").open("wb") as handle:
-            for row in rows:
+            for row in snapshot.rows(table):
                 handle.write(encoder.encode([_plain(row.get(c)) for c in columns]) + b"\n")
     with (directory / PERSONAL).open("wb") as handle:
         for row in await personal_data(session):
@@ -108,16 +81,9 @@ RECORD_TYPES = {table: _record_type(table) for table in COLUMNS}
 
 def load_saved_snapshot(directory: Path) -> DatabaseSnapshot:
     """The saved tables, each row a `Record` (reads like a dict): a million rows load in under a second."""
-    snapshot = DatabaseSnapshot()
-    loaded = {table: read_lines(directory / f"{table}.jsonl", RECORD_TYPES[table]) for table in COLUMNS}
-    snapshot.campaigns = {row.id: row for row in loaded["campaigns"]}
-    snapshot.recipients = {row.id: row for row in loaded["recipients"]}
-    snapshot.ledger = loaded["ledger"]
-    snapshot.wallets = {row.shop_id: row for row in loaded["wallets"]}
-    snapshot.reservations = loaded["reservations"]
-    snapshot.billing = {row.provider_ref: row for row in loaded["billing"]}
-    snapshot.refunds = {row.refund_id: row for row in loaded["refunds"]}
-    return snapshot
+    return snapshot_of(
+        {table: read_lines(directory / f"{table}.jsonl", RECORD_TYPES[table]) for table in COLUMNS}
+    )
 
 
 def load_personal_data(directory: Path) -> list[list[Any]]:
