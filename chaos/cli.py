@@ -40,7 +40,7 @@ def up(
     with_simulator: bool = typer.Option(True, "--simulator/--no-simulator", help="Also run the fake Mitto."),
 ) -> None:
     """Migrations, then API + workers (+ the fake Mitto) on the embedded defaults, until Ctrl-C."""
-    settings = load_or_exit()
+    settings = load_or_exit(starts_service=True)
     from service.db import migrate
 
     logs_dir = settings.var_dir / "logs"

@@ -101,7 +101,12 @@ class Client:
             case Uninstall(shop=shop):
                 request = self.sim.post(
                     "/control/shopify/webhooks",
-                    json={"shop": shop, "topic": "app/uninstalled", "payload": {"domain": shop}},
+                    # Shopify's payload is the shop object; `myshopify_domain` must match its header.
+                    json={
+                        "shop": shop,
+                        "topic": "app/uninstalled",
+                        "payload": {"domain": shop, "myshopify_domain": shop},
+                    },
                 )
                 return await self._call(operation.f, operation.value(), request)
 

@@ -229,6 +229,7 @@ class Environment:
                 reconcile_interval_seconds=services.reconcile_interval_s,
                 unresolved_send_policy=services.unresolved_policy,
                 unresolved_give_up_seconds=services.unresolved_give_up_s,
+                env="lab",
                 log_format="json",
                 log_sql=services.log_sql,
                 lab_allow_unsafe=unsafe,

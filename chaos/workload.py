@@ -28,7 +28,7 @@ from chaos.generator import ClientGenerator, play
 from chaos.history import History
 from chaos.scenario import Scenario
 from chaos.world import Customer, ShopWorld
-from service.auth import issue_session_token
+from service.auth import SessionTokens
 from service.settings import Settings
 
 __all__ = ["SETUP_TIMEOUT_S", "Customer", "ShopWorld", "Workload", "valid_phones"]
@@ -68,6 +68,11 @@ class Workload:
         self.world: list[ShopWorld] = []
         self.clients: list[Client] = []
         self.timeout = httpx.Timeout(scenario.workload.client_timeout_s, connect=2.0)
+        # Short-lived session tokens, fresh ones as they age, as App Bridge gives a merchant's browser.
+        self.tokens = SessionTokens(settings)
+
+    def auth(self, domain: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.tokens[domain]}"}
 
     # --- set-up ------------------------------------------------------------------------------------
     async def setup(self) -> None:
@@ -79,15 +84,14 @@ class Workload:
         ):
             for index in range(w.shops):
                 domain = f"lab-shop-{index}.myshopify.com"
-                shop = ShopWorld(domain, issue_session_token(self.settings, domain, ttl_seconds=24 * 3600))
+                shop = ShopWorld(domain)
                 phones = valid_phones(per_shop, index * per_shop)
                 shop.phones = phones[: w.contacts_per_shop]
-                headers = {"Authorization": f"Bearer {shop.token}"}
-                (await api.get("/api/wallet", headers=headers)).raise_for_status()  # installs the shop
+                (await api.get("/api/wallet", headers=self.auth(domain))).raise_for_status()  # installs it
                 for start in range(0, len(shop.phones), 5000):
                     rows = [{"phone": p, "sms_consent": True} for p in shop.phones[start : start + 5000]]
                     (
-                        await api.post("/api/contacts", json={"contacts": rows}, headers=headers)
+                        await api.post("/api/contacts", json={"contacts": rows}, headers=self.auth(domain))
                     ).raise_for_status()
                 admin = f"{shopify_admin(domain)}/customers.json"
                 for n, phone in enumerate(phones[w.contacts_per_shop :]):
@@ -111,13 +115,12 @@ class Workload:
         self, api: httpx.AsyncClient, sim: httpx.AsyncClient, shop: ShopWorld, credits: int
     ) -> None:
         packages = sorted(dict(self.settings.credit_packages), reverse=True)
-        headers = {"Authorization": f"Bearer {shop.token}"}
         while credits > 0:
             package = next((p for p in packages if p <= credits), packages[-1])
             checkout = await api.post(
                 "/api/billing/checkout",
                 json={"credits": package},
-                headers={**headers, "Idempotency-Key": f"setup-{uuid.uuid4()}"},
+                headers={**self.auth(shop.domain), "Idempotency-Key": f"setup-{uuid.uuid4()}"},
             )
             checkout.raise_for_status()
             session = checkout.json()
@@ -134,7 +137,7 @@ class Workload:
         while time.monotonic() < deadline:
             ready = True
             for shop in self.world:
-                headers = {"Authorization": f"Bearer {shop.token}"}
+                headers = self.auth(shop.domain)
                 wallet = (await api.get("/api/wallet", headers=headers)).json()
                 contacts = (await api.get("/api/contacts", params={"limit": 1}, headers=headers)).json()
                 expected = w.credits_per_shop if w.credits_per_shop else 0
@@ -157,13 +160,12 @@ class Workload:
         return sum(client.campaigns_enqueued for client in self.clients)
 
     async def run(self, deadline: float, seed: int) -> None:
-        tokens = {shop.domain: shop.token for shop in self.world}
         async with (
             httpx.AsyncClient(base_url=self.api_url, timeout=self.timeout) as api,
             httpx.AsyncClient(base_url=self.simulator_url, timeout=self.timeout) as sim,
         ):
             self.clients = [
-                Client(f"client-{i}", api, sim, self.history, tokens)
+                Client(f"client-{i}", api, sim, self.history, self.tokens)
                 for i in range(self.scenario.workload.clients)
             ]
             await asyncio.gather(

@@ -22,7 +22,6 @@ class Customer:
 @dataclass
 class ShopWorld:
     domain: str
-    token: str
     phones: list[str] = field(default_factory=list)
     customers: list[Customer] = field(default_factory=list)
     paid_sessions: list[tuple[str, int]] = field(default_factory=list)  # (session id, amount in cents)

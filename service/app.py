@@ -18,13 +18,14 @@ from saq.queue.redis import RedisQueue
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from stripe import StripeClient
 
-from service import logs
-from service.auth import provide_shop
+from service import deployment, logs
+from service.auth import provide_shop, session_guard
 from service.billing.api import BillingController
 from service.campaigns.api import CampaignsController
 from service.contacts.api import ContactsController
 from service.health import HealthController
 from service.http import EXCEPTION_HANDLERS, RequestContextMiddleware
+from service.input_rules import BODY_LIMIT_DEFAULT
 from service.pagination import provide_page
 from service.runtime import Runtime
 from service.settings import Settings
@@ -54,7 +55,8 @@ def create_app(settings: Settings, redis_url: str) -> Litestar:
     @asynccontextmanager
     async def lifespan(_app: Litestar) -> AsyncIterator[None]:
         await runtime.start()
-        logs.get_logger(__name__).info("api_started", queue=settings.queue_name)
+        logs.get_logger(__name__).info("api_started", queue=settings.queue_name, env=settings.env)
+        deployment.announce(settings, "api")
         try:
             yield
         finally:
@@ -67,7 +69,7 @@ def create_app(settings: Settings, redis_url: str) -> Litestar:
         "stripe_client": _constant(runtime.stripe),
         "report_batcher": _constant(batcher),
         "db_session": Provide(provide_session),
-        "shop": Provide(provide_shop),
+        "shop": Provide(provide_shop, sync_to_thread=False),
         "page": Provide(provide_page),
     }
     return Litestar(
@@ -80,6 +82,8 @@ def create_app(settings: Settings, redis_url: str) -> Litestar:
             WebhooksController,
         ],
         dependencies=dependencies,
+        guards=[session_guard(settings, runtime.sessions)],
+        request_max_body_size=BODY_LIMIT_DEFAULT,
         signature_namespace={
             "Settings": Settings,
             "AsyncEngine": AsyncEngine,

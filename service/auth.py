@@ -10,13 +10,16 @@ from __future__ import annotations
 import re
 import time
 import uuid
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
 import jwt
 import structlog
 from litestar import Request
-from sqlalchemy.ext.asyncio import AsyncSession
+from litestar.connection import ASGIConnection
+from litestar.handlers import BaseRouteHandler
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from service.db.models import Shop
 from service.errors import Unauthorized
@@ -31,8 +34,9 @@ def is_shop_domain(value: str) -> bool:
     return bool(SHOP_DOMAIN.match(value))
 
 
-def issue_session_token(settings: Settings, shop_domain: str, ttl_seconds: int = 3600) -> str:
-    """What Shopify's App Bridge would hand the merchant's browser (the lab and tests act as it)."""
+def issue_session_token(settings: Settings, shop_domain: str, ttl_seconds: int = 60) -> str:
+    """What Shopify's App Bridge would hand the merchant's browser (the lab and tests act as it): a token
+    that lives a minute, as Shopify's do; clients fetch a fresh one rather than keep one."""
     if not is_shop_domain(shop_domain):
         raise ValueError(f"not a shop domain: {shop_domain!r} (expected NAME.myshopify.com)")
     now = int(time.time())
@@ -50,8 +54,36 @@ def issue_session_token(settings: Settings, shop_domain: str, ttl_seconds: int =
     return jwt.encode(claims, settings.shopify_api_secret, algorithm="HS256")
 
 
+class SessionTokens(Mapping[str, str]):
+    """Fresh session tokens for the shops a client acts for, as App Bridge hands them out: each lives
+    `ttl_seconds` and is replaced halfway through its life. `tokens[domain]` is a valid one, always."""
+
+    def __init__(self, settings: Settings, ttl_seconds: int = 60) -> None:
+        self.settings = settings
+        self.ttl_seconds = ttl_seconds
+        self._issued: dict[str, tuple[float, str]] = {}
+
+    def __getitem__(self, domain: str) -> str:
+        now = time.monotonic()
+        issued = self._issued.get(domain)
+        if issued is None or now - issued[0] > self.ttl_seconds / 2:
+            issued = (now, issue_session_token(self.settings, domain, self.ttl_seconds))
+            self._issued[domain] = issued
+        return issued[1]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._issued)
+
+    def __len__(self) -> int:
+        return len(self._issued)
+
+
 def shop_from_authorization(settings: Settings, authorization: str | None) -> str:
-    """The shop domain a valid `Authorization: Bearer` header speaks for, or Unauthorized."""
+    """The shop domain a valid `Authorization: Bearer` header speaks for, or Unauthorized.
+
+    Besides signature, audience, expiry and a consistent shop, a token must be short-lived: Shopify's
+    last a minute, and a long-lived one (minted by whoever held the secret once) is refused, however
+    valid its signature. The 401's text says what was wrong in words, never a library's class names."""
     if not authorization:
         raise Unauthorized("Authorization header is missing")
     scheme, _, token = authorization.partition(" ")
@@ -68,8 +100,20 @@ def shop_from_authorization(settings: Settings, authorization: str | None) -> st
         )
     except jwt.ExpiredSignatureError:
         raise Unauthorized("session token has expired") from None
-    except jwt.InvalidTokenError as exc:
-        raise Unauthorized(f"session token is invalid: {type(exc).__name__}") from None
+    except jwt.ImmatureSignatureError:
+        raise Unauthorized("session token is not valid yet") from None
+    except jwt.InvalidAudienceError:
+        raise Unauthorized("session token is for another app") from None
+    except jwt.MissingRequiredClaimError:
+        raise Unauthorized("session token lacks a required claim (exp, nbf, dest, aud, iss)") from None
+    except jwt.InvalidTokenError:
+        raise Unauthorized("session token is not a valid token signed for this app") from None
+    exp, nbf = claims["exp"], claims["nbf"]
+    if not isinstance(exp, int | float) or not isinstance(nbf, int | float):
+        raise Unauthorized("session token's exp and nbf must be numbers")
+    longest = settings.session_token_max_lifetime_seconds
+    if exp - nbf > longest + CLOCK_SKEW_SECONDS or exp > time.time() + longest + CLOCK_SKEW_SECONDS:
+        raise Unauthorized(f"session token lives longer than {longest:g} s; use a fresh, short-lived token")
     dest_host = urlsplit(str(claims["dest"])).hostname or ""
     iss_host = urlsplit(str(claims["iss"])).hostname or ""
     if not is_shop_domain(dest_host) or iss_host != dest_host:
@@ -77,9 +121,35 @@ def shop_from_authorization(settings: Settings, authorization: str | None) -> st
     return dest_host
 
 
-async def provide_shop(request: Request[Any, Any, Any], settings: Settings, db_session: AsyncSession) -> Shop:
-    """The `shop` dependency of every merchant route: the shop the request's session token speaks for."""
-    domain = shop_from_authorization(settings, request.headers.get("authorization"))
-    shop = await shop_for_request(db_session, domain)
-    structlog.contextvars.bind_contextvars(shop_id=shop.id)
+# Routes anyone may call: health and metrics (for load balancers and Prometheus), the OpenAPI, and the
+# providers' webhooks (each verified by its own signature or token). Every other route is a merchant's
+# and needs a session token: a new route is private unless it is added here.
+PUBLIC_PATHS = ("/health", "/metrics", "/schema", "/webhooks")
+
+
+def is_public(path: str) -> bool:
+    return any(path == prefix or path.startswith(prefix + "/") for prefix in PUBLIC_PATHS)
+
+
+def session_guard(
+    settings: Settings, sessions: async_sessionmaker[AsyncSession]
+) -> Callable[[ASGIConnection[Any, Any, Any, Any], BaseRouteHandler], Awaitable[None]]:
+    """The app-wide guard: a private route's request is authenticated (token, then an installed shop)
+    before its body is read or decoded, so an anonymous caller cannot make the service parse anything."""
+
+    async def require_session(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+        if is_public(connection.scope["path"]):
+            return
+        domain = shop_from_authorization(settings, connection.headers.get("authorization"))
+        async with sessions() as session:
+            shop = await shop_for_request(session, domain)
+        connection.state.shop = shop
+        structlog.contextvars.bind_contextvars(shop_id=shop.id)
+
+    return require_session
+
+
+def provide_shop(request: Request[Any, Any, Any]) -> Shop:
+    """The `shop` dependency of every merchant route: the shop the guard authenticated."""
+    shop: Shop = request.state.shop
     return shop

@@ -20,6 +20,7 @@ from service.embedded_redis import EmbeddedRedisError, SharedEmbeddedRedis
 from service.settings import Settings, SettingsError, load_settings
 
 db_app = typer.Typer(help="Database migrations.", no_args_is_help=True)
+shops_app = typer.Typer(help="Shops: installing one (again).", no_args_is_help=True)
 credits_app = typer.Typer(help="Credit adjustments.", no_args_is_help=True)
 
 
@@ -28,11 +29,22 @@ def fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
-def load_or_exit() -> Settings:
+def load_or_exit(starts_service: bool = False) -> Settings:
+    """The settings, or exit 2 with one line. A command that starts the service (`api`, `worker`, `up`)
+    in production also exits 2, with one line per setting production refuses (see `deployment`)."""
     try:
-        return load_settings()
+        settings = load_settings()
     except SettingsError as exc:
         raise fail(str(exc)) from None
+    if starts_service and settings.env == "production":
+        from service.deployment import production_problems
+
+        problems = production_problems(settings)
+        for problem in problems:
+            typer.echo(f"smslab: refusing to start in production: {problem}", err=True)
+        if problems:
+            raise typer.Exit(2)
+    return settings
 
 
 @contextlib.contextmanager
@@ -68,7 +80,7 @@ def api(
     workers: int = typer.Option(1, min=1, help="API processes sharing the port (uvicorn workers)."),
 ) -> None:
     """Run the HTTP API (Litestar on uvicorn)."""
-    settings = load_or_exit()
+    settings = load_or_exit(starts_service=True)
     logs.configure_for(settings, "api")
     import os
 
@@ -97,7 +109,7 @@ def worker(
     processes: int = typer.Option(1, min=1, help="Worker processes to run."),
 ) -> None:
     """Run SAQ worker processes (send batches, the reconcile cron)."""
-    settings = load_or_exit()
+    settings = load_or_exit(starts_service=True)
     with redis_url_for(settings) as redis_url:
         if processes == 1:
             logs.configure_for(settings, "worker")
@@ -128,11 +140,21 @@ def _run_worker_processes(redis_url: str, concurrency: int, processes: int) -> N
 
 def token(
     shop_domain: str = typer.Argument(..., help="e.g. my-shop.myshopify.com"),
-    ttl: int = typer.Option(3600, min=1, help="Seconds until the token expires."),
+    ttl: int = typer.Option(
+        300,
+        min=1,
+        help="Seconds until the token expires (at most SMSLAB_SESSION_TOKEN_MAX_LIFETIME_SECONDS).",
+    ),
 ) -> None:
     """Print a session token for a shop, as Shopify's App Bridge would give the merchant's browser."""
     settings = load_or_exit()
     from service.auth import issue_session_token
+
+    if ttl > settings.session_token_max_lifetime_seconds:
+        raise fail(
+            f"--ttl {ttl}: the API refuses tokens living longer than "
+            f"{settings.session_token_max_lifetime_seconds:g} s (SMSLAB_SESSION_TOKEN_MAX_LIFETIME_SECONDS)"
+        )
 
     try:
         typer.echo(issue_session_token(settings, shop_domain, ttl))
@@ -179,8 +201,37 @@ async def _grant(settings: Settings, shop_domain: str, amount: int, key: str, no
         await engine.dispose()
 
 
+@shops_app.command("install")
+def shops_install(shop_domain: str = typer.Argument(..., help="e.g. my-shop.myshopify.com")) -> None:
+    """Install a shop, or reinstall one that uninstalled the app (what the app's OAuth install does).
+
+    A shop that uninstalled stays refused, whatever tokens it presents, until it is installed again here.
+    """
+    settings = load_or_exit()
+    logs.configure_for(settings, "cli")
+    from service.auth import is_shop_domain
+
+    if not is_shop_domain(shop_domain):
+        raise fail(f"not a shop domain: {shop_domain!r} (expected NAME.myshopify.com)")
+    again = asyncio.run(_install(settings, shop_domain))
+    typer.echo(f"{shop_domain} {'installed again' if again else 'installed'}")
+
+
+async def _install(settings: Settings, shop_domain: str) -> bool:
+    from service.db.session import create_engine, create_sessionmaker
+    from service.shops import reinstall_shop
+
+    engine = create_engine(settings, "cli", pool_size=1)
+    try:
+        async with create_sessionmaker(engine)() as session:
+            return await reinstall_shop(session, shop_domain)
+    finally:
+        await engine.dispose()
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(db_app, name="db")
+    app.add_typer(shops_app, name="shops")
     app.command()(api)
     app.command()(worker)
     app.command()(token)

@@ -19,6 +19,9 @@ from saq.queue.redis import RedisQueue
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from service.deployment import unsafe_mode
+from service.settings import Settings
+
 CHECK_TIMEOUT_SECONDS = 2.0
 
 
@@ -42,6 +45,8 @@ class HealthReport(msgspec.Struct):
 
     status: str
     checks: dict[str, dict[str, Any]]
+    env: str = "development"
+    unsafe_lab_mode: dict[str, Any] = msgspec.field(default_factory=dict)  # empty unless switched on
 
 
 async def full_report(engine: AsyncEngine, queue: RedisQueue) -> HealthReport:
@@ -93,6 +98,9 @@ class HealthController(Controller):
             )
         },
     )
-    async def full(self, engine: AsyncEngine, queue: RedisQueue) -> Response[HealthReport]:
+    async def full(
+        self, engine: AsyncEngine, queue: RedisQueue, settings: Settings
+    ) -> Response[HealthReport]:
         report = await full_report(engine, queue)
+        report.env, report.unsafe_lab_mode = settings.env, unsafe_mode(settings)
         return Response(content=report, status_code=200 if report.status == "ok" else 503)

@@ -17,6 +17,8 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException
 from litestar.middleware import ASGIMiddleware
 from litestar.openapi.datastructures import ResponseSpec
+from litestar.openapi.spec import OpenAPIMediaType, Operation, RequestBody, Schema
+from litestar.openapi.spec.enums import OpenAPIType
 from litestar.types import ASGIApp, ExceptionHandlersMap, Message, Receive, Scope, Send
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -53,17 +55,80 @@ class Problem(msgspec.Struct, omit_defaults=True):
     detail: str
     request_id: str | None = None
     errors: list[FieldError] | None = None
+    errors_not_listed: int | None = None
 
 
 _DESCRIPTIONS = {
     400: "The request is malformed: a parameter, a header or the body cannot be read",
     401: "Missing or invalid credentials (session token, signature or token)",
+    413: "The request body is larger than this route accepts",
     402: "Not enough credits; nothing was changed",
     404: "No such resource for this shop",
     409: "Conflicts with the resource's state or with a request still in flight; see `type`",
     422: "The request was understood but its content is invalid; `errors` names each field",
     503: "A dependency (database, queue or payment provider) is unavailable; retry after `Retry-After`",
 }
+
+
+_SCHEMA_KEYS = {
+    "anyOf": "any_of",
+    "oneOf": "one_of",
+    "additionalProperties": "additional_properties",
+    "maxLength": "max_length",
+    "minLength": "min_length",
+    "maxItems": "max_items",
+    "minItems": "min_items",
+    "exclusiveMinimum": "exclusive_minimum",
+    "exclusiveMaximum": "exclusive_maximum",
+}
+_NESTED = {"properties", "items", "any_of", "one_of", "additional_properties"}
+
+
+def _schema(document: Any, definitions: dict[str, Any]) -> Any:
+    """A JSON Schema (as msgspec writes it) as Litestar's `Schema`, `$ref`s inlined."""
+    if isinstance(document, bool):
+        return document
+    if "$ref" in document:
+        return _schema(definitions[document["$ref"].rsplit("/", 1)[-1]], definitions)
+    fields: dict[str, Any] = {}
+    for key, value in document.items():
+        name = _SCHEMA_KEYS.get(key, key)
+        if name == "type":
+            value = [OpenAPIType(v) for v in value] if isinstance(value, list) else OpenAPIType(value)
+        elif name == "properties":
+            value = {k: _schema(v, definitions) for k, v in value.items()}
+        elif name in ("any_of", "one_of"):
+            value = [_schema(v, definitions) for v in value]
+        elif name in _NESTED:
+            value = _schema(value, definitions)
+        elif name == "$defs":
+            continue
+        fields[name] = value
+    return Schema(**fields)
+
+
+def documented_body(model: type, description: str) -> type[Operation]:
+    """An `operation_class` that documents the request body as `model`'s JSON schema.
+
+    Handlers that take hostile bodies read and decode them themselves (`input_rules.decode_json`, then
+    the domain's validation, which reports every bad field at once); this keeps the OpenAPI as precise
+    as if Litestar had decoded the body into `model`, so a fuzzer generates and checks the right shapes."""
+    definitions = msgspec.json.schema_components([model], ref_template="#/$defs/{name}")[1]
+    body = RequestBody(
+        required=True,
+        description=description,
+        content={
+            "application/json": OpenAPIMediaType(schema=_schema(definitions[model.__name__], definitions))
+        },
+    )
+
+    class WithDocumentedBody(Operation):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.request_body = body
+
+    WithDocumentedBody.__name__ = f"{model.__name__}Operation"
+    return WithDocumentedBody
 
 
 def problems(*statuses: int, **descriptions: str) -> dict[int, ResponseSpec]:
@@ -96,9 +161,13 @@ def handle_problem(_request: Request[Any, Any, Any], exc: ProblemError) -> Respo
 
 def handle_http_exception(_request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
     status = exc.status_code
-    slug = {400: "bad-request", 401: "unauthorized", 404: "not-found", 405: "method-not-allowed"}.get(
-        status, "http-error"
-    )
+    slug = {
+        400: "bad-request",
+        401: "unauthorized",
+        404: "not-found",
+        405: "method-not-allowed",
+        413: "payload-too-large",
+    }.get(status, "http-error")
     extra: dict[str, Any] = {}
     if isinstance(exc.extra, dict | list) and exc.extra:
         extra["errors"] = exc.extra

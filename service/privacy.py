@@ -14,7 +14,7 @@ from sqlalchemy import delete, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.campaigns import progress
-from service.contacts.shopify_sync import customer_phone, lock_customer
+from service.contacts.shopify_sync import customer_email, customer_phone, lock_customer
 from service.db.apply_once import EffectResult
 from service.db.dialect import for_update
 from service.db.models import (
@@ -35,8 +35,9 @@ async def _customer_contacts(
     conditions = []
     if customer.get("id") is not None:
         conditions.append(Contact.shopify_customer_id == int(customer["id"]))
-    if isinstance(customer.get("email"), str):
-        conditions.append(Contact.email == customer["email"].strip().lower())
+    email = customer_email(customer)
+    if email:
+        conditions.append(Contact.email == email)
     phone = customer_phone(customer, region)
     if phone:
         conditions.append(Contact.phone_e164 == phone)

@@ -27,10 +27,14 @@ class SettingsError(ValueError):
 
 UNRESOLVED_POLICIES = ("at-most-once", "at-least-once")
 LOG_FORMATS = ("auto", "json", "console")
+ENVIRONMENTS = ("development", "lab", "production")
 
 
 @dataclass(frozen=True)
 class Settings:
+    # development (the default), lab (what `smslab run`, `load` and `matrix` set for their processes) or
+    # production, where the service refuses to start with the lab's secrets or switches (`deployment`).
+    env: str = "development"
     var_dir: Path = Path("var")
     database_url: str = ""
     database_schema: str | None = None
@@ -58,6 +62,11 @@ class Settings:
 
     shopify_api_key: str = "lab-api-key"
     shopify_api_secret: str = "lab-shopify-secret-change-me-in-production"  # noqa: S105 - lab default; production sets its own
+    # A Shopify webhook triggered longer ago than this is refused (a replay); Shopify stops retrying
+    # after about 4 h, and deliveries can come up to a day late.
+    shopify_webhook_horizon_seconds: float = 86_400.0
+    # Shopify's session tokens live one minute; one that lives longer than this is refused.
+    session_token_max_lifetime_seconds: float = 300.0
 
     batch_size: int = 500
     send_lease_seconds: float = 60.0
@@ -239,6 +248,7 @@ def _schema_name(name: str, raw: str) -> str:
 
 
 _PARSERS: dict[str, Callable[[str, str], Any]] = {
+    "env": _choice(ENVIRONMENTS),
     "var_dir": lambda _n, raw: Path(raw),
     "database_url": _database_url,
     "database_schema": _schema_name,
@@ -259,6 +269,8 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "checkout_return_url": _http_url,
     "shopify_api_key": _text,
     "shopify_api_secret": _text,
+    "session_token_max_lifetime_seconds": _positive_float,
+    "shopify_webhook_horizon_seconds": _positive_float,
     "batch_size": _positive_int,
     "send_lease_seconds": _positive_float,
     "send_max_tries": _positive_int,

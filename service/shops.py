@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -36,12 +38,46 @@ async def install_shop(session: AsyncSession, domain: str) -> Shop:
     return shop
 
 
+class ShopNotInstalled(Unauthorized):
+    slug = "shop-not-installed"
+    title = "This shop has uninstalled the app"
+
+
+def installed_shop_lock(shop_id: int) -> Any:
+    """`SELECT active ... FOR SHARE` of the shop row: held by a transaction that starts sending work
+    (enqueue, claiming a batch), so an uninstall (which updates the row) either commits first and is seen
+    here, or waits until this transaction committed and then finds, and stops, what it started.
+    SQLite's single writer gives the same order."""
+    return select(Shop.active).where(Shop.id == shop_id).with_for_update(read=True)
+
+
+async def require_installed(session: AsyncSession, shop_id: int) -> None:
+    """Caller's transaction: refuse (401) unless the shop is installed, holding its row until commit."""
+    if not await session.scalar(installed_shop_lock(shop_id)):
+        raise ShopNotInstalled("this shop has uninstalled the app; nothing was started")
+
+
 async def shop_for_request(session: AsyncSession, domain: str) -> Shop:
     """The shop behind a verified token: installed if new, refused if uninstalled."""
     shop = await install_shop(session, domain)
     if not shop.active:
-        raise Unauthorized("this shop has uninstalled the app")
+        raise ShopNotInstalled("this shop has uninstalled the app")
     return shop
+
+
+async def reinstall_shop(session: AsyncSession, domain: str) -> bool:
+    """The explicit install step: the shop installed, or active again after an uninstall (True then).
+    Own transactions. Its campaigns cancelled by the uninstall stay cancelled."""
+    shop = await install_shop(session, domain)
+    if shop.active:
+        return False
+    async with session.begin():
+        await session.execute(
+            update(Shop)
+            .where(Shop.id == shop.id)
+            .values(active=True, installed_at=utcnow(), uninstalled_at=None)
+        )
+    return True
 
 
 async def shop_by_domain(session: AsyncSession, domain: str) -> Shop | None:

@@ -16,7 +16,7 @@ from typing import Any
 from saq import CronJob, Worker
 from saq.types import PartialTimersDict
 
-from service import logs
+from service import deployment, logs
 from service.queue import requeue_orphaned_jobs
 from service.reconcile.reconciler import reconcile_once
 from service.runtime import Runtime
@@ -111,6 +111,7 @@ def build_worker(runtime: Runtime, concurrency: int) -> Worker[Any]:
         ctx["runtime"] = runtime
         ctx["watchdog"] = asyncio.create_task(watch_for_orphaned_jobs(runtime))
         log.info("worker_started", pid=os.getpid(), concurrency=concurrency, queue=settings.queue_name)
+        deployment.announce(settings, "worker")
 
     async def shutdown(ctx: dict[str, Any]) -> None:
         watchdog = ctx.get("watchdog")

@@ -14,10 +14,13 @@ from service.errors import Unauthorized
 from service.shops import shop_for_request
 from service.webhooks.shopify import hmac_of
 from tests.support.api import Api
-from tests.support.lab import Lab
+from tests.support.lab import Lab, shopify_time
 
 PHONE = "+12025550143"
 EMAIL = "ada@example.com"
+# What Shopify's payloads say about the shop: checked against X-Shopify-Shop-Domain.
+SHOP_NAMED = {"shop_id": 1, "shop_domain": "alpha.myshopify.com"}
+UNINSTALLED = {"id": 1, "domain": "alpha.example.com", "myshopify_domain": "alpha.myshopify.com"}
 
 
 def customer(
@@ -52,7 +55,9 @@ async def everything_in_the_database(lab: Lab) -> str:
 
 async def test_customers_become_contacts_once_and_stale_updates_change_nothing(lab: Lab) -> None:
     await lab.shop()
-    t1, t2, t3 = "2026-11-28T10:00:00.000000001Z", "2026-11-28T10:00:01Z", "2026-11-28T10:00:02.5Z"
+    # Nanosecond precision, as Shopify sends it: the first is the oldest.
+    t1 = shopify_time(60).replace("Z", "001Z")
+    t2, t3 = shopify_time(59), shopify_time(57.5)
     outcomes = await asyncio.gather(
         *(lab.deliver_shopify("customers/create", customer(), "evt-create", t1) for _ in range(3))
     )
@@ -91,9 +96,7 @@ async def test_a_withdrawn_consent_takes_the_contact_out_of_unsent_campaigns(lab
 
 async def test_uninstall_stops_sending_campaigns_releases_credits_and_refuses_sessions(lab: Lab) -> None:
     shop_id, campaign_id = await lab.sending_campaign(recipients=30, credits=100)
-    assert await lab.deliver_shopify(
-        "app/uninstalled", {"id": 1, "domain": "alpha.myshopify.com"}, "evt-u"
-    ) == ("uninstalled:1")
+    assert await lab.deliver_shopify("app/uninstalled", UNINSTALLED, "evt-u") == ("uninstalled:1")
     campaign = await lab.campaign_row(campaign_id)
     assert (campaign.status, campaign.status_reason) == ("cancelled", "app_uninstalled")
     assert await lab.wallet(shop_id) == (100, 0)
@@ -108,7 +111,7 @@ async def test_uninstall_stops_sending_campaigns_releases_credits_and_refuses_se
 async def export_requested_twice_at_once(lab: Lab) -> int:
     await lab.shop()
     await lab.deliver_shopify("customers/create", customer(), "evt-create")
-    request = {"shop_id": 1, "shop_domain": "alpha.myshopify.com", "customer": {"id": 42, "email": EMAIL}}
+    request = {**SHOP_NAMED, "customer": {"id": 42, "email": EMAIL}}
     await asyncio.gather(
         *(lab.deliver_shopify("customers/data_request", request, "evt-export") for _ in range(2))
     )
@@ -142,12 +145,14 @@ async def test_a_redacted_customer_leaves_no_phone_or_email_anywhere(lab: Lab) -
     waiting = await lab.campaign(shop_id)
     await lab.enqueue(shop_id, waiting)  # and on a pending one
     await lab.deliver_shopify(
-        "customers/data_request", {"customer": {"id": 42, "email": EMAIL, "phone": PHONE}}, "evt-export"
+        "customers/data_request",
+        {**SHOP_NAMED, "customer": {"id": 42, "email": EMAIL, "phone": PHONE}},
+        "evt-export",
     )
     assert PHONE in await everything_in_the_database(lab)
     outcome = await lab.deliver_shopify(
         "customers/redact",
-        {"customer": {"id": 42, "email": EMAIL, "phone": PHONE}, "orders_to_redact": []},
+        {**SHOP_NAMED, "customer": {"id": 42, "email": EMAIL, "phone": PHONE}, "orders_to_redact": []},
         "evt-r",
     )
     assert outcome == "redacted:1"
@@ -164,9 +169,9 @@ async def test_a_redacted_customer_leaves_no_phone_or_email_anywhere(lab: Lab) -
 async def update_retried_past_its_redaction(lab: Lab) -> list[str]:
     """A consent change made before the erasure request, delivered (retried by Shopify) after it."""
     await lab.shop()
-    early, erased, late = "2026-11-28T10:00:00Z", "2026-11-28T10:00:05Z", "2026-11-28T10:00:01Z"
+    early, erased, late = shopify_time(60), shopify_time(55), shopify_time(59)
     outcomes = [await lab.deliver_shopify("customers/create", customer(), "evt-create", early)]
-    redaction = {"customer": {"id": 42, "email": EMAIL, "phone": PHONE}, "orders_to_redact": []}
+    redaction = {**SHOP_NAMED, "customer": {"id": 42, "email": EMAIL, "phone": PHONE}, "orders_to_redact": []}
     outcomes.append(await lab.deliver_shopify("customers/redact", redaction, "evt-r", erased))
     outcomes.append(
         await lab.deliver_shopify("customers/update", customer(consent="unsubscribed"), "evt-u", late)
@@ -190,16 +195,16 @@ async def test_without_the_tombstone_a_late_update_resurrects_the_erased_custome
 
 async def test_an_erasure_and_an_update_racing_never_leave_the_customer_behind(lab: Lab) -> None:
     await lab.shop()
-    await lab.deliver_shopify("customers/create", customer(), "evt-create", "2026-11-28T10:00:00Z")
-    redaction = {"customer": {"id": 42, "email": EMAIL, "phone": PHONE}, "orders_to_redact": []}
+    await lab.deliver_shopify("customers/create", customer(), "evt-create", shopify_time(60))
+    redaction = {**SHOP_NAMED, "customer": {"id": 42, "email": EMAIL, "phone": PHONE}, "orders_to_redact": []}
     for round_ in range(5):
         await asyncio.gather(
-            lab.deliver_shopify("customers/redact", redaction, f"evt-r{round_}", "2026-11-28T10:00:05Z"),
+            lab.deliver_shopify("customers/redact", redaction, f"evt-r{round_}", shopify_time(55)),
             lab.deliver_shopify(
                 "customers/update",
                 customer(first_name=f"A{round_}"),
                 f"evt-u{round_}",
-                "2026-11-28T10:00:01Z",
+                shopify_time(59),
             ),
         )
         assert await contact_row(lab) is None
@@ -211,10 +216,8 @@ async def test_shop_redact_erases_every_customer_and_keeps_the_ledger(lab: Lab) 
     campaign_id = await lab.campaign(shop_id)
     await lab.enqueue(shop_id, campaign_id)
     await lab.send_all(campaign_id)
-    await lab.deliver_shopify("app/uninstalled", {"id": 1}, "evt-u")
-    assert (
-        await lab.deliver_shopify("shop/redact", {"shop_id": 1, "shop_domain": "alpha.myshopify.com"}, "e")
-    ) == ("shop_redacted:5")
+    await lab.deliver_shopify("app/uninstalled", UNINSTALLED, "evt-u")
+    assert (await lab.deliver_shopify("shop/redact", SHOP_NAMED, "e")) == ("shop_redacted:5")
     stored = await everything_in_the_database(lab)
     assert not any(phone in stored for phone in phones)
     assert await lab.wallet(shop_id) == (95, 0)

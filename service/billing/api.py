@@ -5,16 +5,23 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import msgspec
-from litestar import Controller, get, post
+from litestar import Controller, Request, get, post
 from litestar.params import Parameter
 from sqlalchemy.ext.asyncio import AsyncSession
 from stripe import StripeClient
 
 from service.billing.checkout import create_checkout, purchases_page
 from service.db.models import BillingTransaction, Shop
-from service.http import problems
+from service.http import documented_body, problems
+from service.input_rules import decode_json
 from service.pagination import Page
 from service.settings import Settings
+
+
+class CheckoutIn(msgspec.Struct):
+    """Which package to buy: `credits` is one of the packages on sale (`SMSLAB_CREDIT_PACKAGES`)."""
+
+    credits: Annotated[int, msgspec.Meta(ge=1)]
 
 
 class PurchaseView(msgspec.Struct):
@@ -65,24 +72,26 @@ class BillingController(Controller):
             "package is a 422 naming `billing_id`. Stripe unreachable: 503 with `billing_id` and "
             "Retry-After; retry with the same key."
         ),
-        responses=problems(400, 401, 409, 422, 503),
+        responses=problems(400, 401, 409, 413, 422, 503),
+        operation_class=documented_body(CheckoutIn, "The package to buy"),
     )
     async def checkout(
         self,
-        data: dict[str, Any],
+        request: Request[Any, Any, Any],
         shop: Shop,
         db_session: AsyncSession,
         settings: Settings,
         stripe_client: StripeClient,
         idempotency_key: Annotated[str | None, Parameter(header="Idempotency-Key")] = None,
     ) -> PurchaseView:
+        data = decode_json(await request.body())
         billing = await create_checkout(
             db_session,
             settings,
             stripe_client,
             shop_id=shop.id,
             shop_domain=shop.domain,
-            credits=data.get("credits"),
+            credits=data.get("credits") if isinstance(data, dict) else None,
             client_key=idempotency_key,
         )
         return PurchaseView.of(billing)

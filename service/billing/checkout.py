@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from service.db.dialect import insert_ignoring_conflicts
 from service.db.models import BillingStatus, BillingTransaction, utcnow
 from service.errors import InvalidInput, ProblemError
+from service.input_rules import idempotency_key
 from service.pagination import Page, keyset_page
 from service.settings import Settings
 
@@ -73,6 +74,9 @@ async def create_checkout(
     client_key: str | None,
 ) -> BillingTransaction:
     amount = package_price(settings, credits)
+    # Checked like the enqueue's, before anything is written: a key the column cannot hold would fail
+    # at the database on every retry (a 5xx that can never succeed), with a pending row left behind.
+    client_key = idempotency_key(client_key) if client_key is not None else None
     key = f"checkout:{shop_id}:{client_key}" if client_key else f"checkout:{shop_id}:{uuid.uuid4()}"
     now = utcnow()
     async with session.begin():

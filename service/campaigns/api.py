@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -14,16 +13,26 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from service import failpoints, logs
 from service.campaigns import drafts
-from service.campaigns.drafts import CampaignDetail
+from service.campaigns.drafts import MAX_BODY_CHARACTERS, MAX_NAME_CHARACTERS, CampaignDetail
 from service.campaigns.enqueue import EnqueueAccepted, enqueue_campaign
 from service.db.models import Campaign, Shop
-from service.errors import BadRequest
-from service.http import problems
+from service.http import documented_body, problems
+from service.input_rules import MAX_INT64, decode_json
 from service.pagination import Page
 from service.queue import enqueue_send_batches
 from service.settings import Settings
 
 log = logs.get_logger(__name__)
+
+
+CampaignId = Annotated[int, Parameter(ge=1, le=MAX_INT64, description="The campaign's id")]
+
+
+class CampaignDraftIn(msgspec.Struct):
+    """A draft: a name for the merchant, and the message text (its length sets the credits per SMS)."""
+
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_NAME_CHARACTERS)]
+    body: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_BODY_CHARACTERS)]
 
 
 class CampaignSummary(msgspec.Struct):
@@ -105,9 +114,15 @@ class CampaignsController(Controller):
         "/",
         status_code=201,
         summary="Create a draft campaign",
-        responses=problems(400, 401, 422, 503),
+        responses=problems(400, 401, 413, 422, 503),
+        operation_class=documented_body(CampaignDraftIn, "The draft"),
     )
-    async def create(self, data: dict[str, Any], shop: Shop, db_session: AsyncSession) -> CampaignCreated:
+    async def create(
+        self, request: Request[Any, Any, Any], shop: Shop, db_session: AsyncSession
+    ) -> CampaignCreated:
+        data = decode_json(await request.body())
+        if not isinstance(data, dict):
+            data = {}
         campaign = await drafts.create_campaign(db_session, shop.id, data.get("name"), data.get("body"))
         return CampaignCreated(**msgspec.structs.asdict(CampaignSummary.of(campaign)), body=campaign.body)
 
@@ -125,7 +140,7 @@ class CampaignsController(Controller):
         summary="A campaign with counts by recipient status and its credits",
         responses=problems(400, 401, 404, 503),
     )
-    async def detail(self, campaign_id: int, shop: Shop, db_session: AsyncSession) -> CampaignView:
+    async def detail(self, campaign_id: CampaignId, shop: Shop, db_session: AsyncSession) -> CampaignView:
         return CampaignView.of_detail(await drafts.campaign_detail(db_session, shop.id, campaign_id))
 
     @post(
@@ -134,7 +149,7 @@ class CampaignsController(Controller):
         summary="Cancel a draft or sending campaign",
         responses=problems(400, 401, 404, 409, 503, s409="The campaign has already finished"),
     )
-    async def cancel(self, campaign_id: int, shop: Shop, db_session: AsyncSession) -> CampaignView:
+    async def cancel(self, campaign_id: CampaignId, shop: Shop, db_session: AsyncSession) -> CampaignView:
         return CampaignView.of_detail(await drafts.cancel_campaign(db_session, shop.id, campaign_id))
 
     @post(
@@ -153,6 +168,7 @@ class CampaignsController(Controller):
             402,
             404,
             409,
+            413,
             422,
             503,
             s409="The campaign is no longer a draft, or a request with this key is still in flight",
@@ -161,7 +177,7 @@ class CampaignsController(Controller):
     )
     async def enqueue(
         self,
-        campaign_id: int,
+        campaign_id: CampaignId,
         request: Request[Any, Any, Any],
         shop: Shop,
         db_session: AsyncSession,
@@ -170,10 +186,7 @@ class CampaignsController(Controller):
         idempotency_key: Annotated[str | None, Parameter(header="Idempotency-Key")] = None,
     ) -> Response[EnqueueAccepted]:
         raw = await request.body()
-        try:
-            body = json.loads(raw) if raw.strip() else None
-        except ValueError:
-            raise BadRequest("request body is not JSON") from None
+        body = decode_json(raw) if raw.strip() else None
         outcome = await enqueue_campaign(
             db_session,
             settings,

@@ -19,17 +19,19 @@ from service.db.models import (
     utcnow,
 )
 from service.errors import CampaignNotCancellable, InvalidInput, NotFound
+from service.input_rules import text_problem
 from service.pagination import Page, keyset_page
 
+MAX_NAME_CHARACTERS = 200
 MAX_BODY_CHARACTERS = 1_600
 
 
 def _validate(name: Any, body: Any) -> tuple[str, str]:
     errors = []
-    if not isinstance(name, str) or not name.strip() or len(name) > 200:
-        errors.append({"field": "name", "message": "must be 1 to 200 characters"})
-    if not isinstance(body, str) or not body.strip() or len(body) > MAX_BODY_CHARACTERS:
-        errors.append({"field": "body", "message": f"must be 1 to {MAX_BODY_CHARACTERS} characters"})
+    if text_problem(name, MAX_NAME_CHARACTERS) or not str(name).strip():
+        errors.append({"field": "name", "message": f"must be 1 to {MAX_NAME_CHARACTERS} characters of text"})
+    if text_problem(body, MAX_BODY_CHARACTERS) or not str(body).strip():
+        errors.append({"field": "body", "message": f"must be 1 to {MAX_BODY_CHARACTERS} characters of text"})
     if errors:
         raise InvalidInput("the campaign is invalid", errors=errors)
     return str(name).strip(), str(body)

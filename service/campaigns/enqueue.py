@@ -20,12 +20,13 @@ import msgspec
 from sqlalchemy import func, insert, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service import failpoints, safeguards
+from service import failpoints, input_rules, safeguards
 from service.campaigns import idempotency
 from service.campaigns.drafts import get_campaign
 from service.db.models import Campaign, CampaignRecipient, CampaignStatus, Contact, RecipientStatus, utcnow
 from service.errors import CampaignNotDraft, NoRecipients, ProblemError, replayed_problem
 from service.settings import Settings
+from service.shops import require_installed
 from service.wallet import reservations
 
 ENQUEUE_ACCEPTED = 202
@@ -64,7 +65,7 @@ async def enqueue_campaign(
     keyed = idempotency_key is not None and safeguards.is_on(settings, safeguards.ENQUEUE_IDEMPOTENCY)
     if keyed:
         assert idempotency_key is not None
-        key = idempotency.validate_key(idempotency_key)
+        key = input_rules.idempotency_key(idempotency_key)
         async with session.begin():
             await get_campaign(session, shop_id, campaign_id)  # 404 before a key is spent on nothing
         stored = await idempotency.claim_key(
@@ -113,6 +114,7 @@ async def _enqueue_effects(
     now = utcnow()
     async with outer:
         async with step():
+            await require_installed(session, shop_id)  # an uninstall racing this enqueue: see shops
             campaign = await get_campaign(session, shop_id, campaign_id)
             await _move_to_sending(session, settings, campaign)
         await failpoints.hit("enqueue.after_status_change")

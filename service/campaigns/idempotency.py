@@ -25,10 +25,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.db.dialect import for_update, insert_ignoring_conflicts
 from service.db.models import EnqueueRequest, utcnow
-from service.errors import IdempotencyKeyInFlight, IdempotencyKeyReused, InvalidInput
+from service.errors import IdempotencyKeyInFlight, IdempotencyKeyReused
 from service.settings import Settings
-
-MAX_KEY_LENGTH = 255
 
 
 @dataclass(frozen=True)
@@ -40,16 +38,6 @@ class StoredResponse:
 def fingerprint(campaign_id: int, body: Any) -> str:
     canonical = json.dumps({"campaign_id": campaign_id, "body": body}, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
-
-
-def validate_key(key: str) -> str:
-    key = key.strip()
-    if not key or len(key) > MAX_KEY_LENGTH or not key.isprintable():
-        raise InvalidInput(
-            f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} printable characters",
-            errors=[{"field": "Idempotency-Key", "message": "invalid"}],
-        )
-    return key
 
 
 async def claim_key(

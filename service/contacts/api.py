@@ -3,19 +3,41 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
-from litestar import Controller, get, post
+from litestar import Controller, Request, get, post
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.contacts.listing import list_contacts
-from service.contacts.upsert import upsert_contacts, validate_rows
+from service.contacts.upsert import (
+    MAX_CONTACTS_PER_REQUEST,
+    MAX_EMAIL,
+    MAX_FIRST_NAME,
+    MAX_PHONE_INPUT,
+    upsert_contacts,
+    validate_rows,
+)
 from service.db.models import Contact, Shop
 from service.errors import InvalidInput
-from service.http import problems
+from service.http import documented_body, problems
+from service.input_rules import BODY_LIMIT_BULK, decode_json
 from service.pagination import Page
 from service.settings import Settings
+
+
+class ContactRowIn(msgspec.Struct, forbid_unknown_fields=True):
+    """A contact to create or update, matched by phone. A field left out keeps its stored value; a field
+    sent as null clears it. `phone` may be national (`SMSLAB_DEFAULT_PHONE_REGION`) or E.164."""
+
+    phone: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_PHONE_INPUT)]
+    email: Annotated[str, msgspec.Meta(max_length=MAX_EMAIL)] | None = None
+    first_name: Annotated[str, msgspec.Meta(max_length=MAX_FIRST_NAME)] | None = None
+    sms_consent: bool = False
+
+
+class ContactsIn(msgspec.Struct):
+    contacts: Annotated[list[ContactRowIn], msgspec.Meta(min_length=1, max_length=MAX_CONTACTS_PER_REQUEST)]
 
 
 class UpsertSummary(msgspec.Struct):
@@ -58,13 +80,16 @@ class ContactsController(Controller):
         status_code=200,
         summary="Create or update contacts in bulk (all rows or none)",
         responses=problems(
-            400, 401, 409, 422, 503, s422="Some rows are invalid: `errors` names row and field"
+            400, 401, 409, 413, 422, 503, s422="Some rows are invalid: `errors` names row and field"
         ),
+        request_max_body_size=BODY_LIMIT_BULK,
+        operation_class=documented_body(ContactsIn, "Up to 10,000 contacts, all written or none"),
     )
     async def upsert(
-        self, data: dict[str, Any], shop: Shop, db_session: AsyncSession, settings: Settings
+        self, request: Request[Any, Any, Any], shop: Shop, db_session: AsyncSession, settings: Settings
     ) -> UpsertSummary:
-        if "contacts" not in data:
+        data = decode_json(await request.body())
+        if not isinstance(data, dict) or "contacts" not in data:
             raise InvalidInput(
                 'body must be {"contacts": [...]}', errors=[{"field": "contacts", "message": "missing"}]
             )

@@ -24,18 +24,27 @@ from service.contacts.phones import InvalidPhone, normalize_phone
 from service.db.apply_once import EffectResult
 from service.db.dialect import for_update, insert_ignoring_conflicts
 from service.db.models import Contact, ShopifyCustomer, utcnow
+from service.input_rules import is_storable_text
 from service.safeguards import ERASURE_IS_FINAL, is_on
 from service.settings import Settings
 
 
 def customer_phone(customer: dict[str, Any], region: str) -> str | None:
-    raw = customer.get("phone") or (customer.get("default_address") or {}).get("phone")
-    if not isinstance(raw, str):
+    address = customer.get("default_address")
+    raw = customer.get("phone") or (address.get("phone") if isinstance(address, dict) else None)
+    if not isinstance(raw, str) or not is_storable_text(raw, 32):
         return None
     try:
         return normalize_phone(raw, region)
     except InvalidPhone:
         return None
+
+
+def customer_email(customer: dict[str, Any]) -> str | None:
+    """The customer's email as contacts store it (trimmed, lower case), or None if it is not one."""
+    raw = customer.get("email")
+    email = raw.strip().lower() if isinstance(raw, str) else None
+    return email if email and is_storable_text(email, 320) else None
 
 
 def customer_consents(customer: dict[str, Any]) -> bool:
@@ -81,8 +90,8 @@ async def sync_customer(
         return EffectResult("customer_erased", keep_payload=False)
     phone = customer_phone(customer, region)
     consent = customer_consents(customer)
-    email = customer.get("email") if isinstance(customer.get("email"), str) else None
-    first_name = customer.get("first_name") if isinstance(customer.get("first_name"), str) else None
+    email = customer_email(customer)
+    first_name = customer.get("first_name") if is_storable_text(customer.get("first_name"), 200) else None
     match = Contact.shopify_customer_id == customer_id
     contact = await session.scalar(
         for_update(

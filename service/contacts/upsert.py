@@ -17,10 +17,15 @@ from service.contacts.phones import InvalidPhone, normalize_phone
 from service.db.dialect import upsert_insert
 from service.db.models import Contact, utcnow
 from service.errors import InvalidInput
+from service.input_rules import MAX_FIELD_ERRORS, is_storable_text, refuse_with_errors, text_problem
 
 MAX_CONTACTS_PER_REQUEST = 10_000
+MAX_PHONE_INPUT = 32  # as typed, before normalising to E.164
+MAX_EMAIL = 320  # after normalising; the column's width
+MAX_FIRST_NAME = 200
 EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$")
 OPTIONAL_FIELDS = ("email", "first_name", "sms_consent")
+KNOWN_FIELDS = frozenset({"phone", *OPTIONAL_FIELDS})
 _CHUNK = 1_000  # rows per INSERT: well inside both backends' bind-parameter limits
 
 
@@ -32,7 +37,10 @@ class UpsertResult:
 
 
 def validate_rows(rows: Any, default_region: str) -> list[dict[str, Any]]:
-    """Normalised rows, or InvalidInput listing every bad row (`row` is the index in the request)."""
+    """Normalised rows, or InvalidInput listing the bad rows (`row` is the index in the request).
+
+    The list is capped (`input_rules.MAX_FIELD_ERRORS`, then a count), and a row's unknown keys are one
+    problem however many there are: a hostile request cannot make the answer larger than itself."""
     if not isinstance(rows, list):
         raise InvalidInput(
             "'contacts' must be a list", errors=[{"field": "contacts", "message": "not a list"}]
@@ -45,16 +53,18 @@ def validate_rows(rows: Any, default_region: str) -> list[dict[str, Any]]:
             errors=[{"field": "contacts", "message": "too many rows"}],
         )
     errors: list[dict[str, Any]] = []
+    bad_rows = 0
     clean: list[dict[str, Any]] = []
     for index, row in enumerate(rows):
         problems, value = _validate_row(row, default_region)
-        errors.extend({"row": index, "field": field, "message": message} for field, message in problems)
-        if not problems:
+        if problems:
+            bad_rows += 1
+            if len(errors) <= MAX_FIELD_ERRORS:
+                errors.extend({"row": index, "field": f, "message": m} for f, m in problems)
+        else:
             clean.append(value)
     if errors:
-        raise InvalidInput(
-            f"{len({e['row'] for e in errors})} of {len(rows)} contacts are invalid", errors=errors
-        )
+        raise refuse_with_errors(f"{bad_rows} of {len(rows)} contacts are invalid", errors)
     return clean
 
 
@@ -64,23 +74,24 @@ def _validate_row(row: Any, default_region: str) -> tuple[list[tuple[str, str]],
     problems: list[tuple[str, str]] = []
     value: dict[str, Any] = {}
     phone = row.get("phone")
-    if not isinstance(phone, str):
-        problems.append(("phone", "is required and must be a string"))
+    if (problem := text_problem(phone, MAX_PHONE_INPUT)) is not None:
+        problems.append(("phone", "is required and " + problem if phone is None else problem))
     else:
         try:
-            value["phone_e164"] = normalize_phone(phone, default_region)
+            value["phone_e164"] = normalize_phone(str(phone), default_region)
         except InvalidPhone as exc:
             problems.append(("phone", str(exc)))
     if "email" in row:
         email = row["email"]
-        if email is not None and (not isinstance(email, str) or len(email) > 320 or not EMAIL.match(email)):
+        normalised = email.strip().lower() if isinstance(email, str) else email
+        if email is not None and (not is_storable_text(normalised, MAX_EMAIL) or not EMAIL.match(normalised)):
             problems.append(("email", "is not an email address"))
         else:
-            value["email"] = email.strip().lower() if isinstance(email, str) else None
+            value["email"] = normalised
     if "first_name" in row:
         name = row["first_name"]
-        if name is not None and (not isinstance(name, str) or len(name) > 200):
-            problems.append(("first_name", "must be a string of at most 200 characters"))
+        if name is not None and not is_storable_text(name, MAX_FIRST_NAME):
+            problems.append(("first_name", f"must be text of at most {MAX_FIRST_NAME} characters"))
         else:
             value["first_name"] = name
     if "sms_consent" in row:
@@ -88,8 +99,12 @@ def _validate_row(row: Any, default_region: str) -> tuple[list[tuple[str, str]],
             problems.append(("sms_consent", "must be true or false"))
         else:
             value["sms_consent"] = row["sms_consent"]
-    unknown = set(row) - {"phone", *OPTIONAL_FIELDS}
-    problems.extend((field, "is not a contact field") for field in sorted(unknown))
+    unknown = [key for key in row if key not in KNOWN_FIELDS]
+    if unknown:
+        # One problem for the row, naming the first: never one per key (a row can carry 50,000).
+        first = unknown[0] if is_storable_text(unknown[0], 64) else "(unprintable)"
+        more = f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""
+        problems.append((first, f"is not a contact field{more}"))
     return problems, value
 
 

@@ -254,7 +254,7 @@ class BillingTransaction(Base):
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     shop_id: Mapped[int] = mapped_column(BigId, ForeignKey("shops.id"))
-    idempotency_key: Mapped[str] = mapped_column(String(200), unique=True)
+    idempotency_key: Mapped[str] = mapped_column(String(300), unique=True)  # checkout:{shop}:{client key}
     provider: Mapped[str] = mapped_column(String(16))
     provider_ref: Mapped[str | None] = mapped_column(String(200), unique=True)  # cs_... session id
     payment_intent: Mapped[str | None] = mapped_column(String(200), unique=True)

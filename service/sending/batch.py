@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service import failpoints, logs, safeguards
-from service.sending.claims import Claim, claim_batch
+from service.sending.claims import Claim, claim_batch, still_sending
 from service.sending.mitto import (
     MittoClient,
     MittoOutcomeUnknown,
@@ -79,7 +79,11 @@ async def send_batch(
         return report
     report.claimed = len(claim.recipients)
     await failpoints.hit("send.after_claim")
-    outcomes = await deliver(mitto, settings, claim, started, report)
+    if await still_sending(session, campaign_id):
+        outcomes = await deliver(mitto, settings, claim, started, report)
+    else:
+        # Stopped since the claim (cancelled, the shop uninstalled): send none; the record cancels them.
+        outcomes = Outcomes(not_sent=set(claim.recipients))
     await failpoints.hit("send.after_provider_accepted")
     report.recorded = await record_outcomes(session, settings, claim, outcomes)
     log.info(

@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from service import safeguards
 from service.db.models import Campaign, CampaignRecipient, CampaignStatus, RecipientStatus, utcnow
 from service.settings import Settings
+from service.shops import installed_shop_lock
 
 
 @dataclass
@@ -46,6 +47,10 @@ async def claim_batch(
         # row is either cancelled or claimed), and a claim that wins is recorded like any other.
         campaign = await session.scalar(select(Campaign).where(Campaign.id == campaign_id))
         if campaign is None or campaign.status != CampaignStatus.SENDING:
+            return None
+        # An uninstall that committed first is seen here (it also stopped the campaign); one that comes
+        # later waits for this claim to commit, then cancels what is left (see `shops`).
+        if not await session.scalar(installed_shop_lock(campaign.shop_id)):
             return None
         claim = Claim(
             attempt_id=str(uuid.uuid4()),
@@ -82,3 +87,13 @@ async def claim_batch(
             )
         claim.recipients = {rid: phone for rid, phone in rows}
     return claim if claim.recipients else None
+
+
+async def still_sending(session: AsyncSession, campaign_id: int) -> bool:
+    """Right before the provider call: is the campaign (and so its shop) still sending? Own transaction.
+
+    A claim can commit just before an uninstall or a cancel does; this re-check keeps the window in which
+    a stopped campaign still sends down to the provider call itself."""
+    async with session.begin():
+        status = await session.scalar(select(Campaign.status).where(Campaign.id == campaign_id))
+    return status == CampaignStatus.SENDING

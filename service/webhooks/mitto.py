@@ -8,7 +8,6 @@ a repeated delivery of the same report is a duplicate. The effect is `delivery_r
 from __future__ import annotations
 
 import hmac
-import json
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any
@@ -18,6 +17,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from service import safeguards
 from service.db.apply_once import EffectResult, IncomingEvent, apply_once
 from service.errors import InvalidInput, Unauthorized
+from service.input_rules import (
+    MAX_INT32,
+    MIN_INT32,
+    decode_json,
+    in_int_range,
+    is_storable_text,
+    text_problem,
+)
 from service.sending.delivery_reports import KNOWN_STATUSES, DeliveryReport, apply_report
 from service.settings import Settings
 from service.webhooks.report_batcher import DeliveryReportBatcher
@@ -29,37 +36,41 @@ class DlrTokenInvalid(Unauthorized):
 
 
 def verify(settings: Settings, token: str | None) -> None:
-    if not token or not hmac.compare_digest(token.encode(), settings.mitto_dlr_token.encode()):
+    given = (token or "").encode("utf-8", "replace")
+    if not given or not hmac.compare_digest(given, settings.mitto_dlr_token.encode()):
         raise DlrTokenInvalid("the callback token does not match")
 
 
+MAX_ID = 64  # message ids and references, as the recipients table stores them
+
+
 def parse(body: bytes) -> tuple[DeliveryReport, dict[str, Any]]:
-    try:
-        document = json.loads(body)
-    except ValueError:
-        raise InvalidInput(
-            "delivery report is not JSON", errors=[{"field": "body", "message": "not JSON"}]
-        ) from None
+    """One report, checked field by field before anything is written: a report the database could not
+    store (an id too long, an error code past 32 bits) is refused alone, never failing its whole batch."""
+    document = decode_json(body, "delivery report")
     if not isinstance(document, dict):
         raise InvalidInput(
             "delivery report must be an object", errors=[{"field": "body", "message": "not an object"}]
         )
     errors = [
-        {"field": name, "message": "is required"}
+        {"field": name, "message": f"is required: text of 1 to {MAX_ID} characters"}
         for name in ("messageId", "reference", "status")
-        if not isinstance(document.get(name), str) or not document.get(name)
+        if text_problem(document.get(name), MAX_ID) is not None
     ]
     if not errors and document["status"] not in KNOWN_STATUSES:
         errors.append({"field": "status", "message": f"must be one of {', '.join(KNOWN_STATUSES)}"})
     code = document.get("errorCode")
-    if code is not None and (isinstance(code, bool) or not isinstance(code, int)):
-        errors.append({"field": "errorCode", "message": "must be a number or null"})
+    if code is not None and not in_int_range(code, MIN_INT32, MAX_INT32):
+        errors.append({"field": "errorCode", "message": "must be a 32-bit whole number or null"})
+    stamp = document.get("timestamp")
+    if stamp is not None and not is_storable_text(stamp, MAX_ID):
+        errors.append({"field": "timestamp", "message": f"must be text of at most {MAX_ID} characters"})
     if errors:
         raise InvalidInput("the delivery report is invalid", errors=errors)
     reported_at = None
-    if isinstance(document.get("timestamp"), str):
+    if isinstance(stamp, str):
         try:
-            reported_at = datetime.fromisoformat(document["timestamp"].replace("Z", "+00:00"))
+            reported_at = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
             reported_at = reported_at if reported_at.tzinfo else reported_at.replace(tzinfo=UTC)
         except ValueError:
             reported_at = None

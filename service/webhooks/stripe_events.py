@@ -16,7 +16,6 @@ Stripe calls happen before the transaction opens, so no database lock waits on t
 
 from __future__ import annotations
 
-import json
 from functools import partial
 from typing import Any
 
@@ -29,6 +28,7 @@ from service.billing import fulfilment
 from service.db.apply_once import Effect, EffectResult, IncomingEvent, apply_once
 from service.db.models import BillingTransaction
 from service.errors import BadRequest
+from service.input_rules import decode_json, is_storable_text
 from service.settings import Settings
 
 TOLERANCE_SECONDS = 300
@@ -44,18 +44,24 @@ def verify(settings: Settings, payload: bytes, signature: str | None) -> dict[st
     """The event, if any configured secret verifies the signature within the tolerance."""
     if not signature:
         raise StripeSignatureInvalid("Stripe-Signature header is missing")
+    if not signature.isascii() or not signature.isprintable():
+        raise StripeSignatureInvalid("Stripe-Signature is not what Stripe sends (t=...,v1=...)")
     text = payload.decode("utf-8", errors="replace")
     for secret in settings.stripe_webhook_secret:
         try:
             stripe.WebhookSignature.verify_header(text, signature, secret, TOLERANCE_SECONDS)
         except stripe.SignatureVerificationError:
             continue
-        try:
-            event = json.loads(text)
-        except ValueError:
-            raise BadRequest("event body is not JSON") from None
-        if not isinstance(event, dict) or not isinstance(event.get("id"), str) or "type" not in event:
+        event = decode_json(payload, "event body")
+        if (
+            not isinstance(event, dict)
+            or not is_storable_text(event.get("id"), 200)
+            or not is_storable_text(event.get("type"), 100)
+        ):
             raise BadRequest("not a Stripe event")
+        obj = (event.get("data") or {}).get("object") if isinstance(event.get("data"), dict) else None
+        if obj is not None and (not isinstance(obj, dict) or not is_storable_text(str(obj.get("id")), 200)):
+            raise BadRequest("not a Stripe event: data.object is not an object with an id")
         return event
     raise StripeSignatureInvalid("no configured secret verifies this signature (wrong secret, or too old)")
 

@@ -101,11 +101,21 @@ class Api:
     def token(self, shop: str) -> str:
         return issue_session_token(self.settings, shop)
 
+    def _fresh_token(self, shop: str) -> Any:
+        """An httpx auth flow that puts a fresh session token on every request (tokens live a minute)."""
+        settings = self.settings
+
+        def authorize(request: httpx.Request) -> httpx.Request:
+            request.headers["Authorization"] = f"Bearer {issue_session_token(settings, shop)}"
+            return request
+
+        return authorize
+
     def anonymous(self) -> httpx.AsyncClient:
         return self._client()
 
     def as_shop(self, shop: str = "alpha.myshopify.com") -> httpx.AsyncClient:
-        return self._client(headers={"Authorization": f"Bearer {self.token(shop)}"})
+        return self._client(auth=self._fresh_token(shop))
 
     async def close(self) -> None:
         for client in self.clients:

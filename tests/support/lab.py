@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import json
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +69,13 @@ def phone_numbers(count: int, start: int = 0) -> list[str]:
             if len(numbers) == count:
                 return numbers
     raise ValueError("not enough numbers")
+
+
+def shopify_time(seconds_ago: float = 0.0) -> str:
+    """An `X-Shopify-Triggered-At` value that many seconds before now (webhooks older than the
+    service's horizon are refused, so tests speak of times relative to now)."""
+    moment = datetime.now(UTC) - timedelta(seconds=seconds_ago)
+    return moment.isoformat().replace("+00:00", "Z")
 
 
 @dataclass
@@ -285,7 +293,7 @@ class Lab:
             "x-shopify-topic": topic,
             "x-shopify-shop-domain": shop,
             "x-shopify-event-id": event_id,
-            "x-shopify-triggered-at": triggered_at or "",
+            "x-shopify-triggered-at": triggered_at or shopify_time(),
         }
         async with self.sessions() as session:
             return (
