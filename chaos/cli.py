@@ -42,6 +42,9 @@ def up(
     """Migrations, then API + workers (+ the fake Mitto) on the embedded defaults, until Ctrl-C."""
     settings = load_or_exit(starts_service=True)
     from service.db import migrate
+    from service.lifetime import exit_on_sigterm
+
+    exit_on_sigterm()  # SIGTERM stops everything as Ctrl-C does
 
     logs_dir = settings.var_dir / "logs"
     with redis_url_for(settings) as redis_url:

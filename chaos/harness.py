@@ -95,6 +95,7 @@ class LabRun:
             self._phase("world")
             await workload.setup()
             manifest["phones"] = workload.phones()
+            manifest["names"] = workload.names()
             manifest.update(await self._chaos(scenario, events, services, workload, history))
             self._phase("heal")
             await heal(services, env.proxies, env.redis)

@@ -1,7 +1,8 @@
 """Start, watch, kill and restart the lab's processes (API, workers, simulator, Redis).
 
 Each process is a real OS process in its own session, with its output appended to a log file of its
-own, so a kill hits exactly one component and the run folder keeps every process's log.
+own, so a kill hits exactly one component and the run folder keeps every process's log. None outlives
+the command that started it (`service.lifetime`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+
+from service.lifetime import bound_to_this_process
 
 
 def smslab_argv(*args: str) -> list[str]:
@@ -42,7 +45,7 @@ class ManagedProcess:
         log = self.log_path.open("ab")
         try:
             self.process = subprocess.Popen(
-                self.argv,
+                bound_to_this_process(self.argv),
                 env={**os.environ, **self.env},
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -106,7 +106,9 @@ class Workload:
                     }
                     created = await sim.post(admin, json=body, headers=SHOPIFY_ADMIN_HEADERS)
                     created.raise_for_status()
-                    shop.customers.append(Customer(created.json()["customer"]["id"], phone, email))
+                    shop.customers.append(
+                        Customer(created.json()["customer"]["id"], phone, email, f"Customer {n}")
+                    )
                 await self._buy(api, sim, shop, w.credits_per_shop)
                 self.world.append(shop)
             await self._await_setup(api)
@@ -153,6 +155,10 @@ class Workload:
             {p for shop in self.world for p in shop.phones}
             | {c.phone for shop in self.world for c in shop.customers}
         )
+
+    def names(self) -> list[str]:
+        """Every customer's first name: personal data I8 must find in no log either."""
+        return sorted({c.first_name for shop in self.world for c in shop.customers if c.first_name})
 
     # --- the clients ---------------------------------------------------------------------------------
     @property

@@ -15,6 +15,7 @@ class Customer:
     id: int
     phone: str
     email: str
+    first_name: str = ""
     consent: bool = True
     redacted: bool = False
 

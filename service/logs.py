@@ -23,19 +23,29 @@ if TYPE_CHECKING:
 REDACTED = "[redacted]"
 
 SENSITIVE_KEYS = re.compile(
-    r"(^|_)(phone|phones|to|msisdn|email|emails|token|secret|password|authorization|cookie|api_key|apikey|"
-    r"signature|hmac|first_name|last_name|address)($|_)",
+    r"(^|_)(phone|phones|phone_number|to|msisdn|mobile|tel|email|emails|email_address|token|secret|password|"
+    r"authorization|cookie|api_key|apikey|signature|hmac|first_name|last_name|full_name|given_name|"
+    r"family_name|display_name|address)($|_)",
     re.IGNORECASE,
 )
+_CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")  # firstName -> first_Name, phoneNumber -> phone_Number
 
+# Anything the contacts validator accepts as an email (a local part, `@`, a domain with a dot), however
+# unusual its characters; and every shape a phone number is typed in.
+_EMAIL_TEXT = re.compile(r"[^\s@\"'<>()\[\],;:]+@[^\s@\"'<>()\[\],;:]+\.[^\s@\"'<>()\[\],;:]+")
 _TEXT_PATTERNS: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"(?i)\bbearer\s+[^\s\"',;]+"), "Bearer " + REDACTED),
     (re.compile(r"\beyJ[\w-]{4,}\.[\w-]{4,}\.[\w-]*"), REDACTED),
     (re.compile(r"(?i)([?&;](?:token|api_key|key|secret|signature)=)[^&\s\"']+"), r"\1" + REDACTED),
     (re.compile(r"\b(?:whsec|sk_live|sk_test|rk_live|rk_test|shpss|shpat)_[\w]+"), REDACTED),
-    (re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+"), REDACTED),
+    (_EMAIL_TEXT, REDACTED),
+    # tel: URIs, whatever follows
+    (re.compile(r"(?i)\btel:[+\d().\s-]{5,}"), REDACTED),
     # E.164 and loosely formatted international numbers (+1 202-555-0143, +44 (0)7700 900123)
     (re.compile(r"\+\d[\d\s().-]{5,18}\d"), REDACTED),
+    # national formats: (202) 555-0143, (202)555-0143, 202-555-0143, 202.555.0143, 202 555 0143
+    (re.compile(r"\(\d{3}\)\s?\d{3}[-.\s]?\d{4}(?!\d)"), REDACTED),
+    (re.compile(r"(?<![\w.:/-])\d{3}[-.\s]\d{3}[-.\s]\d{4}(?![\w-])"), REDACTED),
     # bare national numbers: a run of 9-15 digits standing alone
     (re.compile(r"(?<![\w.:-])\d{9,15}(?![\w.:-])"), REDACTED),
 ]
@@ -75,7 +85,8 @@ def _redact_value(value: Any) -> Any:
 
 
 def _is_sensitive(key: Any) -> bool:
-    return isinstance(key, str) and bool(SENSITIVE_KEYS.search(key))
+    """`phone`, `customer_email`, `firstName`, `X-Shopify-Hmac-Sha256`... (camelCase and dashes too)."""
+    return isinstance(key, str) and bool(SENSITIVE_KEYS.search(_CAMEL.sub("_", key).replace("-", "_")))
 
 
 def redact(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
@@ -93,6 +104,21 @@ def _render_exception_then_redact(
     # Tracebacks quote local values (an httpx error quotes the URL), so they are rendered first and redacted.
     event_dict = structlog.processors.format_exc_info(logger, method, event_dict)
     return redact(logger, method, event_dict)
+
+
+class _SqlParametersRedacted(logging.Filter):
+    """SQLAlchemy's engine logs each statement's parameters as a separate record (`[generated in ...]
+    (values)`): names and other free text no pattern can recognise. They are dropped whole."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if (
+            record.args
+            and isinstance(record.args, tuple)
+            and str(record.msg).startswith("[")
+            and len(record.args) >= 2
+        ):
+            record.args = (*record.args[:-1], REDACTED)
+        return True
 
 
 def configure_logging(
@@ -140,6 +166,8 @@ def configure_logging(
         lib_logger = logging.getLogger(name)
         lib_logger.handlers[:] = []
         lib_logger.propagate = True
+    engine_log = logging.getLogger("sqlalchemy.engine.Engine")
+    engine_log.filters[:] = [_SqlParametersRedacted()] if redaction else []
     # httpx logs every request line at INFO: too chatty for a send loop, and URLs may carry tokens.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("httpcore").setLevel(logging.WARNING)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from litestar.params import Parameter
+from litestar.params import QueryParameter
 from sqlalchemy import Select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
@@ -29,11 +29,13 @@ class Page:
 
 async def provide_page(
     limit: Annotated[
-        int, Parameter(ge=1, le=MAX_PAGE_SIZE, description="Rows per page (1 to 1000)")
+        int, QueryParameter(ge=1, le=MAX_PAGE_SIZE, description="Rows per page (1 to 1000)")
     ] = DEFAULT_PAGE_SIZE,
     after: Annotated[
         int | None,
-        Parameter(ge=0, le=MAX_ID, description="The `next_cursor` of the previous page; omit for the first"),
+        QueryParameter(
+            ge=0, le=MAX_ID, description="The `next_cursor` of the previous page; omit for the first"
+        ),
     ] = None,
 ) -> Page:
     return Page(limit, after)

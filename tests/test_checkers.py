@@ -288,8 +288,31 @@ def test_log_scan_finds_each_kind_and_only_real_ones(tmp_path: Path) -> None:
     )
     result = CheckResult("I8", "", True)
     found = i8_no_pii.scan_logs([log], {"+12025550143"}, SECRETS, result)
-    assert found == {"lines": 10, "email": 1, "jwt": 1, "bearer": 1, "phone": 3, "secret": 1}
+    assert found == {"lines": 10, "email": 1, "jwt": 1, "bearer": 1, "phone": 3, "secret": 1, "name": 0}
     assert [w["line"] for w in result.witnesses] == [2, 3, 4, 6, 7, 8, 10]
+
+
+def test_log_scan_finds_national_phones_unusual_emails_and_customer_names(tmp_path: Path) -> None:
+    """The forms a phone, an email or a name really take in logs: the checker's own patterns, never the
+    service's redactor's (a blind spot shared by both would hide in both)."""
+    log = tmp_path / "worker.log"
+    lines = [
+        '{"event": "x", "phone": "(202) 555-0143"}',
+        '{"event": "x", "phone": "(202)555-0143"}',
+        '{"event": "x", "phone": "202-555-0143"}',
+        '{"event": "x", "uri": "tel:202.555.0143"}',
+        '{"event": "x", "bare": "2025550143"}',
+        '{"event": "x", "email": "o\'brien!x@ex\u00e4mple.co.uk"}',
+        '{"event": "x", "email": "ada@b\\u00fccher.de"}',  # as JSON logs write a non-ASCII domain
+        "Ada Lovelace wrote in",
+        '{"event": "x", "other": "(303) 555-0100", "date": "2026-12-01", "uuid": "123e4567-e89b-12d3"}',
+    ]
+    log.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    result = CheckResult("I8", "", True)
+    scan = i8_no_pii.scan_log_files([log], SECRETS, ["Ada Lovelace"])
+    found = i8_no_pii.tally(scan, {"+12025550143"}, result)
+    assert (found["phone"], found["email"], found["name"]) == (5, 2, 1)
+    assert [w["line"] for w in result.witnesses] == [1, 2, 3, 4, 5, 6, 7, 8]
 
 
 # --- I6 on hand-made histories ----------------------------------------------------------------------------

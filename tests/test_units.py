@@ -73,6 +73,54 @@ def test_redaction_masks_pii_and_secrets_wherever_they_appear() -> None:
     assert event == {"event": "x", "phone": logs.REDACTED, "nested": {"email": logs.REDACTED}}
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "call (202) 555-0143 now",
+        "call (202)555-0143 now",
+        "call 202-555-0143 now",
+        "call 202.555.0143 now",
+        "uri tel:+1-202-555-0143",
+        "uri tel:2025550143",
+        "mail o'brien!x#@exämple.co.uk now",  # every form the contacts validator accepts
+        "mail ada+tag@mail.example.com",
+    ],
+)
+def test_redaction_catches_each_form_a_phone_or_email_is_typed_in(text: str) -> None:
+    redacted = logs.redact_text(text)
+    for digits in ("555-0143", "555.0143", "5550143", "exämple", "example.com"):
+        assert digits not in redacted, (text, redacted)
+    assert logs.redact_text("at 2026-12-01T10:00:00Z, request 1234-5678, uuid 123e4567-e89b") == (
+        "at 2026-12-01T10:00:00Z, request 1234-5678, uuid 123e4567-e89b"
+    )
+
+
+def test_redaction_masks_sensitive_keys_in_any_spelling_and_sql_parameters() -> None:
+    event = logs.redact(
+        None,
+        "info",
+        {"event": "x", "firstName": "Ada", "phoneNumber": "1", "X-Shopify-Hmac-Sha256": "s", "batch_no": 3},
+    )
+    assert event == {
+        "event": "x",
+        "firstName": logs.REDACTED,
+        "phoneNumber": logs.REDACTED,
+        "X-Shopify-Hmac-Sha256": logs.REDACTED,
+        "batch_no": 3,
+    }
+    logs.configure_logging("info", "json", process="unit")
+    stream = io.StringIO()
+    handler = logging.getLogger().handlers[0]
+    assert isinstance(handler, logging.StreamHandler)
+    handler.setStream(stream)
+    try:  # what SQLAlchemy's engine logs with SMSLAB_LOG_SQL: a name is free text no pattern knows
+        logging.getLogger("sqlalchemy.engine.Engine").warning("[%s] %r", "generated in 0.1s", ("Ada", 7))
+    finally:
+        handler.setStream(__import__("sys").stderr)
+    assert "Ada" not in stream.getvalue()
+    assert "generated in 0.1s" in stream.getvalue()
+
+
 def test_library_log_lines_go_through_the_same_redaction() -> None:
     logs.configure_logging("info", "json", process="unit")
     stream = io.StringIO()

@@ -9,7 +9,7 @@ log redaction (10), and the privacy topics' erasure.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,17 +25,24 @@ TITLE = "no PII in any log line; redacted customers leave no PII behind"
 _PHONE = re.compile(rb"\+\d{10,15}(?!\d)")
 _JWT = re.compile(rb"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.")
 _BEARER = re.compile(rb"earer\s+(?!\[redacted\])[A-Za-z0-9._~+/-]{8,}")  # after a B or b
-_EMAIL = re.compile(rb"@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")  # after a local-part character
-_LOCAL_PART = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._%+-")
+# Any domain (international ones too) ending in a name of two letters or more, after a local-part byte:
+# every form the contacts validator accepts (`o'brien!x@exämple.co.uk`), not just the common ones.
+# (JSON logs write non-ASCII as `\u00e4`: a backslash may stand in a domain too.)
+_EMAIL = re.compile(rb"@[A-Za-z0-9\x80-\xff\\-]+(?:\.[A-Za-z0-9\x80-\xff\\-]+)*\.[A-Za-z\x80-\xff\\]{2,}")
+_LOCAL_PART = frozenset(range(0x21, 0x100)) - frozenset(b"@\"'<>()[],;:\\")
 # Bare digit runs (a phone logged without its +): digits masked to "0" and everything else to " ", then
 # runs of ten or more zeros found by a literal search, and only those compared with the run's phones.
 _MASK = bytes(0x30 if 0x30 <= b <= 0x39 else 0x20 for b in range(256))
 _DIGIT_RUN = re.compile(rb"0000000000(?<!00000000000)0{0,5}(?!0)")  # exactly 10 to 15, found by the literal
+# National formats, 3-3-4 digits with any separators: (202) 555-0143, 202-555-0143, 202.555.0143, tel:...
+_NATIONAL = re.compile(rb"(?<!0)000 {1,2}000 0000(?!0)")
 CHUNK = 64 * 1024 * 1024
-KINDS = ("email", "jwt", "bearer", "phone", "secret")
+KINDS = ("email", "jwt", "bearer", "phone", "secret", "name")
 
 
-def _hits(data: bytes, secrets: list[bytes]) -> tuple[list[tuple[int, str]], list[tuple[int, bytes]]]:
+def _hits(
+    data: bytes, secrets: Sequence[bytes], names: Sequence[bytes] = ()
+) -> tuple[list[tuple[int, str]], list[tuple[int, bytes]]]:
     """(position, kind) of every sure hit, and (position, digits) of every bare 10-15 digit run."""
     hits: list[tuple[int, str]] = [(m.start(), "phone") for m in _PHONE.finditer(data)]
     hits += [(m.start(), "jwt") for m in _JWT.finditer(data)]
@@ -47,12 +54,16 @@ def _hits(data: bytes, secrets: list[bytes]) -> tuple[list[tuple[int, str]], lis
         for m in _EMAIL.finditer(data)
         if m.start() and data[m.start() - 1] in _LOCAL_PART
     ]
-    for secret in secrets:
-        at = data.find(secret)
-        while at >= 0:
-            hits.append((at, "secret"))
-            at = data.find(secret, at + 1)
-    runs = [(m.start(), data[m.start() : m.end()]) for m in _DIGIT_RUN.finditer(data.translate(_MASK))]
+    for kind, needles in (("secret", secrets), ("name", names)):
+        for needle in needles:
+            at = data.find(needle)
+            while at >= 0:
+                hits.append((at, kind))
+                at = data.find(needle, at + 1)
+    masked = data.translate(_MASK)
+    runs = [(m.start(), data[m.start() : m.end()]) for m in _DIGIT_RUN.finditer(masked)]
+    for m in _NATIONAL.finditer(masked):
+        runs.append((m.start(), bytes(b for b in data[m.start() : m.end()] if 0x30 <= b <= 0x39)))
     return hits, runs
 
 
@@ -81,15 +92,16 @@ class LogScan:
     digit_runs: list[tuple[str, int, bytes]] = field(default_factory=list)  # (file, line, digits)
 
 
-def scan_log_files(log_files: list[Path], secrets: list[str]) -> LogScan:
-    """Every line of every file, for phones, emails, tokens and the run's secrets (picklable result, so
-    it can run in another process while the rest of the check goes on)."""
+def scan_log_files(log_files: list[Path], secrets: Sequence[str], names: Sequence[str] = ()) -> LogScan:
+    """Every line of every file, for phones, emails, tokens, the run's secrets and its customers' names
+    (picklable result, so it can run in another process while the rest of the check goes on)."""
     needles = [s.encode() for s in secrets if len(s) >= 6]
+    name_needles = [n.encode() for n in names if len(n) >= 3]
     scan = LogScan()
     for path in log_files:
         first_line = 1
         for data in _chunks(path):
-            hits, runs = _hits(data, needles)
+            hits, runs = _hits(data, needles, name_needles)
             found = [(at, kind) for at, kind in hits] + [(at, digits) for at, digits in runs]
             position, line = 0, first_line
             for at, what in sorted(found, key=lambda item: item[0]):
@@ -113,7 +125,10 @@ def scan_logs(
 
 
 def tally(scan: LogScan, phones: set[str], result: CheckResult) -> dict[str, int]:
+    # A phone as logged without its `+`, or in national form (its last ten digits, as US numbers are
+    # written at home: the lab's world is US numbers).
     bare_phones = {p.lstrip("+").encode() for p in phones}
+    bare_phones |= {p.lstrip("+")[-10:].encode() for p in phones if len(p.lstrip("+")) > 10}
     by_line: dict[tuple[str, int], set[str]] = {}
     for name, line, kind in scan.hits:
         by_line.setdefault((name, line), set()).add(kind)
@@ -157,10 +172,17 @@ def check(
         "lines_with_emails": found["email"],
         "lines_with_tokens": found["jwt"] + found["bearer"],
         "lines_with_secrets": found["secret"],
+        "lines_with_customer_names": found["name"],
         "customers_erased": len(erased),
         "erased_values_still_stored": leftovers,
     }
     result.valid = not (
-        found["phone"] or found["email"] or found["jwt"] or found["bearer"] or found["secret"] or leftovers
+        found["phone"]
+        or found["email"]
+        or found["jwt"]
+        or found["bearer"]
+        or found["secret"]
+        or found["name"]
+        or leftovers
     )
     return result

@@ -125,7 +125,13 @@ def check_run(run_dir: Path) -> dict[str, Any]:
         ProcessPoolExecutor(max_workers=2, mp_context=multiprocessing.get_context("spawn")) if big else None
     )
     try:
-        log_scan = _in_background(pool, i8_no_pii.scan_log_files, logs, list(manifest.get("secrets", [])))
+        log_scan = _in_background(
+            pool,
+            i8_no_pii.scan_log_files,
+            logs,
+            list(manifest.get("secrets", [])),
+            list(manifest.get("names", [])),
+        )
         delivery_invariants = _in_background(pool, check_delivery_invariants, simulator_dir, database_dir)
         return _check(run_dir, manifest, started, logs, log_scan, delivery_invariants)
     finally:

@@ -6,14 +6,15 @@ from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, Request, get, post
-from litestar.params import Parameter
+from litestar.di import NamedDependency
+from litestar.params import HeaderParameter
 from sqlalchemy.ext.asyncio import AsyncSession
 from stripe import StripeClient
 
 from service.billing.checkout import create_checkout, purchases_page
 from service.db.models import BillingTransaction, Shop
 from service.http import documented_body, problems
-from service.input_rules import decode_json
+from service.input_rules import IDEMPOTENCY_KEY_SCHEMA, decode_json
 from service.pagination import Page
 from service.settings import Settings
 
@@ -78,11 +79,18 @@ class BillingController(Controller):
     async def checkout(
         self,
         request: Request[Any, Any, Any],
-        shop: Shop,
-        db_session: AsyncSession,
-        settings: Settings,
-        stripe_client: StripeClient,
-        idempotency_key: Annotated[str | None, Parameter(header="Idempotency-Key")] = None,
+        shop: NamedDependency[Shop],
+        db_session: NamedDependency[AsyncSession],
+        settings: NamedDependency[Settings],
+        stripe_client: NamedDependency[StripeClient],
+        idempotency_key: Annotated[
+            str | None,
+            HeaderParameter(
+                name="Idempotency-Key",
+                description="1 to 255 printable ASCII characters; a retry with the same key is answered once",
+                schema_extra=IDEMPOTENCY_KEY_SCHEMA,
+            ),
+        ] = None,
     ) -> PurchaseView:
         data = decode_json(await request.body())
         billing = await create_checkout(
@@ -101,6 +109,11 @@ class BillingController(Controller):
         summary="Purchases and their refunds, oldest first",
         responses=problems(400, 401, 503),
     )
-    async def transactions(self, shop: Shop, db_session: AsyncSession, page: Page) -> PurchasePage:
+    async def transactions(
+        self,
+        shop: NamedDependency[Shop],
+        db_session: NamedDependency[AsyncSession],
+        page: NamedDependency[Page],
+    ) -> PurchasePage:
         purchases, next_cursor = await purchases_page(db_session, shop.id, page)
         return PurchasePage([PurchaseView.of(b) for b in purchases], next_cursor)

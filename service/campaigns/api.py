@@ -7,7 +7,8 @@ from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, Request, Response, get, post
-from litestar.params import Parameter
+from litestar.di import NamedDependency
+from litestar.params import HeaderParameter, PathParameter
 from saq.queue.redis import RedisQueue
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -17,7 +18,7 @@ from service.campaigns.drafts import MAX_BODY_CHARACTERS, MAX_NAME_CHARACTERS, C
 from service.campaigns.enqueue import EnqueueAccepted, enqueue_campaign
 from service.db.models import Campaign, Shop
 from service.http import documented_body, problems
-from service.input_rules import MAX_INT64, decode_json
+from service.input_rules import IDEMPOTENCY_KEY_SCHEMA, MAX_INT64, decode_json
 from service.pagination import Page
 from service.queue import enqueue_send_batches
 from service.settings import Settings
@@ -25,7 +26,17 @@ from service.settings import Settings
 log = logs.get_logger(__name__)
 
 
-CampaignId = Annotated[int, Parameter(ge=1, le=MAX_INT64, description="The campaign's id")]
+# The bounds are also given as exact integers: Litestar writes `le` as a float, and 2^63 - 1 as a float is
+# 2^63, which a client (schemathesis) then takes as allowed.
+CampaignId = Annotated[
+    int,
+    PathParameter(
+        ge=1,
+        le=MAX_INT64,
+        description="The campaign's id",
+        schema_extra={"minimum": 1, "maximum": MAX_INT64},
+    ),
+]
 
 
 class CampaignDraftIn(msgspec.Struct):
@@ -118,7 +129,10 @@ class CampaignsController(Controller):
         operation_class=documented_body(CampaignDraftIn, "The draft"),
     )
     async def create(
-        self, request: Request[Any, Any, Any], shop: Shop, db_session: AsyncSession
+        self,
+        request: Request[Any, Any, Any],
+        shop: NamedDependency[Shop],
+        db_session: NamedDependency[AsyncSession],
     ) -> CampaignCreated:
         data = decode_json(await request.body())
         if not isinstance(data, dict):
@@ -131,7 +145,12 @@ class CampaignsController(Controller):
         summary="List campaigns; pass next_cursor as `after` for the next page",
         responses=problems(400, 401, 503),
     )
-    async def list_campaigns(self, shop: Shop, db_session: AsyncSession, page: Page) -> CampaignPage:
+    async def list_campaigns(
+        self,
+        shop: NamedDependency[Shop],
+        db_session: NamedDependency[AsyncSession],
+        page: NamedDependency[Page],
+    ) -> CampaignPage:
         rows, next_cursor = await drafts.list_campaigns(db_session, shop.id, page)
         return CampaignPage([CampaignSummary.of(c) for c in rows], next_cursor)
 
@@ -140,7 +159,9 @@ class CampaignsController(Controller):
         summary="A campaign with counts by recipient status and its credits",
         responses=problems(400, 401, 404, 503),
     )
-    async def detail(self, campaign_id: CampaignId, shop: Shop, db_session: AsyncSession) -> CampaignView:
+    async def detail(
+        self, campaign_id: CampaignId, shop: NamedDependency[Shop], db_session: NamedDependency[AsyncSession]
+    ) -> CampaignView:
         return CampaignView.of_detail(await drafts.campaign_detail(db_session, shop.id, campaign_id))
 
     @post(
@@ -149,7 +170,9 @@ class CampaignsController(Controller):
         summary="Cancel a draft or sending campaign",
         responses=problems(400, 401, 404, 409, 503, s409="The campaign has already finished"),
     )
-    async def cancel(self, campaign_id: CampaignId, shop: Shop, db_session: AsyncSession) -> CampaignView:
+    async def cancel(
+        self, campaign_id: CampaignId, shop: NamedDependency[Shop], db_session: NamedDependency[AsyncSession]
+    ) -> CampaignView:
         return CampaignView.of_detail(await drafts.cancel_campaign(db_session, shop.id, campaign_id))
 
     @post(
@@ -179,11 +202,18 @@ class CampaignsController(Controller):
         self,
         campaign_id: CampaignId,
         request: Request[Any, Any, Any],
-        shop: Shop,
-        db_session: AsyncSession,
-        settings: Settings,
-        queue: RedisQueue,
-        idempotency_key: Annotated[str | None, Parameter(header="Idempotency-Key")] = None,
+        shop: NamedDependency[Shop],
+        db_session: NamedDependency[AsyncSession],
+        settings: NamedDependency[Settings],
+        queue: NamedDependency[RedisQueue],
+        idempotency_key: Annotated[
+            str | None,
+            HeaderParameter(
+                name="Idempotency-Key",
+                description="1 to 255 printable ASCII characters; a retry with the same key is answered once",
+                schema_extra=IDEMPOTENCY_KEY_SCHEMA,
+            ),
+        ] = None,
     ) -> Response[EnqueueAccepted]:
         raw = await request.body()
         body = decode_json(raw) if raw.strip() else None

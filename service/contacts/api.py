@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, Request, get, post
+from litestar.di import NamedDependency
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.contacts.listing import list_contacts
@@ -86,7 +87,11 @@ class ContactsController(Controller):
         operation_class=documented_body(ContactsIn, "Up to 10,000 contacts, all written or none"),
     )
     async def upsert(
-        self, request: Request[Any, Any, Any], shop: Shop, db_session: AsyncSession, settings: Settings
+        self,
+        request: Request[Any, Any, Any],
+        shop: NamedDependency[Shop],
+        db_session: NamedDependency[AsyncSession],
+        settings: NamedDependency[Settings],
     ) -> UpsertSummary:
         data = decode_json(await request.body())
         if not isinstance(data, dict) or "contacts" not in data:
@@ -102,6 +107,11 @@ class ContactsController(Controller):
         summary="List contacts, oldest first; pass next_cursor as `after` for the next page",
         responses=problems(400, 401, 503),
     )
-    async def list_contacts(self, shop: Shop, db_session: AsyncSession, page: Page) -> ContactPage:
+    async def list_contacts(
+        self,
+        shop: NamedDependency[Shop],
+        db_session: NamedDependency[AsyncSession],
+        page: NamedDependency[Page],
+    ) -> ContactPage:
         contacts, next_cursor = await list_contacts(db_session, shop.id, page)
         return ContactPage([ContactView.of(c) for c in contacts], next_cursor)

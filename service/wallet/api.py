@@ -6,6 +6,7 @@ from datetime import datetime
 
 import msgspec
 from litestar import Controller, get
+from litestar.di import NamedDependency
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.db.models import CreditLedgerEntry, Shop
@@ -52,7 +53,9 @@ class WalletController(Controller):
     tags = ["wallet"]
 
     @get("/", summary="Balance, reserved and available credits", responses=problems(401, 503))
-    async def wallet(self, shop: Shop, db_session: AsyncSession) -> WalletView:
+    async def wallet(
+        self, shop: NamedDependency[Shop], db_session: NamedDependency[AsyncSession]
+    ) -> WalletView:
         async with db_session.begin():
             wallet = await wallet_of(db_session, shop.id)
         return WalletView(wallet.balance, wallet.reserved, wallet.balance - wallet.reserved)
@@ -62,6 +65,11 @@ class WalletController(Controller):
         summary="Ledger entries, oldest first; pass next_cursor as `after`",
         responses=problems(400, 401, 503),
     )
-    async def transactions(self, shop: Shop, db_session: AsyncSession, page: Page) -> LedgerPage:
+    async def transactions(
+        self,
+        shop: NamedDependency[Shop],
+        db_session: NamedDependency[AsyncSession],
+        page: NamedDependency[Page],
+    ) -> LedgerPage:
         entries, next_cursor = await ledger_page(db_session, shop.id, page)
         return LedgerPage([LedgerEntryView.of(e) for e in entries], next_cursor)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, Request, post
+from litestar.di import NamedDependency
+from litestar.params import QueryParameter
 from sqlalchemy.ext.asyncio import AsyncSession
 from stripe import StripeClient
 
@@ -41,9 +43,9 @@ class WebhooksController(Controller):
     async def stripe(
         self,
         request: Request[Any, Any, Any],
-        db_session: AsyncSession,
-        settings: Settings,
-        stripe_client: StripeClient,
+        db_session: NamedDependency[AsyncSession],
+        settings: NamedDependency[Settings],
+        stripe_client: NamedDependency[StripeClient],
     ) -> WebhookOutcome:
         body = await request.body()
         event = stripe_events.verify(settings, body, request.headers.get("stripe-signature"))
@@ -56,7 +58,10 @@ class WebhooksController(Controller):
         responses=problems(400, 401, 409, 503, s401="X-Shopify-Hmac-Sha256 missing or wrong"),
     )
     async def shopify(
-        self, request: Request[Any, Any, Any], db_session: AsyncSession, settings: Settings
+        self,
+        request: Request[Any, Any, Any],
+        db_session: NamedDependency[AsyncSession],
+        settings: NamedDependency[Settings],
     ) -> WebhookOutcome:
         body = await request.body()
         shopify.verify(settings, body, request.headers.get("x-shopify-hmac-sha256"))
@@ -72,10 +77,10 @@ class WebhooksController(Controller):
     async def mitto_dlr(
         self,
         request: Request[Any, Any, Any],
-        db_session: AsyncSession,
-        settings: Settings,
-        report_batcher: DeliveryReportBatcher,
-        token: str | None = None,
+        db_session: NamedDependency[AsyncSession],
+        settings: NamedDependency[Settings],
+        report_batcher: NamedDependency[DeliveryReportBatcher],
+        token: Annotated[str | None, QueryParameter(description="The secret in the callback URL")] = None,
     ) -> WebhookOutcome:
         mitto.verify(settings, token)
         body = await request.body()
