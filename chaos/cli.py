@@ -214,6 +214,40 @@ def matrix(
     raise typer.Exit(0 if result["as_expected"] else 1)
 
 
+@app.command()
+def fuzz(
+    database: str | None = typer.Option(
+        None, help="A PostgreSQL URL (a fresh schema in it); default: SQLite in the fuzz folder."
+    ),
+    out: Path = typer.Option(Path("runs"), help="Where the fuzz folder goes."),
+    seed: int = typer.Option(7, help="Schemathesis' seed: the same seed, the same requests."),
+    max_examples: int = typer.Option(30, min=1, help="Examples per operation and phase (longer: more)."),
+    max_time: float | None = typer.Option(None, help="A time budget in seconds for each of the two runs."),
+) -> None:
+    """Fuzz the live API with schemathesis against its OpenAPI (every check, the stateful phase too),
+    then its webhooks without signatures (every answer must be 4xx); exit 0 only if both are clean."""
+    import asyncio
+
+    from chaos.environment import LabError
+    from chaos.fuzz.runner import FuzzOptions, run_fuzz
+
+    options = FuzzOptions(out, seed, max_examples, database, max_time_s=max_time)
+    try:
+        folder, report = asyncio.run(run_fuzz(options))
+    except LabError as exc:
+        raise fail(str(exc), code=3) from None
+    for run in report["runs"]:
+        verdict = "clean" if run["exit_code"] == 0 else f"FAILURES (exit {run['exit_code']})"
+        typer.echo(f"schemathesis {run['name']:<9} {verdict} in {run['seconds']} s; log: {run['log']}")
+        if run["exit_code"] != 0:
+            typer.echo("\n".join(run["summary"][-20:]))
+    if report["service_logs_with_tracebacks"]:
+        typer.echo(f"tracebacks in the service's logs: {', '.join(report['service_logs_with_tracebacks'])}")
+    outcome = "clean" if report["clean"] else "FOUND PROBLEMS"
+    typer.echo(f"fuzz ({report['backend']}, seed {report['seed']}): {outcome}; {folder}")
+    raise typer.Exit(0 if report["clean"] else 1)
+
+
 def _run_and_report(
     plan: Any, seed: int, database: str | None, out: Path, keep_database: bool, events: Any
 ) -> None:

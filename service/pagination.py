@@ -6,6 +6,7 @@ and their 400 for a bad value are written once and documented in the OpenAPI of 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -14,9 +15,12 @@ from sqlalchemy import Select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 
+from service.errors import BadRequest
+
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1_000
 MAX_ID = 2**63 - 1  # ids are BIGINT on PostgreSQL and INTEGER (64-bit) on SQLite
+_CURSOR = re.compile(r"[0-9]{1,19}")
 
 
 @dataclass(frozen=True)
@@ -32,13 +36,23 @@ async def provide_page(
         int, QueryParameter(ge=1, le=MAX_PAGE_SIZE, description="Rows per page (1 to 1000)")
     ] = DEFAULT_PAGE_SIZE,
     after: Annotated[
-        int | None,
+        str | None,
         QueryParameter(
-            ge=0, le=MAX_ID, description="The `next_cursor` of the previous page; omit for the first"
+            description="The previous page's `next_cursor`; omit for the first",
+            # Documented as what it is, an integer with exact bounds; read as text and parsed here, so
+            # that `after=null` or `after=1e3` is the 400 it should be (Litestar would take "null").
+            schema_extra={"type": "integer", "one_of": None, "minimum": 0, "maximum": MAX_ID},
         ),
     ] = None,
 ) -> Page:
-    return Page(limit, after)
+    if after is None:
+        return Page(limit, None)
+    if not _CURSOR.fullmatch(after) or int(after) > MAX_ID:
+        raise BadRequest(
+            f"after must be a whole number from 0 to {MAX_ID}",
+            errors=[{"field": "after", "message": "not a cursor"}],
+        )
+    return Page(limit, int(after))
 
 
 async def keyset_page(
