@@ -127,7 +127,9 @@ def run(
     scenario: str = typer.Argument(..., help="A scenario name (chaos/scenarios/NAME.toml) or a path."),
     seed: int | None = typer.Option(None, help="Seed for every random choice (default: the scenario's)."),
     database: str | None = typer.Option(
-        None, help="A PostgreSQL URL for the run (a fresh schema in it); default: SQLite in the run folder."
+        None,
+        help="A PostgreSQL URL for the run (a fresh schema in it), or `testcontainers` (needs Docker); "
+        "default: SQLite in the run folder.",
     ),
     out: Path = typer.Option(
         Path("runs"), help="Where run folders go (a `latest` link points at the newest)."
@@ -253,18 +255,22 @@ def _run_and_report(
 ) -> None:
     from chaos.harness import LabError, RunOptions, run_scenario
     from chaos.report import Progress, print_verdict
+    from chaos.throwaway_postgres import NoDocker, database_url
 
-    options = RunOptions(
-        plan,
-        seed,
-        out,
-        database_url=database,
-        plan=events,
-        on_progress=Progress(),
-        keep_database=keep_database,
-    )
     try:
-        run_dir, verdict = run_scenario(options)
+        with database_url(database) as url:
+            options = RunOptions(
+                plan,
+                seed,
+                out,
+                database_url=url,
+                plan=events,
+                on_progress=Progress(),
+                keep_database=keep_database,
+            )
+            run_dir, verdict = run_scenario(options)
+    except NoDocker as exc:
+        raise fail(str(exc)) from None
     except LabError as exc:
         raise fail(str(exc), code=3) from None
     print_verdict(verdict, str(run_dir))

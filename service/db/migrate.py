@@ -51,6 +51,13 @@ def upgrade(settings: Settings, revision: str = "head") -> None:
     command.upgrade(alembic_config(settings), revision)
 
 
+def check(settings: Settings) -> None:
+    """Bring the database to head, then `alembic check`: raises if the models describe anything the
+    migrations do not (a model changed without its migration)."""
+    upgrade(settings)
+    command.check(alembic_config(settings))
+
+
 def downgrade(settings: Settings, revision: str) -> None:
     """Step the schema back to `revision` (`base` drops every table). Data in dropped tables is lost."""
     command.downgrade(alembic_config(settings), revision)
