@@ -8,6 +8,11 @@ requests in flight. Each report is verified, recorded as an event (unique per pr
 applied, in one transaction. Reported: reports/s, p50 and p99 latency, and, measured the same way in the
 same run against the same process, `GET /health` (no database): the HTTP stack's own ceiling, as a
 ratio. Afterwards every recipient must be `delivered` and every report recorded exactly once.
+
+Two load generators take turns against the same API process (`--clients lean,aiohttp`, `--rounds`
+turns each in ABBA order, each posting an equal share of the reports after a warm-up on a tenth of
+them): the lean hand-written client and aiohttp's, each with the CPU it spent per request in this
+process (`resource.getrusage`).
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from bench.common import (
     ratio,
     redis_url,
 )
-from bench.loadgen import request_bytes, run_load
+from bench.loadgen import CLIENTS, Call, LoadResult, interleaved, merge, percentile, run_calls
 from chaos.processes import ManagedProcess
 from service.campaigns.drafts import create_campaign
 from service.campaigns.enqueue import enqueue_campaign
@@ -62,12 +67,9 @@ async def mark_all_sent(loaded: Any, settings: Any) -> list[tuple[str, str]]:
         return [(str(mid), f"c{cid}-r{rid}") for mid, rid, cid in rows]
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
 async def bench(backend: str, args: argparse.Namespace) -> dict[str, Any]:
+    clients = [c for c in args.clients.split(",") if c]
+    order = interleaved(clients, args.rounds)
     with tempfile.TemporaryDirectory(prefix="smslab-bench-webhooks-") as tmp_name:
         tmp = Path(tmp_name)
         async with fresh_database(backend, tmp) as (database_url, schema), redis_url(tmp) as redis:
@@ -94,17 +96,28 @@ async def bench(backend: str, args: argparse.Namespace) -> dict[str, Any]:
             )
             api.start()
             api.wait_ready()
+            health: dict[str, list[LoadResult]] = {c: [] for c in clients}
+            dlr: dict[str, list[LoadResult]] = {c: [] for c in clients}
+            service_cpu: dict[str, dict[str, float]] = {c: {} for c in clients}
             try:
-                host = f"127.0.0.1:{port}"
-                health = request_bytes("GET", "/health", host)
-                await run_load("127.0.0.1", port, [health] * 500, args.concurrency)  # warm-up
-                health_run = await run_load("127.0.0.1", port, [health] * len(messages), args.concurrency)
+                health_call = Call("GET", "/health")
+                for client in clients:  # warm-up
+                    await run_calls(client, "127.0.0.1", port, [health_call] * 500, args.concurrency)
+                for client in order:  # the same number of requests per turn, the clients taking turns
+                    health[client].append(
+                        await run_calls(
+                            client,
+                            "127.0.0.1",
+                            port,
+                            [health_call] * (len(messages) // len(order)),
+                            args.concurrency,
+                        )
+                    )
                 url = f"/webhooks/mitto/dlr?token={settings.mitto_dlr_token}"
                 reports = [
-                    request_bytes(
+                    Call(
                         "POST",
                         url,
-                        host,
                         (
                             f'{{"messageId":"{mid}","reference":"{ref}","status":"Delivered",'
                             f'"errorCode":null,"timestamp":"2026-11-28T12:00:00Z"}}'
@@ -112,9 +125,22 @@ async def bench(backend: str, args: argparse.Namespace) -> dict[str, Any]:
                     )
                     for mid, ref in messages
                 ]
-                cpu_before = cpu_seconds_by_component()
-                dlr_run = await run_load("127.0.0.1", port, reports, args.concurrency)
-                cpu_after = cpu_seconds_by_component()
+                # Warm-up on the report path too (those reports are applied, not counted), then the
+                # same number of reports per turn; each report is posted exactly once.
+                warm, reports = reports[: len(reports) // 10], reports[len(reports) // 10 :]
+                for number, client in enumerate(clients):
+                    part = warm[number :: len(clients)]
+                    await run_calls(client, "127.0.0.1", port, part, args.concurrency)
+                share = len(reports) // len(order)
+                chunks = [reports[i * share : (i + 1) * share] for i in range(len(order))]
+                chunks[-1] += reports[len(order) * share :]
+                for client, chunk in zip(order, chunks, strict=True):
+                    before = cpu_seconds_by_component()
+                    dlr[client].append(await run_calls(client, "127.0.0.1", port, chunk, args.concurrency))
+                    after = cpu_seconds_by_component()
+                    for component in ("api", "postgresql"):
+                        spent = after.get(component, 0.0) - before.get(component, 0.0)
+                        service_cpu[client][component] = service_cpu[client].get(component, 0.0) + spent
             finally:
                 api.stop()
             async with loaded.sessions() as session, session.begin():
@@ -125,16 +151,30 @@ async def bench(backend: str, args: argparse.Namespace) -> dict[str, Any]:
                 )
                 events = await session.scalar(select(func.count()).select_from(WebhookEvent))
             await loaded.engine.dispose()
+    rows = []
+    for client in clients:
+        reported, checked = merge(dlr[client]), merge(health[client])
+        rows.append(
+            {
+                "client": client,
+                "reports": reported.requests,
+                "dlr_rate": reported.requests / reported.seconds,
+                "dlr_p50": statistics.median(reported.latencies_ms),
+                "dlr_p99": percentile(reported.latencies_ms, 0.99),
+                "client_cpu_us": 1e6 * reported.cpu_seconds / reported.requests,
+                "health_rate": checked.requests / checked.seconds,
+                "health_p50": statistics.median(checked.latencies_ms),
+                "health_cpu_us": 1e6 * checked.cpu_seconds / checked.requests,
+                "seconds": reported.seconds,
+                "client_cpu": reported.cpu_seconds,
+                "cpu": service_cpu[client],
+                "failures": sum(n for status, n in reported.statuses.items() if status >= 300),
+            }
+        )
     return {
         "backend": backend,
         "reports": len(messages),
-        "dlr_rate": len(messages) / dlr_run.seconds,
-        "dlr_p50": statistics.median(dlr_run.latencies_ms),
-        "dlr_p99": percentile(dlr_run.latencies_ms, 0.99),
-        "health_rate": len(messages) / health_run.seconds,
-        "health_p50": statistics.median(health_run.latencies_ms),
-        "cpu": {k: cpu_after.get(k, 0.0) - cpu_before.get(k, 0.0) for k in cpu_after},
-        "failures": sum(n for status, n in dlr_run.statuses.items() if status >= 300),
+        "rows": rows,
         "delivered": delivered,
         "events": events,
     }
@@ -148,29 +188,51 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--api-workers", type=int, default=1, help="API processes (uvicorn workers)")
     parser.add_argument("--backend", choices=["sqlite", "postgresql", "both"], default="postgresql")
+    parser.add_argument(
+        "--clients", default="lean,aiohttp", help=f"load generators, side by side: {','.join(CLIENTS)}"
+    )
+    parser.add_argument("--rounds", type=int, default=4, help="turns each client takes, in ABBA order")
     args = parser.parse_args()
+    if not set(args.clients.split(",")) <= set(CLIENTS):
+        parser.error(f"--clients: a comma-separated list of {', '.join(CLIENTS)}")
     backends = ["sqlite", "postgresql"] if args.backend == "both" else [args.backend]
-    rows = [asyncio.run(bench(backend, args)) for backend in backends]
+    results = [asyncio.run(bench(backend, args)) for backend in backends]
     print(
-        f"\nwebhooks: {args.reports} delivery reports, {args.concurrency} in flight, {args.api_workers} API process(es)"
+        f"\nwebhooks: {args.reports} delivery reports, {args.concurrency} in flight, "
+        f"{args.api_workers} API process(es); clients taking turns, {args.rounds} rounds"
     )
     print(
-        f"{'backend':<11} {'reports/s':>10} {'p50 ms':>8} {'p99 ms':>8}   {'GET /health/s':>13} {'p50 ms':>7} {'ratio':>6}   check"
+        f"{'backend':<11} {'client':<8} {'reports/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'client CPU/req':>15}"
+        f"   {'GET /health/s':>13} {'p50 ms':>7} {'CPU/req':>8} {'ratio':>6}   check"
     )
-    for r in rows:
-        ok = r["failures"] == 0 and r["delivered"] == r["reports"] == r["events"]
-        print(
-            f"{r['backend']:<11} {r['dlr_rate']:>10.0f} {r['dlr_p50']:>8.1f} {r['dlr_p99']:>8.1f}"
-            f"   {r['health_rate']:>13.0f} {r['health_p50']:>7.1f} {ratio(r['dlr_rate'], r['health_rate']):>6}"
-            f"   {'every report applied once' if ok else 'MISMATCH: ' + str(r)}"
-        )
+    for result in results:
+        ok = result["delivered"] == result["reports"] == result["events"]
+        for r in result["rows"]:
+            verdict = "every report applied once" if ok and r["failures"] == 0 else "MISMATCH: " + str(result)
+            print(
+                f"{result['backend']:<11} {r['client']:<8} {r['dlr_rate']:>10.0f} {r['dlr_p50']:>8.1f}"
+                f" {r['dlr_p99']:>8.1f} {r['client_cpu_us']:>12.0f} us   {r['health_rate']:>13.0f}"
+                f" {r['health_p50']:>7.1f} {r['health_cpu_us']:>5.0f} us {ratio(r['dlr_rate'], r['health_rate']):>6}"
+                f"   {verdict}"
+            )
+        by_client = {r["client"]: r for r in result["rows"]}
+        if "lean" in by_client and "aiohttp" in by_client:
+            lean, other = by_client["lean"], by_client["aiohttp"]
+            print(
+                f"{'':<11} aiohttp / lean: reports/s {ratio(other['dlr_rate'], lean['dlr_rate'])}, "
+                f"client CPU per report {ratio(other['client_cpu_us'], lean['client_cpu_us'])}, "
+                f"GET /health/s {ratio(other['health_rate'], lean['health_rate'])}"
+            )
     print("\nCPU seconds used while the reports were absorbed (2 cores = 2 CPU-seconds per wall second):")
-    for r in rows:
-        wall = r["reports"] / r["dlr_rate"]
-        parts = ", ".join(
-            f"{k} {v:.1f}" for k, v in sorted(r["cpu"].items(), key=lambda kv: -kv[1]) if v >= 0.05
-        )
-        print(f"  {r['backend']:<11} wall {wall:.1f}s: {parts}")
+    for result in results:
+        for r in result["rows"]:
+            parts = ", ".join(
+                f"{k} {v:.1f}" for k, v in sorted(r["cpu"].items(), key=lambda kv: -kv[1]) if v >= 0.05
+            )
+            print(
+                f"  {result['backend']:<11} {r['client']:<8} wall {r['seconds']:.1f}s: {parts}, "
+                f"load generator {r['client_cpu']:.1f}"
+            )
 
 
 if __name__ == "__main__":

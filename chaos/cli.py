@@ -14,7 +14,7 @@ from typing import Any
 
 import typer
 
-from chaos.processes import ManagedProcess, ProcessFailed, smslab_argv, stop_all
+from chaos.processes import ManagedProcess, ProcessFailed, provider_secrets, smslab_argv, stop_all
 from service import cli as service_cli
 from service.cli import fail, load_or_exit, redis_url_for
 from simulator.cli import simulator
@@ -72,11 +72,9 @@ def up(
                         str(settings.var_dir / "simulator"),
                         "--target",
                         f"http://{host}:{port}",
-                        "--stripe-webhook-secret",
-                        settings.stripe_webhook_secret[0],
                     ),
                     logs_dir / "simulator.log",
-                    env,
+                    {**env, **provider_secrets(settings)},
                     ready_url=f"http://{host}:{simulator_port}/control/health",
                 )
             )

@@ -30,7 +30,7 @@ import redis as redis_client
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from chaos.processes import ManagedProcess, smslab_argv, stop_all
+from chaos.processes import ManagedProcess, provider_secrets, smslab_argv, stop_all
 from chaos.proxy import Proxy
 from chaos.scenario import Scenario
 from service.db import migrate
@@ -279,11 +279,9 @@ class Environment:
                 str(scenario.simulator.dlr_delay_ms),
                 "--dlr-final",
                 scenario.simulator.dlr_final,
-                "--stripe-webhook-secret",
-                settings.stripe_webhook_secret[0],
             ],
             logs / "simulator.log",
-            {"SMSLAB_MITTO_DLR_TOKEN": settings.mitto_dlr_token},
+            provider_secrets(settings),
             ready_url=f"http://127.0.0.1:{self._simulator_port}/control/health",
             cwd=ROOT,
         )

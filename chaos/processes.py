@@ -18,11 +18,24 @@ from pathlib import Path
 import httpx
 
 from service.lifetime import bound_to_this_process
+from service.settings import Settings
 
 
 def smslab_argv(*args: str) -> list[str]:
     """The smslab command as this interpreter runs it (no reliance on PATH or an activated venv)."""
     return [sys.executable, "-m", "chaos.cli", *args]
+
+
+def provider_secrets(settings: Settings) -> dict[str, str]:
+    """The environment that gives the fake providers the service's credentials (never the command line,
+    where every local user sees them in `ps`)."""
+    return {
+        "SMSLAB_MITTO_API_KEY": settings.mitto_api_key,
+        "SMSLAB_MITTO_DLR_TOKEN": settings.mitto_dlr_token,
+        "SMSLAB_STRIPE_SECRET_KEY": settings.stripe_secret_key,
+        "SMSLAB_STRIPE_WEBHOOK_SECRET": settings.stripe_webhook_secret[0],
+        "SMSLAB_SHOPIFY_API_SECRET": settings.shopify_api_secret,
+    }
 
 
 class ProcessFailed(RuntimeError):

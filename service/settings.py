@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 PREFIX = "SMSLAB_"
+NOT_THE_SERVICES = ("SMSLAB_TEST_", "SMSLAB_SIMULATOR_")
 T = TypeVar("T")
 
 
@@ -299,11 +300,11 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Read every `SMSLAB_*` variable; unknown ones are an error so typos do not pass silently."""
     env = os.environ if environ is None else environ
     known = {env_name(name) for name in _PARSERS}
-    # SMSLAB_TEST_* variables belong to the test suite, not to the service.
+    # SMSLAB_TEST_* belong to the test suite, SMSLAB_SIMULATOR_* to the fake providers: not the service's.
     unknown = sorted(
         key
         for key in env
-        if key.startswith(PREFIX) and key not in known and not key.startswith("SMSLAB_TEST_")
+        if key.startswith(PREFIX) and key not in known and not key.startswith(NOT_THE_SERVICES)
     )
     if unknown:
         raise SettingsError(unknown[0], "unknown setting (see docs/settings.md for the list)")

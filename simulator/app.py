@@ -23,6 +23,7 @@ from simulator.faults import FaultEngine
 from simulator.http import BodyTooLarge, ConnectionCut, Receive, Request, Response, Scope, Send, read_request
 from simulator.ledger import JsonLinesLedger
 from simulator.mitto import DlrConfig, FakeMitto, mitto_error
+from simulator.outbound import DEFAULT_OUTBOUND_CLIENT
 from simulator.shopify import FakeShopify
 from simulator.stripe import FakeStripe, StripeApiError
 
@@ -43,6 +44,10 @@ class SimulatorConfig:
     shopify_api_secret: str = "lab-shopify-secret-change-me-in-production"  # noqa: S105 - lab default
     faults: list[dict[str, Any]] = field(default_factory=list)  # rules active from the start
     fsync: bool = False
+    outbound_client: str = DEFAULT_OUTBOUND_CLIENT  # which HTTP client delivers webhooks (outbound.py)
+    # Without a token the control API (it can fake payments and erase nothing less than the ground truth
+    # of a run) answers only clients on loopback; with one, any client presenting X-Control-Token.
+    control_token: str | None = None
 
 
 @dataclass(frozen=True)
@@ -63,6 +68,7 @@ class SimulatorApp:
             JsonLinesLedger(config.data_dir / DELIVERIES_LEDGER, fsync=config.fsync),
             config.time_scale,
             faults=self.faults,
+            client=config.outbound_client,
         )
         self.mitto = FakeMitto(
             config.data_dir,
@@ -128,6 +134,9 @@ class SimulatorApp:
             if route is not None:
                 await self._provider_call(route, request, send)
             elif request.path.startswith("/control/") or request.path == "/control":
+                if not control.allowed(request, self.config.control_token):
+                    await Response.json(403, {"status": 403, "detail": control.REFUSED}).send(send)
+                    return
                 await (await control.handle(self, request)).send(send)
             else:
                 await Response.json(404, {"error": {"code": 404, "message": "no such endpoint"}}).send(send)

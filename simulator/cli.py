@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import typer
@@ -9,6 +10,7 @@ import uvicorn
 
 from simulator.app import SimulatorApp, SimulatorConfig
 from simulator.mitto import DlrConfig, parse_final_mix
+from simulator.outbound import DEFAULT_OUTBOUND_CLIENT, OUTBOUND_CLIENTS
 from simulator.scenario import ScenarioError, SimulatorScenario, load_scenario, parse_fault_flag
 
 
@@ -29,26 +31,29 @@ def simulator(
     ),
     dlr_delay_ms: float | None = typer.Option(None, min=0.0, help="Delay between a message's reports [50]."),
     dlr_final: str | None = typer.Option(None, help="Final statuses and weights [Delivered=1]."),
-    mitto_api_key: str = typer.Option("lab-mitto-key", envvar="SMSLAB_MITTO_API_KEY"),
-    mitto_dlr_token: str = typer.Option(DlrConfig.callback_token, envvar="SMSLAB_MITTO_DLR_TOKEN"),
-    stripe_secret_key: str = typer.Option(
-        SimulatorConfig.stripe_secret_key, envvar="SMSLAB_STRIPE_SECRET_KEY"
-    ),
-    stripe_webhook_secret: str = typer.Option(
-        SimulatorConfig.stripe_webhook_secret, help="Signs Stripe events."
-    ),
-    shopify_api_secret: str = typer.Option(
-        SimulatorConfig.shopify_api_secret, envvar="SMSLAB_SHOPIFY_API_SECRET"
-    ),
     fsync: bool = typer.Option(
         False, help="fsync each ledger write (survives a machine crash, not just a kill)."
     ),
+    outbound_client: str = typer.Option(
+        DEFAULT_OUTBOUND_CLIENT, help=f"HTTP client for webhooks: {' or '.join(OUTBOUND_CLIENTS)}."
+    ),
 ) -> None:
-    """Run the fake Mitto, Stripe and Shopify with their ground-truth ledgers."""
+    """Run the fake Mitto, Stripe and Shopify with their ground-truth ledgers.
+
+    Secrets come from the environment only, never the command line (where every local user sees them in
+    `ps`): SMSLAB_MITTO_API_KEY, SMSLAB_MITTO_DLR_TOKEN, SMSLAB_STRIPE_SECRET_KEY,
+    SMSLAB_STRIPE_WEBHOOK_SECRET (the first, if several), SMSLAB_SHOPIFY_API_SECRET, and
+    SMSLAB_SIMULATOR_CONTROL_TOKEN: without it the control API answers loopback clients only.
+    """
+    env = os.environ
     try:
         plan = load_scenario(scenario) if scenario else SimulatorScenario()
         faults = plan.faults + [parse_fault_flag(text, i) for i, text in enumerate(fault)]
         final_mix = parse_final_mix(dlr_final or plan.dlr_final or "Delivered=1")
+        if outbound_client not in OUTBOUND_CLIENTS:
+            raise ValueError(f"--outbound-client: must be one of {', '.join(OUTBOUND_CLIENTS)}")
+        if outbound_client == "lean" and (target or plan.target or "").startswith("https://"):
+            raise ValueError("--outbound-client lean: speaks plain http:// only; use aiohttp for https://")
     except (ScenarioError, ValueError) as exc:
         typer.echo(f"simulator: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -69,13 +74,19 @@ def simulator(
         else plan.time_scale
         if plan.time_scale is not None
         else 0.001,
-        mitto_api_key=mitto_api_key,
-        dlr=DlrConfig(delay_ms / 1000, final_mix, mitto_dlr_token),
-        stripe_secret_key=stripe_secret_key,
-        stripe_webhook_secret=stripe_webhook_secret,
-        shopify_api_secret=shopify_api_secret,
+        mitto_api_key=env.get("SMSLAB_MITTO_API_KEY", SimulatorConfig.mitto_api_key),
+        dlr=DlrConfig(
+            delay_ms / 1000, final_mix, env.get("SMSLAB_MITTO_DLR_TOKEN", DlrConfig.callback_token)
+        ),
+        stripe_secret_key=env.get("SMSLAB_STRIPE_SECRET_KEY", SimulatorConfig.stripe_secret_key),
+        stripe_webhook_secret=env.get(
+            "SMSLAB_STRIPE_WEBHOOK_SECRET", SimulatorConfig.stripe_webhook_secret
+        ).split(",")[0],
+        shopify_api_secret=env.get("SMSLAB_SHOPIFY_API_SECRET", SimulatorConfig.shopify_api_secret),
+        control_token=env.get("SMSLAB_SIMULATOR_CONTROL_TOKEN") or None,
         faults=faults,
         fsync=fsync,
+        outbound_client=outbound_client,
     )
     app = SimulatorApp(config)
     typer.echo(f"simulator: seed {config.seed}, ledgers in {config.data_dir}", err=True)

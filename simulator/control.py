@@ -11,6 +11,8 @@ POST   /control/reset               clear rules, counters and fault generators (
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -22,6 +24,20 @@ from simulator.stripe import StripeApiError
 
 if TYPE_CHECKING:
     from simulator.app import SimulatorApp
+
+
+REFUSED = "the control API answers loopback clients, or any with X-Control-Token when one is set"
+
+
+def allowed(request: Request, token: str | None) -> bool:
+    """Loopback clients always; others only with the configured token (compared in constant time)."""
+    given = request.headers.get("x-control-token", "")
+    if token and hmac.compare_digest(given.encode("utf-8", "replace"), token.encode()):
+        return True
+    try:
+        return ipaddress.ip_address(request.client).is_loopback
+    except ValueError:
+        return False
 
 
 def _problem(status: int, detail: str) -> Response:

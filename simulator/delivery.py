@@ -22,7 +22,7 @@ from typing import Any
 
 from simulator.faults import ATTEMPT_KINDS, DELIVERY_KINDS, FaultEngine
 from simulator.ledger import JsonLinesLedger
-from simulator.outbound import DeliveryError, OutboundClient
+from simulator.outbound import DEFAULT_OUTBOUND_CLIENT, DeliveryError, OutboundClient, open_outbound_client
 
 DELIVERIES_LEDGER = "webhook_deliveries.jsonl"
 
@@ -73,8 +73,10 @@ class WebhookDispatcher:
         faults: FaultEngine | None = None,
         concurrency: int = 64,
         timeout: float = 10.0,
+        client: str = DEFAULT_OUTBOUND_CLIENT,
     ) -> None:
         self.target = target.rstrip("/") if target else None
+        self.client_kind = client
         self.ledger = ledger
         self.time_scale = time_scale
         self.faults = faults
@@ -86,6 +88,8 @@ class WebhookDispatcher:
         self._wake: asyncio.Event | None = None
         self._slots: asyncio.Semaphore | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._unfinished = 0  # deliveries admitted and not yet acknowledged, given up or dropped
+        self._promised = 0  # webhooks a provider has committed to and not emitted yet (see `promise`)
         self._runner: asyncio.Task[None] | None = None
         self._client: OutboundClient | None = None
         self.before_sending: list[Callable[[], None]] = []  # e.g. flush the ledgers the due events wrote
@@ -102,7 +106,9 @@ class WebhookDispatcher:
         self._wake = asyncio.Event()
         self._slots = asyncio.Semaphore(self.concurrency)
         if self.target:
-            self._client = OutboundClient(self.target, self.timeout, max_connections=self.concurrency)
+            self._client = open_outbound_client(
+                self.client_kind, self.target, self.timeout, max_connections=self.concurrency
+            )
         self._runner = asyncio.create_task(self._run())
 
     async def stop(self) -> None:
@@ -117,7 +123,31 @@ class WebhookDispatcher:
 
     @property
     def pending(self) -> int:
-        return len(self._heap) + len(self._tasks)
+        """Webhooks not yet acknowledged or given up: 0 means every one of them was.
+
+        A delivery counts from the moment it is scheduled (so a provider call that fires a webhook has
+        made it pending before it answers) until it is acknowledged, dropped, out of retries, or has
+        nowhere to go: whether it is waiting for its due time, for a free connection, in flight (also
+        inline, `deliver_now`) or waiting for a retry. Webhooks a provider has promised (`promise`)
+        count too. (Counting the heap and the running tasks missed a delivery taken off the heap while
+        it waited for a free connection, and every `deliver_now` attempt.)
+        """
+        return self._unfinished + self._promised
+
+    def promise(self) -> Callable[[], None]:
+        """A webhook the provider will schedule later (an asynchronous payment that settles a moment after
+        the call that started it): pending from now until the returned function is called, which the
+        provider does once it has scheduled the delivery (or decided there is none)."""
+        self._promised += 1
+        kept = False
+
+        def keep() -> None:
+            nonlocal kept
+            if not kept:
+                kept = True
+                self._promised -= 1
+
+        return keep
 
     def schedule(self, delivery: Delivery, delay_seconds: float = 0.0) -> None:
         """Deliver after `delay_seconds` of wall time (not scaled: the caller chose it)."""
@@ -131,6 +161,7 @@ class WebhookDispatcher:
         """A new delivery: its id, and the faults decided once for it. Returns the extra delay."""
         delivery.delivery_id = next(self._ids)
         self.counters["scheduled"] += 1
+        self._unfinished += 1
         target = FAULT_TARGETS[delivery.provider]
         if self.faults is None or delivery.copy_of is not None or not self.faults.may_apply(target):
             return 0.0
@@ -167,10 +198,13 @@ class WebhookDispatcher:
             hook()
         if delivery.dropped:
             self._record(delivery, None, None, dropped=True)
+            self._unfinished -= 1
             return
-        if self._client is not None and self._slots is not None:
-            await self._slots.acquire()
-            await self._attempt(delivery)
+        if self._client is None or self._slots is None:
+            self._unfinished -= 1  # nowhere to deliver: the provider's own state still changed
+            return
+        await self._slots.acquire()
+        await self._attempt(delivery)
 
     async def _run(self) -> None:
         assert self._wake is not None
@@ -200,9 +234,11 @@ class WebhookDispatcher:
             for delivery in due:
                 if delivery.dropped:
                     self._record(delivery, None, None, dropped=True)
+                    self._unfinished -= 1
                     continue
                 if self._client is None:
-                    continue  # nowhere to deliver: the provider's own state still changed
+                    self._unfinished -= 1  # nowhere to deliver: the provider's own state still changed
+                    continue
                 await self._slots.acquire()
                 task = asyncio.create_task(self._attempt(delivery))
                 self._tasks.add(task)
@@ -242,6 +278,8 @@ class WebhookDispatcher:
         acknowledged = status is not None and 200 <= status < 300
         if not acknowledged and delivery.attempt <= len(delivery.retry_delays):
             self.schedule(delivery, delivery.retry_delays[delivery.attempt - 1] * self.time_scale)
+        else:
+            self._unfinished -= 1  # acknowledged, or the provider gave up
 
     def _record(
         self,

@@ -303,7 +303,16 @@ class FakeStripe:
         kind = (
             "checkout.session.async_payment_succeeded" if succeed else "checkout.session.async_payment_failed"
         )
-        asyncio.get_running_loop().call_later(delay, self._settle, session, succeed, kind)
+        # The settlement's event is pending from this answer on, not only once it is emitted.
+        emitted = self.dispatcher.promise()
+
+        def settle() -> None:
+            try:
+                self._settle(session, succeed, kind)
+            finally:
+                emitted()
+
+        asyncio.get_running_loop().call_later(delay, settle)
         return session
 
     def _settle(self, session: dict[str, Any], succeed: bool, event_type: str) -> dict[str, Any]:

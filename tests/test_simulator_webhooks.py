@@ -3,13 +3,21 @@ an independent HMAC computation, and the service's own verifiers."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import errno
 import hashlib
 import hmac
 import json
+import socket
+import struct
+import threading
 from collections.abc import Iterator
+from http.server import ThreadingHTTPServer
 from pathlib import Path
+from unittest import mock
 
+import aiohttp
 import httpx
 import pytest
 import stripe
@@ -17,8 +25,9 @@ import stripe
 from service.settings import Settings, validate
 from service.webhooks import shopify as shopify_webhooks
 from service.webhooks import stripe_events
+from simulator.outbound import OUTBOUND_CLIENTS, DeliveryError, failure_name, open_outbound_client
 from tests.support.infra import SimulatorProcess
-from tests.support.receiver import Receiver
+from tests.support.receiver import Received, Receiver
 
 STRIPE_KEY = {"Authorization": "Bearer sk_test_lab_change_me_in_production"}
 WEBHOOK_SECRET = "whsec_lab_change_me_in_production"
@@ -173,14 +182,114 @@ def test_mitto_reports_each_message_then_its_final_status(tmp_path: Path, receiv
     assert looked_up["messages"][0]["deliveryStatus"] == "Delivered"
 
 
-async def test_webhooks_reach_a_service_that_restarted_on_the_same_port() -> None:
+# --- `pending` (GET /control/deliveries): 0 only once every webhook was acknowledged or given up --------
+
+
+def held_receiver(receiver: Receiver) -> threading.Event:
+    """Make the receiver hold every request until the returned event is set (then answer 200)."""
+    release = threading.Event()
+
+    def hold(_: Received) -> int:
+        release.wait(20)
+        return 200
+
+    receiver.judge = hold
+    return release
+
+
+def test_a_webhook_the_admin_api_fires_is_pending_from_the_moment_it_answers(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    release = held_receiver(receiver)
+    sim = start_simulator(tmp_path, receiver)
+    try:
+        admin = f"{sim.base_url}/shopify/alpha.myshopify.com/admin/api/2025-07"
+        created = httpx.post(
+            f"{admin}/customers.json",
+            json={"customer": {"phone": "+12025550143"}},
+            headers={"X-Shopify-Access-Token": "shpat_lab"},
+        )
+        assert created.status_code == 201
+        right_after = sim.control("GET", "/deliveries")
+        receiver.wait_for(1)
+        in_flight = sim.control("GET", "/deliveries")
+        release.set()
+        done = sim.wait_for_deliveries(timeout=10)
+    finally:
+        release.set()
+        sim.stop()
+    assert (right_after["scheduled"], right_after["pending"], right_after["acknowledged"]) == (1, 1, 0)
+    assert (in_flight["pending"], in_flight["acknowledged"]) == (1, 0)
+    assert (done["pending"], done["acknowledged"]) == (0, 1)
+
+
+def test_reports_sent_before_the_send_answers_are_pending_while_in_flight(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    """`report_first` delivers a message's reports inline, before the send's answer. While the first is
+    in flight nothing is on the schedule and no background task runs: it was not counted (pending 0)."""
+    release = held_receiver(receiver)
+    sim = start_simulator(tmp_path, receiver)
+    answer: list[httpx.Response] = []
+    try:
+        sim.add_fault(target="mitto.send", kind="report_first")
+        bulk = {"messages": [{"from": "Lab", "to": "+12025550143", "text": "hi", "reference": "c1-r1"}]}
+        sending = threading.Thread(
+            target=lambda: answer.append(
+                httpx.post(
+                    f"{sim.base_url}/mitto/api/v1.1/Messages/sendmessagesbulk",
+                    json=bulk,
+                    headers={"X-Mitto-API-Key": "lab-mitto-key"},
+                    timeout=20,
+                )
+            )
+        )
+        sending.start()
+        [held] = receiver.wait_for(1)
+        in_flight = sim.control("GET", "/deliveries")
+        release.set()
+        sending.join(20)
+        done = sim.wait_for_deliveries(timeout=10)
+    finally:
+        release.set()
+        sim.stop()
+    assert json.loads(held.body)["status"] == "Sent"
+    assert (in_flight["attempts"], in_flight["pending"]) == (1, 1)
+    assert answer[0].status_code == 200
+    assert (done["pending"], done["acknowledged"]) == (0, 2)
+
+
+def test_deliveries_waiting_for_a_free_connection_are_pending(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """64 deliveries in flight take every connection; the 65th, taken off the schedule, waits for one.
+    Counting the schedule and the running attempts missed it: pending said 64 with 65 undelivered."""
+    # 64 connections at once: a listen backlog of 5 would drop SYNs and make connecting take seconds.
+    monkeypatch.setattr(ThreadingHTTPServer, "request_queue_size", 128)
+    receiver = Receiver()
+    release = held_receiver(receiver)
+    sim = start_simulator(tmp_path, receiver)
+    try:
+        for n in range(65):
+            trigger = {"shop": "alpha.myshopify.com", "topic": "customers/update", "payload": {"id": n}}
+            sim.control("POST", "/shopify/webhooks", json=trigger)
+        assert len(receiver.wait_for(64, timeout=30)) == 64
+        waiting = sim.control("GET", "/deliveries")
+        release.set()
+        done = sim.wait_for_deliveries(timeout=15)
+    finally:
+        release.set()
+        sim.stop()
+        receiver.stop()
+    assert (waiting["scheduled"], waiting["attempts"], waiting["pending"]) == (65, 64, 65)
+    assert (done["pending"], done["acknowledged"]) == (0, 65)
+
+
+@pytest.mark.parametrize("kind", OUTBOUND_CLIENTS)
+async def test_webhooks_reach_a_service_that_restarted_on_the_same_port(kind: str) -> None:
     """After a restart every kept-alive connection to the old process is dead; none may be reused. (Each
     retry took the next dead connection: a Stripe payment's eight attempts all failed against a healthy
     API, and the payment was never credited.)"""
-    import asyncio
-
-    from simulator.outbound import OutboundClient
-
     open_writers: list[asyncio.StreamWriter] = []
 
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -202,7 +311,7 @@ async def test_webhooks_reach_a_service_that_restarted_on_the_same_port() -> Non
 
     first = await asyncio.start_server(answer, "127.0.0.1", 0)
     port = int(first.sockets[0].getsockname()[1])
-    client = OutboundClient(f"http://127.0.0.1:{port}")
+    client = open_outbound_client(kind, f"http://127.0.0.1:{port}")
     try:
         statuses = await asyncio.gather(*(client.post("/hook", b"{}", {}) for _ in range(8)))
         assert statuses == [200] * 8  # eight connections now idle, kept alive
@@ -220,3 +329,162 @@ async def test_webhooks_reach_a_service_that_restarted_on_the_same_port() -> Non
                 writer.close()
     finally:
         await client.aclose()
+
+
+# What a server does after reading a request, and what the delivery ledger must then record. The checker
+# reads these names (chaos/checker/evidence.py): a refused connection never reached the service; any
+# other failure may have taken effect.
+MISBEHAVIOURS = {
+    "refused": "ConnectionRefusedError",
+    "closed before answering": "IncompleteReadError",
+    "closed mid-head": "IncompleteReadError",
+    "closed mid-body": "IncompleteReadError",
+    "reset": "ConnectionResetError",
+    "no answer in time": "TimeoutError",
+    "not HTTP": "ValueError",
+}
+
+
+async def misbehaving_server(behaviour: str) -> tuple[asyncio.Server | None, int, list[int]]:
+    """A server that reads each request and then does `behaviour`; and how many requests it read."""
+    requests: list[int] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            await reader.readexactly(2)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+            return
+        requests.append(1)
+        if behaviour == "reset":
+            sock = writer.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            writer.transport.abort()
+            return
+        if behaviour == "no answer in time":
+            await asyncio.sleep(2)
+        else:
+            writer.write(
+                {
+                    "closed before answering": b"",
+                    "closed mid-head": b"HTTP/1.1 200 OK\r\nContent-Le",
+                    "closed mid-body": b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n{}",
+                    "not HTTP": b"HTTP/1.1 2x0 OK\r\nContent-Length: 0\r\n\r\n",
+                }[behaviour]
+            )
+            await writer.drain()
+        writer.close()
+
+    if behaviour == "refused":
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            return None, int(probe.getsockname()[1]), requests
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    return server, int(server.sockets[0].getsockname()[1]), requests
+
+
+@pytest.mark.parametrize("kind", OUTBOUND_CLIENTS)
+@pytest.mark.parametrize("behaviour", list(MISBEHAVIOURS))
+async def test_an_attempt_without_a_complete_answer_is_named_as_the_checker_reads_it(
+    kind: str, behaviour: str
+) -> None:
+    server, port, requests = await misbehaving_server(behaviour)
+    client = open_outbound_client(kind, f"http://127.0.0.1:{port}", timeout=0.5)
+    try:
+        with pytest.raises(DeliveryError) as failure:
+            await client.post("/hook", b"{}", {"Content-Type": "application/json"})
+    finally:
+        await client.aclose()
+        if server is not None:
+            server.close()
+    assert str(failure.value) == MISBEHAVIOURS[behaviour]
+    assert len(requests) == (0 if behaviour == "refused" else 1)  # one attempt is one request, never retried
+
+
+@pytest.mark.parametrize("kind", OUTBOUND_CLIENTS)
+async def test_a_post_lost_on_a_kept_alive_connection_is_not_sent_again(kind: str) -> None:
+    """The service reads the second request on a kept-alive connection and dies without answering: the
+    attempt fails, and the request is not resent by the client (a resend would be a second attempt the
+    ledger never records)."""
+    requests: list[int] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            try:
+                await reader.readuntil(b"\r\n\r\n")
+                await reader.readexactly(2)
+            except (asyncio.IncompleteReadError, ConnectionError):
+                break
+            requests.append(1)
+            if len(requests) > 1:
+                break
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    client = open_outbound_client(kind, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}")
+    try:
+        assert await client.post("/hook", b"{}", {}) == 200
+        with pytest.raises(DeliveryError) as failure:
+            await client.post("/hook", b"{}", {})
+        await asyncio.sleep(0.1)
+    finally:
+        await client.aclose()
+        server.close()
+    assert str(failure.value) == "IncompleteReadError"
+    assert len(requests) == 2
+
+
+def test_aiohttps_wrapped_socket_errors_are_named_by_the_error_behind_them() -> None:
+    """aiohttp re-raises a socket error as ClientOSError, often without its errno; the ledger names the
+    socket's own error, as the lean client does (a `ClientOSError` line appeared in a quick run)."""
+    lost = aiohttp.ClientOSError("Connection lost")
+    lost.__cause__ = ConnectionResetError("Connection lost")
+    assert failure_name(lost) == "ConnectionResetError"
+    assert failure_name(aiohttp.ClientOSError(errno.EPIPE, "Can not write request body")) == "BrokenPipeError"
+    assert failure_name(aiohttp.ClientOSError("no errno, no cause")) == "OSError"
+    refused = aiohttp.ClientConnectorError(
+        mock.Mock(ssl=False, host="127.0.0.1", port=9), ConnectionRefusedError(errno.ECONNREFUSED, "refused")
+    )
+    assert failure_name(refused) == "ConnectionRefusedError"
+
+
+@pytest.mark.parametrize("kind", OUTBOUND_CLIENTS)
+async def test_chunked_answers_are_read_and_connection_close_is_honoured(kind: str) -> None:
+    """Three chunked answers on one kept-alive connection; then `Connection: close` each time, so each
+    later request opens a connection of its own."""
+    connections: list[int] = []
+    answered: list[int] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(1)
+        while True:
+            try:
+                await reader.readuntil(b"\r\n\r\n")
+                await reader.readexactly(2)
+            except (asyncio.IncompleteReadError, ConnectionError):
+                break
+            answered.append(1)
+            if len(answered) <= 3:
+                writer.write(
+                    b"HTTP/1.1 202 Accepted\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"
+                )
+                await writer.drain()
+                continue
+            writer.write(b"HTTP/1.1 409 Conflict\r\nContent-Length: 2\r\nConnection: close\r\n\r\nno")
+            await writer.drain()
+            break
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    client = open_outbound_client(kind, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}")
+    try:
+        assert [await client.post("/hook", b"{}", {}) for _ in range(3)] == [202, 202, 202]
+        assert len(connections) == 1
+        assert [await client.post("/hook", b"{}", {}) for _ in range(3)] == [409, 409, 409]
+        assert len(connections) == 3
+    finally:
+        await client.aclose()
+        server.close()

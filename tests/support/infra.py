@@ -166,10 +166,18 @@ class SimulatorProcess:
         return response.json()
 
     def wait_for_deliveries(self, timeout: float = 20.0) -> dict[str, Any]:
-        """Until every outbound webhook was delivered or gave up (nothing pending)."""
+        """Until every outbound webhook was acknowledged or given up (nothing pending); the counters then.
+
+        The simulator counts a webhook as pending from the moment the call that fires it answers (an
+        Admin API change, a control trigger, a payment), so this cannot return before a webhook caused
+        earlier was even scheduled. Past `timeout` it fails, naming what is still pending, rather than
+        return as if everything had arrived. A webhook that was given up is not pending either: assert
+        `acknowledged` for the ones the test needs to have arrived."""
         deadline = time.monotonic() + timeout
         while True:
-            counters = self.control("GET", "/deliveries")
-            if counters["pending"] == 0 or time.monotonic() > deadline:
-                return dict(counters)
+            counters = dict(self.control("GET", "/deliveries"))
+            if counters["pending"] == 0:
+                return counters
+            if time.monotonic() > deadline:
+                raise AssertionError(f"webhooks still pending after {timeout:.0f} s: {counters}")
             time.sleep(0.05)

@@ -1,0 +1,155 @@
+"""The commands stop cleanly, leave nothing running, and never show a secret in `ps`.
+
+Found by hand before the fix: a SIGTERM to `smslab up` left the API, the worker, the simulator and the
+embedded `redis-server` running; `smslab api` left its embedded Redis; the simulator got the Stripe
+webhook secret on its command line.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from service.embedded_redis import free_port
+from service.settings import Settings
+from simulator.control import allowed
+from simulator.http import Request
+
+pytestmark = pytest.mark.slow
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every process below `pid` (Linux /proc), however deep."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found: set[int] = set()
+    stack = [pid]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            if child not in found:
+                found.add(child)
+                stack.append(child)
+    return found
+
+
+def _alive(pids: set[int]) -> set[int]:
+    alive = set()
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            alive.add(pid)
+    return alive
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _start(argv: list[str], tmp_path: Path, ready_url: str | None) -> subprocess.Popen[bytes]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SMSLAB_")}
+    env["SMSLAB_VAR_DIR"] = str(tmp_path / "var")
+    log = (tmp_path / "out.log").open("wb")
+    process = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and ready_url:
+        try:
+            if httpx.get(ready_url, timeout=1).status_code < 500:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    else:
+        if ready_url:
+            pytest.fail(f"{argv} not ready: {(tmp_path / 'out.log').read_text()[-2000:]}")
+    time.sleep(2)  # every child started (the worker reports no readiness)
+    return process
+
+
+SMSLAB = [sys.executable, "-m", "chaos.cli"]
+
+
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL])
+def test_smslab_up_leaves_nothing_running_however_it_is_stopped(tmp_path: Path, how: signal.Signals) -> None:
+    api, simulator = free_port(), free_port()
+    process = _start(
+        [*SMSLAB, "up", "--port", str(api), "--simulator-port", str(simulator)],
+        tmp_path,
+        f"http://127.0.0.1:{api}/health",
+    )
+    children = _descendants(process.pid)
+    names = " | ".join(_cmdline(pid) for pid in children)
+    for part in ("chaos.cli api", "chaos.cli worker", "chaos.cli simulator", "redis-server"):
+        assert part in names, names
+    secrets = Settings()
+    for secret in (
+        secrets.shopify_api_secret,
+        secrets.stripe_secret_key,
+        secrets.stripe_webhook_secret[0],
+        secrets.mitto_api_key,
+        secrets.mitto_dlr_token,
+    ):
+        assert secret not in names, "a secret is on a command line, visible in ps"
+    process.send_signal(how)
+    process.wait(30)
+    if how == signal.SIGTERM:
+        assert process.returncode == 0
+    deadline = time.monotonic() + 15
+    while _alive(children) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _alive(children), [_cmdline(pid) for pid in _alive(children)]
+
+
+@pytest.mark.parametrize("command", ["api", "worker"])
+def test_smslab_api_and_worker_take_their_embedded_redis_with_them(tmp_path: Path, command: str) -> None:
+    port = free_port()
+    argv = [*SMSLAB, command] + (["--port", str(port)] if command == "api" else [])
+    process = _start(argv, tmp_path, f"http://127.0.0.1:{port}/health" if command == "api" else None)
+    children = _descendants(process.pid)
+    assert any("redis-server" in _cmdline(pid) for pid in children)
+    process.send_signal(signal.SIGTERM)
+    process.wait(30)
+    deadline = time.monotonic() + 15
+    while _alive(children) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _alive(children), [_cmdline(pid) for pid in _alive(children)]
+
+
+def test_the_simulator_stops_on_sigterm(tmp_path: Path) -> None:
+    port = free_port()
+    process = _start(
+        [*SMSLAB, "simulator", "--port", str(port), "--data-dir", str(tmp_path / "sim")],
+        tmp_path,
+        f"http://127.0.0.1:{port}/control/health",
+    )
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(15) is not None
+
+
+def test_the_control_api_answers_loopback_only_unless_given_a_token() -> None:
+    def request(client: str, token: str = "") -> Request:
+        headers = {"x-control-token": token} if token else {}
+        return Request("GET", "/control/health", {}, headers, b"", client=client)
+
+    assert allowed(request("127.0.0.1"), None)
+    assert allowed(request("::1"), None)
+    assert not allowed(request("10.1.2.3"), None)
+    assert not allowed(request("10.1.2.3", "wrong"), "s3cret-token")
+    assert allowed(request("10.1.2.3", "s3cret-token"), "s3cret-token")
