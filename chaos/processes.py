@@ -86,12 +86,33 @@ class ManagedProcess:
             if self.ready_url is None:
                 return
             try:
-                if httpx.get(self.ready_url, timeout=1.0).status_code < 500:
-                    return
+                answer = httpx.get(self.ready_url, timeout=1.0)
             except httpx.HTTPError:
-                pass
+                answer = None
+            if answer is not None and answer.status_code < 500:
+                if self._answered_by_this(answer.headers.get("x-process-id")):
+                    return
+                raise ProcessFailed(
+                    f"{self.name}: another process (pid {answer.headers.get('x-process-id')}) answers at "
+                    f"{self.ready_url}: its port was taken before it could bind it"
+                )
             time.sleep(0.1)
         raise ProcessFailed(f"{self.name} not ready after {timeout:.0f}s; last lines:\n{self.tail()}")
+
+    def _answered_by_this(self, pid: str | None) -> bool:
+        """The answer names this process, or one of its descendants (uvicorn's workers); an answer
+        without an id (a server that does not say) is taken as it is."""
+        if pid is None or not pid.isdigit() or self.process is None:
+            return True
+        answering = int(pid)
+        for _ in range(4):  # the process itself, or up to three generations below it
+            if answering == self.process.pid:
+                return True
+            try:
+                answering = int(Path(f"/proc/{answering}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                return True  # no /proc: cannot tell
+        return False
 
     @property
     def returncode(self) -> int | None:

@@ -8,6 +8,7 @@ check's outcome, so a load balancer and an operator read the same thing.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -88,9 +89,11 @@ class HealthController(Controller):
     path = "/health"
     tags = ["health"]
 
-    @get("/", summary="Liveness: the API process answers")
-    async def live(self) -> Liveness:
-        return Liveness("ok")
+    @get("/", summary="Liveness: the API process answers (X-Process-Id: which process)")
+    async def live(self) -> Response[Liveness]:
+        # The process id lets whoever started the API on a port it chose check that the answer is this
+        # process's, not another that took the port first (`chaos.processes.ManagedProcess.wait_ready`).
+        return Response(Liveness("ok"), headers={"X-Process-Id": str(os.getpid())})
 
     @get(
         "/full",

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import os
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -26,6 +27,8 @@ if TYPE_CHECKING:
     from simulator.app import SimulatorApp
 
 
+# Which process answered: whoever started this one on a port it chose checks it is not another's.
+PROCESS_ID_HEADER = "X-Process-Id"
 REFUSED = "the control API answers loopback clients, or any with X-Control-Token when one is set"
 
 
@@ -47,7 +50,7 @@ def _problem(status: int, detail: str) -> Response:
 async def handle(app: SimulatorApp, request: Request) -> Response:
     path, method = request.path.rstrip("/"), request.method
     if path == "/control/health" and method == "GET":
-        return Response.json(200, app.status())
+        return Response.json(200, app.status(), {PROCESS_ID_HEADER: str(os.getpid())})
     if path == "/control/faults":
         if method == "GET":
             return Response.json(200, {"faults": [rule.as_dict() for rule in app.faults.rules]})
