@@ -117,3 +117,19 @@ def test_without_docker_testcontainers_stops_with_one_line(tmp_path: Path) -> No
     assert done.stderr.strip().count("\n") == 0, done.stderr
     assert "testcontainers" in done.stderr
     assert "Docker" in done.stderr or "pip install" in done.stderr
+
+
+def test_the_suite_with_testcontainers_and_no_docker_stops_with_one_line(tmp_path: Path) -> None:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("SMSLAB_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_docs.py"],
+        env={**clean, "SMSLAB_TEST_POSTGRES_URL": "testcontainers"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        check=False,
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stderr.strip().count("\n") == 0, done.stderr
+    assert done.stderr.startswith("SMSLAB_TEST_POSTGRES_URL=testcontainers: ")

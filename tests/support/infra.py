@@ -3,7 +3,9 @@
 - SQLite: a file in the test's temp dir.
 - PostgreSQL: a fresh schema in SMSLAB_TEST_POSTGRES_URL (default: the machine's `test` database),
   dropped afterwards. Without a reachable PostgreSQL the PostgreSQL cases are skipped with the reason,
-  unless SMSLAB_TEST_REQUIRE_POSTGRES=1 (CI), where they fail instead.
+  unless SMSLAB_TEST_REQUIRE_POSTGRES=1 (CI), where they fail instead. `SMSLAB_TEST_POSTGRES_URL=
+  testcontainers` starts a throwaway PostgreSQL in Docker for the session (users with Docker only;
+  without it the run stops at once with one line).
 - Redis: SMSLAB_TEST_REDIS_URL (default the machine's 127.0.0.1:6379), else an embedded redis-server;
   each test gets its own queue name and deletes only its own keys.
 - The simulator: a real `python -m simulator` process per test, with its own ledgers.
@@ -26,7 +28,27 @@ import redis
 from chaos.processes import ManagedProcess
 from service.embedded_redis import EmbeddedRedis, free_port, ping
 
-POSTGRES_URL = os.environ.get("SMSLAB_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+def _postgres_url() -> str:
+    given = os.environ.get("SMSLAB_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+    if given != "testcontainers":
+        return given
+    import atexit
+
+    from chaos.throwaway_postgres import NoDocker, throwaway_postgres
+
+    container = throwaway_postgres()
+    try:
+        url = container.__enter__()
+    except NoDocker as exc:
+        sys.stderr.write(f"SMSLAB_TEST_POSTGRES_URL=testcontainers: {exc}\n")
+        raise SystemExit(2) from None
+    atexit.register(container.__exit__, None, None, None)
+    os.environ["SMSLAB_TEST_POSTGRES_URL"] = url  # xdist's workers, started after this, share it
+    return url
+
+
+POSTGRES_URL = _postgres_url()
 REDIS_URL = os.environ.get("SMSLAB_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 REQUIRE_POSTGRES = os.environ.get("SMSLAB_TEST_REQUIRE_POSTGRES", "") in ("1", "true", "yes")
 ROOT = Path(__file__).resolve().parents[2]
