@@ -137,6 +137,7 @@ def run(
     """Run a chaos scenario end to end and print the verdict (exit 0 only if every invariant holds)."""
     from chaos.scenario import ScenarioError, load_scenario
 
+    load_or_exit()  # a mistyped or bad SMSLAB_* setting: one line and exit 2, before anything starts
     try:
         plan = load_scenario(scenario)
     except ScenarioError as exc:
@@ -167,6 +168,7 @@ def replay(
     from chaos.nemesis import load_plan
     from chaos.scenario import ScenarioError, parse_scenario
 
+    load_or_exit()
     try:
         manifest = json.loads((run_dir / "run.json").read_text())
         source = (run_dir / "scenario.toml").read_text()
@@ -195,6 +197,7 @@ def matrix(
     from chaos.report import Progress, print_matrix, print_outcome
     from chaos.scenario import Scenario, ScenarioError
 
+    load_or_exit()
     out_dir = out or Path("runs") / f"matrix-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}"
 
     def run_one(scenario: Scenario, where: Path) -> tuple[Path, dict[str, Any]]:
@@ -231,6 +234,7 @@ def fuzz(
     from chaos.environment import LabError
     from chaos.fuzz.runner import FuzzOptions, run_fuzz
 
+    load_or_exit()
     options = FuzzOptions(out, seed, max_examples, database, max_time_s=max_time)
     try:
         folder, report = asyncio.run(run_fuzz(options))

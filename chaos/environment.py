@@ -45,17 +45,29 @@ class LabError(RuntimeError):
     """The lab could not run the scenario (not a verdict about the service)."""
 
 
-def project_commit() -> str:
+def project_commit(root: Path = ROOT) -> str:
+    """The commit the run's code is at, `-dirty` if a tracked file differs from it. Untracked files (run
+    folders, logs, caches) are not code that ran, so they do not count: a fresh clone's run is clean."""
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=False
+            ["git", "rev-parse", "--verify", "--quiet", "HEAD"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=False,
         )
         dirty = subprocess.run(
-            ["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True, check=False
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=False,
         )
     except OSError:
         return "unknown"
-    commit = out.stdout.strip() or "unknown"
+    commit = out.stdout.strip() if out.returncode == 0 else ""
+    if not commit:
+        return "unknown"  # not a git checkout (an installed copy), or one without a commit yet
     return commit + ("-dirty" if dirty.stdout.strip() else "")
 
 
@@ -122,6 +134,15 @@ class Services:
             process.start()
         for process in self.all:
             process.wait_ready(ready_timeout)
+
+
+def retry_horizon_s(scenario: Scenario) -> float:
+    """How long the providers keep retrying a webhook: past the chaos phase and the whole settle bound
+    (with a margin), as a real provider's hours or days outlast any restart; or only their compressed
+    schedules, where the scenario wants to see them give up (`simulator.providers_give_up`)."""
+    if scenario.simulator.providers_give_up:
+        return 0.0
+    return scenario.workload.duration_s + scenario.quiescence_s + 30.0
 
 
 class Environment:
@@ -279,6 +300,8 @@ class Environment:
                 str(scenario.simulator.dlr_delay_ms),
                 "--dlr-final",
                 scenario.simulator.dlr_final,
+                "--retry-horizon",
+                str(retry_horizon_s(scenario)),
             ],
             logs / "simulator.log",
             provider_secrets(settings),

@@ -42,10 +42,13 @@ Script = Generator[Operation, Outcome, None]
 class ClientGenerator:
     """One client's operations on one shop, by the scenario's mix and probabilities."""
 
-    def __init__(self, spec: WorkloadSpec, shop: ShopWorld, rng: random.Random) -> None:
+    def __init__(
+        self, spec: WorkloadSpec, shop: ShopWorld, rng: random.Random, world: list[ShopWorld] | None = None
+    ) -> None:
         self.spec = spec
         self.shop = shop
         self.rng = rng
+        self.world = world if world is not None else [shop]  # every shop: who is still installed
         self._names, self._weights = zip(*spec.mix, strict=True)
         self._scripts: dict[str, Callable[[], Script]] = {
             "campaign": self._campaign,
@@ -57,9 +60,11 @@ class ClientGenerator:
         }
 
     @classmethod
-    def for_client(cls, spec: WorkloadSpec, shop: ShopWorld, seed: int, index: int) -> ClientGenerator:
+    def for_client(
+        cls, spec: WorkloadSpec, shop: ShopWorld, seed: int, index: int, world: list[ShopWorld] | None = None
+    ) -> ClientGenerator:
         """Client `index`'s generator: its own stream of the run's seed."""
-        return cls(spec, shop, random.Random(f"{seed}:client:{index}"))
+        return cls(spec, shop, random.Random(f"{seed}:client:{index}"), world)
 
     def next_operation(self) -> Script:
         """The next operation, by the mix's weights, as the script of its calls."""
@@ -127,6 +132,11 @@ class ClientGenerator:
         yield Redact(self.shop.domain, customer.id, customer.phone, customer.email)
 
     def _uninstall(self) -> Script:
+        """The merchant uninstalls the app; never the last shop still installed, unless the scenario says
+        so (its clients would stop, and the chaos phase end before its time: a vacuous run)."""
+        others = [s for s in self.world if s is not self.shop and not s.uninstalled]
+        if self.shop.uninstalled or (not others and not self.spec.uninstall_last_shop):
+            return
         self.shop.uninstalled = True
         yield Uninstall(self.shop.domain)
 

@@ -23,6 +23,7 @@ from typing import Any
 
 import httpx
 
+from chaos.checker.coverage import COUNTERS, FAULT_RULES
 from chaos.checker.run import MANIFEST, check_run
 from chaos.checker.snapshot_io import save_snapshot
 from chaos.environment import Environment, LabError, RunFolder, Services, project_commit
@@ -161,16 +162,39 @@ class LabRun:
         nemesis_task = asyncio.create_task(nemesis.run(started, stop))
         reporter = asyncio.create_task(self._report_chaos(started, nemesis, workload, history))
         supervisor = asyncio.create_task(actions.supervise(nemesis, started))
+        chaos_started_at = time.time()
         try:
             await workload.run(deadline, self.options.seed)
         finally:
+            achieved = time.monotonic() - started
             stop.set()
             await nemesis_task
             reporter.cancel()
             supervisor.cancel()
             await asyncio.gather(reporter, supervisor, return_exceptions=True)
             nemesis.close()
-        return {"faults_injected": nemesis.injected, "operations": dict(history.counts)}
+        provider_faults = await self._save_fault_counts(services)
+        return {
+            "chaos": {
+                "planned_s": scenario.workload.duration_s,
+                "achieved_s": round(achieved, 2),
+                "started_at": chaos_started_at,
+            },
+            "clock": {"history_started_at": history.started_at, "chaos_started_at": chaos_started_at},
+            "faults_injected": {"nemesis": nemesis.injected, "provider": provider_faults},
+            "operations": dict(history.counts),
+        }
+
+    async def _save_fault_counts(self, services: Services) -> int:
+        """The simulator's fault rules with how often each fired, and the requests each endpoint saw, as
+        they stand when the chaos ends (healing clears them): what the verdict's coverage is made of."""
+        simulator_dir = self.run_dir / "simulator"
+        async with httpx.AsyncClient(base_url=services.simulator_url, timeout=10) as sim:
+            rules = (await sim.get("/control/faults")).json()["faults"]
+            counters = (await sim.get("/control/counters")).json()
+        (simulator_dir / FAULT_RULES).write_text(json.dumps(rules, indent=1))
+        (simulator_dir / COUNTERS).write_text(json.dumps(counters, indent=1))
+        return sum(int(rule.get("fired", 0)) for rule in rules)
 
     async def _report_chaos(
         self, started: float, nemesis: Nemesis, workload: Workload, history: History

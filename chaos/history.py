@@ -32,6 +32,7 @@ class History:
         self._file = path.open("ab")
         self._next = 0
         self._started = time.monotonic()
+        self.started_at = time.time()  # wall clock of `time` 0: to line the history up with other ledgers
         self.counts: dict[str, int] = {}
 
     def _write(self, entry: dict[str, Any]) -> None:

@@ -30,6 +30,7 @@
     retries = 3                # retries of a timed-out enqueue, with the same Idempotency-Key
     consent_before_redact = 0  # probability that an erased customer changed consent just before
     think_s = [0, 0.05]        # a client's pause between two operations (sets the offered load)
+    uninstall_last_shop = false # whether the last active shop may be uninstalled (which ends the run early)
     [workload.mix]             # relative weights of the clients' operations
     campaign = 10
     buy = 2
@@ -38,7 +39,14 @@
     redact = 1
     uninstall = 0
 
+    [minimums]                 # what the run must exercise, or its verdict is `unknown`
+    chaos_share = 0.9          # the workload ran at least this share of duration_s
+    every_nemesis_event = true # every planned nemesis event fired
+    expected_fires = 3         # a fault rule expected to fire this often (probability x requests) did
+    campaigns_completed = 1
+
     [simulator]
+    providers_give_up = false  # true: the providers' compressed retry schedules end before settling does
     dlr_delay_ms = 50
     dlr_final = "Delivered=0.9,Undeliverable=0.05,Expired=0.05"
     [[simulator.faults]]       # the simulator's fault rules (docs/simulator.md), active during the workload
@@ -117,6 +125,9 @@ class Workload:
     retries: int = 3
     consent_before_redact: float = 0.0
     think_s: tuple[float, float] = (0.0, 0.05)
+    # Uninstalling stops a shop's clients; unless a scenario says so, the last active shop is never
+    # uninstalled, so the workload cannot end its own chaos phase early (a vacuous run).
+    uninstall_last_shop: bool = False
     mix: tuple[tuple[str, float], ...] = (
         ("campaign", 10.0),
         ("buy", 2.0),
@@ -132,6 +143,20 @@ class SimulatorPlan:
     dlr_delay_ms: float = 50.0
     dlr_final: str = "Delivered=0.9,Undeliverable=0.05,Expired=0.05"
     faults: tuple[dict[str, Any], ...] = ()
+    # The providers' retry horizons, compressed, outlast the chaos phase and the settle bound (as real
+    # ones, hours or days, outlast a restart), unless the scenario wants to see them give up.
+    providers_give_up: bool = False
+
+
+@dataclass(frozen=True)
+class Minimums:
+    """What a run must have exercised for its verdict to count; below any, the verdict is `unknown`."""
+
+    chaos_share: float = 0.9  # of the planned chaos duration that the workload really ran
+    every_nemesis_event: bool = True  # every planned nemesis event fired
+    # a provider fault rule expected to fire at least this often (probability x requests seen) fired
+    expected_fires: float = 3.0
+    campaigns_completed: int = 1
 
 
 @dataclass(frozen=True)
@@ -156,6 +181,7 @@ class Scenario:
     workload: Workload = field(default_factory=Workload)
     simulator: SimulatorPlan = field(default_factory=SimulatorPlan)
     nemesis: tuple[NemesisRule, ...] = ()
+    minimums: Minimums = field(default_factory=Minimums)
     source: str = ""  # the TOML as written
     document: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
@@ -291,6 +317,7 @@ def _workload(table: Any) -> Workload:
             "retries": lambda w, v: _int(w, v, 0),
             "consent_before_redact": lambda w, v: _float(w, v, 0.0, 1.0),
             "think_s": _range,
+            "uninstall_last_shop": _bool,
         },
     )
     if "mix" in table:
@@ -305,7 +332,7 @@ def _workload(table: Any) -> Workload:
 
 def _simulator(table: Any) -> SimulatorPlan:
     where = "scenario.simulator"
-    table = _check_keys(where, table, {"dlr_delay_ms", "dlr_final", "faults"})
+    table = _check_keys(where, table, {"dlr_delay_ms", "dlr_final", "faults", "providers_give_up"})
     values: dict[str, Any] = {}
     if "dlr_delay_ms" in table:
         values["dlr_delay_ms"] = _float(f"{where}.dlr_delay_ms", table["dlr_delay_ms"])
@@ -321,7 +348,31 @@ def _simulator(table: Any) -> SimulatorPlan:
     except FaultSpecError as exc:
         raise ScenarioError(str(exc)) from None
     values["faults"] = tuple(faults)
+    if "providers_give_up" in table:
+        values["providers_give_up"] = _bool(f"{where}.providers_give_up", table["providers_give_up"])
     return SimulatorPlan(**values)
+
+
+def _bool(where: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ScenarioError(f"{where}: must be true or false")
+    return value
+
+
+def _minimums(table: Any) -> Minimums:
+    where = "scenario.minimums"
+    table = _check_keys(where, table, set(Minimums.__dataclass_fields__))
+    values = _from_casters(
+        where,
+        table,
+        {
+            "chaos_share": lambda w, v: _float(w, v, 0.0, 1.0),
+            "every_nemesis_event": _bool,
+            "expected_fires": lambda w, v: _float(w, v, 0.0),
+            "campaigns_completed": lambda w, v: _int(w, v, 0),
+        },
+    )
+    return Minimums(**values)
 
 
 def _nemesis(items: Any) -> tuple[NemesisRule, ...]:
@@ -371,6 +422,7 @@ def parse_scenario(document: Any, source: str = "") -> Scenario:
             "workload",
             "simulator",
             "nemesis",
+            "minimums",
         },
     )
     name = table.get("name")
@@ -389,6 +441,7 @@ def parse_scenario(document: Any, source: str = "") -> Scenario:
         workload=_workload(table.get("workload", {})),
         simulator=_simulator(table.get("simulator", {})),
         nemesis=_nemesis(table.get("nemesis", [])),
+        minimums=_minimums(table.get("minimums", {})),
         source=source,
         document=copy.deepcopy(table),
     )

@@ -183,7 +183,7 @@ class Workload:
 
     def _generator(self, index: int, seed: int) -> ClientGenerator:
         shop = self.world[index % len(self.world)]
-        return ClientGenerator.for_client(self.scenario.workload, shop, seed, index)
+        return ClientGenerator.for_client(self.scenario.workload, shop, seed, index, world=self.world)
 
     async def _client(self, client: Client, generator: ClientGenerator, deadline: float) -> None:
         while time.monotonic() < deadline and not generator.shop.uninstalled:

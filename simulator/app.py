@@ -45,6 +45,7 @@ class SimulatorConfig:
     faults: list[dict[str, Any]] = field(default_factory=list)  # rules active from the start
     fsync: bool = False
     outbound_client: str = DEFAULT_OUTBOUND_CLIENT  # which HTTP client delivers webhooks (outbound.py)
+    retry_horizon_s: float = 0.0  # see `WebhookDispatcher.retry_horizon_s`
     # Without a token the control API (it can fake payments and erase nothing less than the ground truth
     # of a run) answers only clients on loopback; with one, any client presenting X-Control-Token.
     control_token: str | None = None
@@ -69,6 +70,7 @@ class SimulatorApp:
             config.time_scale,
             faults=self.faults,
             client=config.outbound_client,
+            retry_horizon_s=config.retry_horizon_s,
         )
         self.mitto = FakeMitto(
             config.data_dir,
@@ -145,6 +147,10 @@ class SimulatorApp:
 
     async def _provider_call(self, route: ProviderRoute, request: Request, send: Send) -> None:
         decision = self.faults.decide(route.target)
+        for delayed in decision.delayed_by:  # every fault that fired is in the events ledger, latency too
+            self.events.append(
+                {"t": time.time(), "target": route.target, "fault": "latency", "rule": delayed.id}
+            )
         if decision.delay:
             await asyncio.sleep(decision.delay)
         for modifier in decision.modifiers:

@@ -34,6 +34,12 @@ def simulator(
     fsync: bool = typer.Option(
         False, help="fsync each ledger write (survives a machine crash, not just a kill)."
     ),
+    retry_horizon: float = typer.Option(
+        0.0,
+        min=0.0,
+        help="Keep retrying failed webhooks until this many seconds after their first attempt, even past "
+        "the providers' (compressed) schedules [0: the schedules alone].",
+    ),
     outbound_client: str = typer.Option(
         DEFAULT_OUTBOUND_CLIENT, help=f"HTTP client for webhooks: {' or '.join(OUTBOUND_CLIENTS)}."
     ),
@@ -87,6 +93,7 @@ def simulator(
         faults=faults,
         fsync=fsync,
         outbound_client=outbound_client,
+        retry_horizon_s=retry_horizon,
     )
     app = SimulatorApp(config)
     typer.echo(f"simulator: seed {config.seed}, ledgers in {config.data_dir}", err=True)

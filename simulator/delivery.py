@@ -30,6 +30,7 @@ DELIVERIES_LEDGER = "webhook_deliveries.jsonl"
 STRIPE_RETRY_DELAYS = (60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0)  # test mode: a few hours
 SHOPIFY_RETRY_DELAYS = (10.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7500.0)  # 8 retries over ~4 h
 MITTO_RETRY_DELAYS = (30.0, 60.0, 120.0, 300.0, 600.0)  # assumed: Mitto does not publish one
+HORIZON_RETRY_CAP_S = 2.0  # wall seconds between the retries that stretch a schedule to its horizon
 
 FAULT_TARGETS = {"mitto": "mitto.dlr", "stripe": "stripe.webhook", "shopify": "shopify.webhook"}
 
@@ -50,6 +51,7 @@ class Delivery:
     original: Delivery | None = None  # a duplicate sends its original's body as it stands when sent
     dropped: bool = False
     faults: list[str] = field(default_factory=list)
+    first_attempt_at: float | None = None  # monotonic: where the retry horizon is measured from
 
 
 def _corrupt(delivery: Delivery, headers: dict[str, str], path: str) -> tuple[dict[str, str], str]:
@@ -74,8 +76,14 @@ class WebhookDispatcher:
         concurrency: int = 64,
         timeout: float = 10.0,
         client: str = DEFAULT_OUTBOUND_CLIENT,
+        retry_horizon_s: float = 0.0,
     ) -> None:
         self.target = target.rstrip("/") if target else None
+        # Retries go on (at the schedule's last interval, capped) until this many wall seconds after the
+        # first attempt, when the provider's own compressed schedule ends sooner: the lab makes a
+        # provider's horizon outlast what a scenario does to the service, as real ones (hours, days)
+        # outlast a restart. 0: the provider's schedule alone.
+        self.retry_horizon_s = retry_horizon_s
         self.client_kind = client
         self.ledger = ledger
         self.time_scale = time_scale
@@ -248,6 +256,8 @@ class WebhookDispatcher:
         assert self._client is not None
         assert self._slots is not None
         delivery.attempt += 1
+        if delivery.first_attempt_at is None:
+            delivery.first_attempt_at = time.monotonic()
         self.counters["attempts"] += 1
         age, corrupt, faults = 0.0, False, []
         if self.faults is not None:
@@ -274,12 +284,24 @@ class WebhookDispatcher:
             error = str(exc)
         finally:
             self._slots.release()
-        self._record(delivery, status, error, attempt_faults=faults)
         acknowledged = status is not None and 200 <= status < 300
-        if not acknowledged and delivery.attempt <= len(delivery.retry_delays):
-            self.schedule(delivery, delivery.retry_delays[delivery.attempt - 1] * self.time_scale)
+        retry_in = None if acknowledged else self._next_retry(delivery)
+        self._record(
+            delivery, status, error, attempt_faults=faults, gave_up=not acknowledged and retry_in is None
+        )
+        if retry_in is not None:
+            self.schedule(delivery, retry_in)
         else:
             self._unfinished -= 1  # acknowledged, or the provider gave up
+
+    def _next_retry(self, delivery: Delivery) -> float | None:
+        """Seconds until the next attempt after a failed one, or None: the provider gives up."""
+        if delivery.attempt <= len(delivery.retry_delays):
+            return delivery.retry_delays[delivery.attempt - 1] * self.time_scale
+        started = delivery.first_attempt_at or time.monotonic()
+        if delivery.retry_delays and time.monotonic() - started < self.retry_horizon_s:
+            return min(delivery.retry_delays[-1] * self.time_scale, HORIZON_RETRY_CAP_S)
+        return None
 
     def _record(
         self,
@@ -288,6 +310,7 @@ class WebhookDispatcher:
         error: str | None,
         dropped: bool = False,
         attempt_faults: list[str] | None = None,
+        gave_up: bool = False,
     ) -> None:
         acknowledged = status is not None and 200 <= status < 300
         if not dropped:
@@ -304,6 +327,7 @@ class WebhookDispatcher:
                 "acknowledged": acknowledged,
                 "dropped": dropped,
                 "faults": delivery.faults + (attempt_faults or []),
+                **({"gave_up": True} if gave_up else {}),
                 **delivery.meta,
             }
         )

@@ -175,6 +175,7 @@ def parse_rule(spec: Any, rule_id: str, where: str = "fault") -> FaultRule:
 @dataclass
 class FaultDecision:
     delay: float = 0.0
+    delayed_by: list[FaultRule] = field(default_factory=list)  # the latency rules that fired
     terminal: FaultRule | None = None
     modifiers: list[FaultRule] = field(
         default_factory=list
@@ -268,6 +269,7 @@ class FaultEngine:
                     continue
                 if rule.kind == "latency":
                     decision.delay += rule.latency_seconds(rng)
+                    decision.delayed_by.append(rule)
                 elif rule.kind in TERMINAL_KINDS:
                     if decision.terminal is not None:
                         continue

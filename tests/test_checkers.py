@@ -244,7 +244,13 @@ def test_i8_an_erased_customer_still_stored(run_dir: Path) -> None:
     append(run_dir / "database" / "personal_data.jsonl", ["contacts", "email", 17, "ada@example.com"])
     item = only_invalid(run_dir)
     assert item["counts"]["erased_values_still_stored"] == 1
-    assert item["witnesses"] == [{"erased_customer": 42, "still_in": "contacts.email", "row": 17}]
+    witness = item["witnesses"][0]
+    assert {k: v for k, v in witness.items() if k != "causes"} == {
+        "erased_customer": 42,
+        "still_in": "contacts.email",
+        "row": 17,
+    }
+    assert witness["causes"]["erasure_requested"][0]["history_index"] == 9001
 
 
 def test_a_shortfall_in_a_run_that_did_not_settle_is_unknown_but_an_overcharge_is_not(run_dir: Path) -> None:
@@ -426,3 +432,115 @@ def test_a_big_run_checked_by_three_processes_gets_the_same_verdict(
     assert {item["id"]: (item["valid"], item["counts"]) for item in parallel["invariants"]} == serial
     assert [item["id"] for item in parallel["invariants"]] == [f"I{n}" for n in range(1, 9)]
     assert serial["I1"][0] is False
+
+
+# --- coverage: a run that did not exercise its scenario never reads as a pass ------------------------------
+
+
+def test_a_run_whose_workload_ended_early_is_unknown_with_the_reason(run_dir: Path) -> None:
+    manifest = json.loads((run_dir / "run.json").read_text())
+    manifest["chaos"] = {"planned_s": 25.0, "achieved_s": 2.1, "started_at": 0.0}
+    (run_dir / "run.json").write_text(json.dumps(manifest))
+    verdict = check_run(run_dir)
+    assert all(item["valid"] is True for item in verdict["invariants"])  # nothing wrong was seen...
+    assert verdict["valid"] == "unknown"  # ...but too little was done for that to count
+    assert verdict["unknown_because"] == [
+        "the workload ran 2.1 of its 25 s (8%; the scenario's minimum is 90%)"
+    ]
+    assert verdict["coverage"]["workload"]["share"] == 0.084
+
+
+def test_a_run_whose_faults_never_fired_is_unknown_with_the_reason(run_dir: Path) -> None:
+    (run_dir / "nemesis.plan.json").write_text(
+        json.dumps([{"at": 3.0, "action": "kill_worker", "target": "worker-0", "hold_s": 1.0, "params": {}}])
+    )
+    rules = [{"id": "r1", "target": "mitto.send", "kind": "accept_then_lose", "probability": 0.1, "fired": 0}]
+    (run_dir / "simulator" / "fault_rules.json").write_text(json.dumps(rules))
+    (run_dir / "simulator" / "counters.json").write_text(
+        json.dumps({"endpoints": {"mitto.send": {"requests": 60}}})
+    )
+    verdict = check_run(run_dir)
+    assert verdict["valid"] == "unknown"
+    assert verdict["unknown_because"] == [
+        "1 planned nemesis event(s) did not fire: kill_worker at 3 s",
+        "fault rule r1 (accept_then_lose on mitto.send) never fired, though expected 6 times "
+        "(60 requests x 0.1)",
+    ]
+    rule = verdict["coverage"]["faults"]["provider_rules"][0]
+    assert (rule["requests_seen"], rule["expected"], rule["fired"]) == (60, 6.0, 0)
+
+
+def test_a_rule_expected_to_fire_less_than_three_times_may_stay_silent(run_dir: Path) -> None:
+    rules = [{"id": "r1", "target": "mitto.send", "kind": "status", "probability": 0.02, "fired": 0}]
+    (run_dir / "simulator" / "fault_rules.json").write_text(json.dumps(rules))
+    (run_dir / "simulator" / "counters.json").write_text(
+        json.dumps({"endpoints": {"mitto.send": {"requests": 60}}})
+    )
+    assert check_run(run_dir)["valid"] is True
+
+
+def test_a_run_that_never_started_is_unknown_for_every_invariant(tmp_path: Path) -> None:
+    """What a run whose API failed to start leaves: a folder, empty ledgers, no history, no database."""
+    folder = tmp_path / "never"
+    for sub in ("simulator", "database", "logs"):
+        (folder / sub).mkdir(parents=True)
+    (folder / "simulator" / "mitto_accepted.jsonl").write_text("")
+    (folder / "history.jsonl").write_text("")
+    verdict = check_run(folder)
+    assert verdict["valid"] == "unknown"
+    assert all(item["valid"] == "unknown" for item in verdict["invariants"]), verdict["invariants"]
+    assert any("no run.json" in reason for reason in verdict["unknown_because"])
+    from typer.testing import CliRunner
+
+    from chaos.cli import app
+
+    assert CliRunner().invoke(app, ["check", str(folder)]).exit_code == 1
+
+
+def test_a_webhook_the_provider_gave_up_on_is_named_in_the_witness_with_its_attempts(run_dir: Path) -> None:
+    """An erasure Shopify gave up delivering (the API was down past its retry horizon): the witness is the
+    contact still stored, and its causes name the delivery, its attempts and the give-up; the verdict says
+    it is unavailability, not a missing safeguard."""
+    value = {"shop": SHOP, "customer": 42, "phone": "+12025550143", "email": "ada@example.com"}
+    answer = {**value, "status": 201, "response": {"event_id": "evt-redact-42"}}
+    append(
+        run_dir / "history.jsonl",
+        {"index": 9000, "time": 5.0, "process": "client-0", "type": "invoke", "f": "redact", "value": value},
+        {
+            "index": 9001,
+            "time": 5.1,
+            "process": "client-0",
+            "type": "ok",
+            "f": "redact",
+            "op": 9000,
+            "value": answer,
+        },
+    )
+    append(run_dir / "database" / "personal_data.jsonl", ["contacts", "email", 17, "ada@example.com"])
+    attempts = [
+        {
+            "t": 1000.0 + n,
+            "delivery": 77,
+            "provider": "shopify",
+            "attempt": n,
+            "status": None,
+            "error": "ConnectionRefusedError",
+            "acknowledged": False,
+            "event": "evt-redact-42",
+            "type": "customers/redact",
+            "shop": SHOP,
+            **({"gave_up": True} if n == 9 else {}),
+        }
+        for n in range(1, 10)
+    ]
+    append(run_dir / "simulator" / "webhook_deliveries.jsonl", *attempts)
+    item = verdicts(run_dir)["I8"]
+    assert item["valid"] == "unknown"
+    assert "gave up" in item["note"]
+    [delivery] = item["witnesses"][0]["causes"]["deliveries"]
+    assert (delivery["type"], delivery["provider_gave_up"], len(delivery["attempts"])) == (
+        "customers/redact",
+        True,
+        9,
+    )
+    assert delivery["attempts"][0]["error"] == "ConnectionRefusedError"

@@ -99,3 +99,19 @@ def test_db_upgrade_and_credit_grants_on_the_embedded_default(tmp_path: Path) ->
     assert repeat.stdout.strip() == "already granted with this key; 500 credits; balance 500"
     other = smslab("credits", "grant", "demo.myshopify.com", "250", cwd=tmp_path)
     assert other.stdout.strip() == "granted 250 credits; balance 750"
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [({"SMSLAB_BATCH_SIZE": "lots"}, "SMSLAB_BATCH_SIZE"), ({"SMSLAB_BATCHSIZE": "10"}, "SMSLAB_BATCHSIZE")],
+)
+def test_a_lab_run_checks_the_settings_before_anything_starts(
+    tmp_path: Path, env: dict[str, str], named: str
+) -> None:
+    """Found by a new user: a mistyped variable was found only when the API died (exit 3, after a half-made
+    run folder and `latest` link), and a bad value was ignored altogether."""
+    result = smslab("run", "quick", "--out", str(tmp_path / "runs"), env=env, cwd=tmp_path)
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert named in result.stderr
+    assert not (tmp_path / "runs").exists()

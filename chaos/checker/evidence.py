@@ -127,6 +127,10 @@ class DeliveryAttempt(msgspec.Struct):
     message: str | None = None  # Mitto's: the message id
     status: int | None = None  # the service's answer; None when none came
     error: str | None = None  # why none came
+    gave_up: bool = False  # the provider's last attempt: its retry schedule (and horizon) ran out
+    object: str | None = None  # Stripe's: the object the event is about (a session, a charge)
+    shop: str | None = None  # Shopify's: the shop domain
+    delivery: int = 0  # the delivery this attempt belongs to (one per event and copy)
 
     @property
     def at(self) -> float:

@@ -27,6 +27,9 @@ from chaos.checker import (
     i7_delivery_state,
     i8_no_pii,
 )
+from chaos.checker.causes import Causes
+from chaos.checker.causes import attach as attach_causes
+from chaos.checker.coverage import assess
 from chaos.checker.evidence import (
     load_acceptances,
     load_delivery_attempts,
@@ -112,6 +115,21 @@ def check_delivery_invariants(
     return payments, states, len(deliveries)
 
 
+def missing_evidence(run_dir: Path, manifest: dict[str, Any], history: list[dict[str, Any]]) -> list[str]:
+    """What a verdict needs and the folder lacks: then nothing can be judged valid (a run that never
+    started leaves empty ledgers, and empty evidence contradicts no invariant)."""
+    missing = []
+    if not manifest:
+        missing.append(f"no {MANIFEST}: the run did not get past its set-up")
+    elif "quiescence" not in manifest:
+        missing.append(f"{MANIFEST} has no settle result: the run did not get as far as settling")
+    if not history:
+        missing.append("the history is empty: no client operation was recorded")
+    if not (run_dir / "database" / "campaigns.jsonl").exists():
+        missing.append("no saved database (database/*.jsonl): the snapshot was never taken")
+    return missing
+
+
 def check_run(run_dir: Path) -> dict[str, Any]:
     started = time.perf_counter()
     manifest: dict[str, Any] = (
@@ -119,7 +137,8 @@ def check_run(run_dir: Path) -> dict[str, Any]:
     )
     simulator_dir = run_dir / "simulator"
     database_dir = run_dir / "database"
-    logs = sorted((run_dir / "logs").glob("*.log"))
+    # Every process's log, the lab's own redis-server's too (it is a process of the run as well).
+    logs = sorted((run_dir / "logs").glob("*.log")) + sorted((run_dir / "redis").glob("*.log"))
     big = _folder_bytes([*logs, simulator_dir / DELIVERIES_LEDGER]) > PARALLEL_BYTES
     pool = (
         ProcessPoolExecutor(max_workers=2, mp_context=multiprocessing.get_context("spawn")) if big else None
@@ -189,12 +208,26 @@ def _check(
     if manifest.get("quiescence", {}).get("reached") is False:
         for result in results:
             undecidable_when_unsettled(result)
+    missing = missing_evidence(run_dir, manifest, history)
+    for result in results:
+        if missing and result.valid is True:
+            result.valid = "unknown"
+            result.note = "no evidence to judge by: " + "; ".join(missing)
+    if any(result.valid is not True for result in results):
+        attach_causes(results, Causes.of(run_dir, manifest, load_delivery_attempts(simulator_dir), history))
+    coverage = assess(run_dir, manifest, history, snapshot, acceptances)
+    valid = compose(results)
+    unknown_because = [*missing, *coverage["shortfalls"]] if valid is not False else []
+    if valid is True and unknown_because:
+        valid = "unknown"  # every invariant held, but the run did not do enough for that to count
     verdict = {
         "run": manifest.get("run_id", run_dir.name),
         "scenario": manifest.get("scenario"),
         "seed": manifest.get("seed"),
-        "valid": compose(results),
+        "valid": valid,
+        "unknown_because": unknown_because,
         "invariants": [r.as_dict() for r in results],
+        "coverage": coverage,
         "evidence": {
             "acceptances": len(acceptances),
             "history_entries": len(history),

@@ -10,12 +10,13 @@ stored webhook payloads, privacy exports) are saved too: I8 checks erased custom
 from __future__ import annotations
 
 import json
+from collections import Counter, defaultdict
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import msgspec
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from chaos.checker.evidence import (
@@ -26,11 +27,13 @@ from chaos.checker.evidence import (
     read_lines,
     snapshot_of,
 )
-from service.db.models import Contact, PrivacyRequest, WebhookEvent
+from service.db.models import CampaignRecipient, Contact, PendingDeliveryReport, PrivacyRequest, WebhookEvent
 
 # The column order of each saved table's rows, as `evidence.SNAPSHOT_TABLES` declares it.
 COLUMNS: dict[str, tuple[str, ...]] = {table: spec.columns for table, spec in SNAPSHOT_TABLES.items()}
 PERSONAL = "personal_data.jsonl"  # [table, column, row id, value]
+COLUMNS_FILE = "columns.json"  # each saved table's column names, in the order of its rows' values
+SERVICE_COUNTS = "service_counts.json"  # what the service counted of its rarer paths (coverage)
 
 
 def _plain(value: Any) -> Any:
@@ -56,6 +59,30 @@ async def personal_data(session: AsyncSession) -> list[list[Any]]:
     return rows
 
 
+async def service_counts(session: AsyncSession) -> dict[str, Any]:
+    """The service's own account of the paths only faults reach: webhook outcomes by provider (duplicates
+    refused, reports kept early, stale updates...), recipients sent again, reports still kept. Shown in a
+    verdict's coverage beside ground truth, never as evidence for an invariant."""
+    async with session.begin():
+        outcomes = await session.execute(
+            select(WebhookEvent.provider, WebhookEvent.outcome, func.count()).group_by(
+                WebhookEvent.provider, WebhookEvent.outcome
+            )
+        )
+        by_provider: dict[str, Counter[str]] = defaultdict(Counter)
+        for provider, outcome, count in outcomes:
+            by_provider[provider][outcome.split(":")[0]] += count  # `redacted:3` counts as `redacted`
+        retried = await session.scalar(
+            select(func.count()).select_from(CampaignRecipient).where(CampaignRecipient.attempts > 1)
+        )
+        kept = await session.scalar(select(func.count()).select_from(PendingDeliveryReport))
+    return {
+        "webhook_outcomes": {provider: dict(counts) for provider, counts in sorted(by_provider.items())},
+        "recipients_claimed_more_than_once": int(retried or 0),
+        "delivery_reports_still_kept": int(kept or 0),
+    }
+
+
 async def save_snapshot(session: AsyncSession, directory: Path) -> DatabaseSnapshot:
     snapshot = await load_snapshot(session)
     directory.mkdir(parents=True, exist_ok=True)
@@ -67,6 +94,11 @@ async def save_snapshot(session: AsyncSession, directory: Path) -> DatabaseSnaps
     with (directory / PERSONAL).open("wb") as handle:
         for row in await personal_data(session):
             handle.write(encoder.encode(row) + b"\n")
+    # The rows are bare arrays: their column names are written beside them, for anyone who reads them.
+    names = {table: list(columns) for table, columns in COLUMNS.items()}
+    names["personal_data"] = ["table", "column", "row_id", "value"]
+    (directory / COLUMNS_FILE).write_text(json.dumps(names, indent=1))
+    (directory / SERVICE_COUNTS).write_text(json.dumps(await service_counts(session), indent=1))
     return snapshot
 
 

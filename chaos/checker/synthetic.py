@@ -257,12 +257,17 @@ def write_synthetic_run(
     with (run_dir / "history.jsonl").open("wb") as handle:
         encoder = msgspec.json.Encoder()
         handle.write(b"".join(encoder.encode(entry) + b"\n" for entry in history))
+    # A run that did what its scenario planned: its chaos phase ran its whole duration, with no fault
+    # planned (so none missing), and campaigns completed: its coverage meets the minimums.
+    (run_dir / "scenario.toml").write_text('name = "synthetic"\n\n[workload]\nduration_s = 10\n')
+    (run_dir / "nemesis.plan.json").write_text("[]")
     (run_dir / "run.json").write_text(
         json.dumps(
             {
                 "run_id": run_dir.name,
                 "scenario": "synthetic",
                 "seed": 0,
+                "chaos": {"planned_s": 10.0, "achieved_s": 10.0, "started_at": 0.0},
                 "quiescence": {"reached": True, "settled_after_s": 1.0, "bound_s": 30.0},
                 "secrets": SECRETS,
             }
