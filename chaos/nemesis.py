@@ -103,8 +103,8 @@ class Nemesis:
                     break  # stopped before this event
                 except TimeoutError:
                     pass
-            if stop.is_set():
-                break
+            # An event already due fires even if the stop came meanwhile: it was planned inside the chaos
+            # phase, and a busy machine's scheduling delay must not drop it from the run.
             do, undo = self.actions[event.action]
             try:
                 outcome = await do(event)

@@ -2,55 +2,147 @@
 
 from __future__ import annotations
 
+import atexit
 import sys
+import time
+from collections.abc import Callable
 from typing import Any
 
 from rich.console import Console
+from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 # Off a terminal (CI logs, pipes) rich would wrap tables at 80 columns; a log has room for more.
 WIDTH = None if sys.stdout.isatty() else 150
 console = Console(stderr=True, width=None if sys.stderr.isatty() else WIDTH)
+_stderr_console = console  # `Progress`'s default (its `console` argument shadows the name)
 PHASES = ("prepare", "start", "world", "chaos", "heal", "settle", "snapshot", "check", "done")
 
 
 class Progress:
-    """One status line, rewritten in place on a terminal; one line per phase otherwise (CI logs)."""
+    """The run's progress as the harness reports it (`on_progress`), told truthfully wherever it is read.
 
-    def __init__(self, quiet: bool = False) -> None:
-        self.interactive = sys.stderr.isatty()
-        self.quiet = quiet  # the matrix: only the interactive status line, no per-phase lines
-        self.last_phase: str | None = None
+    On a terminal: rich's live display, one frame replaced in place, and each finished phase's closing
+    figures printed above it. Off a terminal (CI logs, pipes): plain lines only, no carriage return and no
+    escape code, since a log keeps every byte: the latest figures at most every `every_s` seconds while a
+    phase runs, and one closing line per phase with its figures and duration. `quiet` (the matrix, which
+    prints a line per run) keeps only the live frame on a terminal and prints nothing off one.
+    """
+
+    def __init__(
+        self,
+        quiet: bool = False,
+        *,
+        console: Console | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        every_s: float = 5.0,
+    ) -> None:
+        if console is None:
+            # rich counts FORCE_COLOR as a terminal, but a CI log with colours still cannot move a cursor.
+            console = _stderr_console
+            self.interactive = sys.stderr.isatty() and console.is_terminal and not console.is_dumb_terminal
+        else:
+            self.interactive = console.is_terminal and not console.is_dumb_terminal
+        self.console = console
+        self.quiet = quiet
+        self.clock = clock
+        self.every_s = every_s
+        # The harness starts in "prepare" without reporting it: its first report is already "start".
+        self.phase = PHASES[0]
+        self.started = self.phase_started = self.last_line = clock()
+        self.state: dict[str, Any] = {}
+        self.live: Live | None = None
 
     def __call__(self, state: dict[str, Any]) -> None:
-        if self.quiet and not self.interactive:
+        now = self.clock()
+        phase = str(state.get("phase") or self.phase)
+        if phase != self.phase:
+            closing = (
+                f"{self.phase} done in {now - self.phase_started:.1f} s",
+                _figures(self.phase, self.state),
+            )
+            self.phase, self.phase_started, self.last_line, self.state = phase, now, now, state
+            if self.live is not None and phase != "done":
+                self.live.refresh()  # the frame drawn again under the closing line is the new phase's
+            self._say(*closing)
+        self.state = state
+        if phase == "done":
+            self._say(f"run done in {now - self.started:.1f} s", [_verdict_caption(state.get("valid"))])
+            self.close()
+        elif self.interactive:
+            self._live().refresh()
+        elif not self.quiet and now - self.last_line >= self.every_s:
+            self._say(f"{phase} {self._elapsed(now)}", _figures(phase, state))
+            self.last_line = now
+
+    def close(self) -> None:
+        """The live display taken down (transient: only the closing lines stay), the cursor shown again."""
+        if self.live is not None:
+            self.live.stop()
+            self.live = None
+            atexit.unregister(self.close)
+            if _active and _active[0] is self:
+                _active.clear()
+
+    def _say(self, head: str, figures: list[str]) -> None:
+        """A closing or periodic line: above the live frame on a terminal, a plain line in a log."""
+        if self.quiet:
             return
-        phase = state.get("phase", "")
-        ops = state.get("ops", {})
+        tail = f": {', '.join(figures)}" if figures else ""
+        if self.interactive:
+            phase, _, rest = head.partition(" ")
+            self.console.print(Text.assemble((phase, "bold"), f" {rest}{tail}"))
+        else:
+            self.console.file.write(f"{head}{tail}\n")
+            self.console.file.flush()
+
+    def _elapsed(self, now: float) -> str:
+        elapsed = now - self.phase_started
+        if self.phase == "chaos" and self.state.get("duration_s"):
+            return f"{elapsed:.0f}/{float(self.state['duration_s']):.0f} s"
+        return f"{elapsed:.0f} s"
+
+    def _frame(self) -> Text:
+        figures = _figures(self.phase, self.state)
+        return Text.assemble((self.phase, "bold"), "  ".join(["", self._elapsed(self.clock()), *figures]))
+
+    def _live(self) -> Live:
+        if self.live is None:
+            for other in _active:  # a run that failed half-way left its display up: it would hide ours
+                other.close()
+            self.live = Live(get_renderable=self._frame, console=self.console, transient=True)
+            self.live.start()
+            _active[:] = [self]
+            atexit.register(self.close)  # a run that raises never reports "done"
+        return self.live
+
+
+_active: list[Progress] = []
+
+
+def _figures(phase: str, state: dict[str, Any]) -> list[str]:
+    """What a phase has to show: operations, campaigns and faults while the chaos runs; what is still in
+    flight while the run settles (reported only by settle itself: older keys in `state` are stale)."""
+    if phase == "chaos":
+        ops: dict[str, int] = state.get("ops") or {}
         done = sum(v for k, v in ops.items() if not k.endswith(":invoke"))
         unknown = sum(v for k, v in ops.items() if k.endswith(":info"))
-        parts = [f"[bold]{phase}[/bold]"]
-        if phase == "chaos":
-            parts += [
-                f"{state.get('elapsed_s', 0):.0f}/{state.get('duration_s', 0):.0f}s",
-                f"{done} ops ({unknown} unknown)",
-                f"{state.get('campaigns', 0)} campaigns enqueued",
-                f"{state.get('faults', 0)} faults injected",
-            ]
-        elif phase == "settle":
-            parts += [
-                f"{state.get('elapsed_s', 0):.0f}s",
-                f"{state.get('unsettled', 0)} recipients in flight",
-                f"{state.get('deliveries', 0)} webhooks pending",
-            ]
-        line = "  ".join(parts)
-        if self.interactive:
-            console.print(f"\r{line}" + " " * 10, end="", markup=True, highlight=False)
-            if phase == "done":
-                console.print()
-        elif phase != self.last_phase:
-            console.print(line, markup=True, highlight=False)
-        self.last_phase = phase
+        return [
+            f"{_count(done, 'operation')} ({unknown} unknown)",
+            f"{_count(state.get('campaigns', 0), 'campaign')} enqueued",
+            f"{_count(state.get('faults', 0), 'fault')} injected",
+        ]
+    if phase == "settle" and "unsettled" in state:
+        return [
+            f"{_count(state['unsettled'], 'recipient')} in flight",
+            f"{_count(state.get('deliveries', 0), 'webhook')} pending",
+        ]
+    return []
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
 
 
 def _short(counts: dict[str, Any], limit: int = 4) -> str:
@@ -89,6 +181,10 @@ def print_verdict(verdict: dict[str, Any], run_dir: str) -> None:
     out = Console(width=WIDTH)
     out.print(verdict_table(verdict))
     out.print(f"run folder: {run_dir}   (checked in {verdict.get('checked_in_s')} s)")
+
+
+def _verdict_caption(value: Any) -> str:
+    return "every invariant holds" if value is True else "INVALID" if value is False else "unknown"
 
 
 def _verdict_word(value: Any) -> str:
