@@ -46,6 +46,7 @@ class SimulatorConfig:
     fsync: bool = False
     outbound_client: str = DEFAULT_OUTBOUND_CLIENT  # which HTTP client delivers webhooks (outbound.py)
     retry_horizon_s: float = 0.0  # see `WebhookDispatcher.retry_horizon_s`
+    webhook_timeout_s: float = 10.0  # one attempt, connecting included; past it the attempt failed
     # Without a token the control API (it can fake payments and erase nothing less than the ground truth
     # of a run) answers only clients on loopback; with one, any client presenting X-Control-Token.
     control_token: str | None = None
@@ -71,6 +72,7 @@ class SimulatorApp:
             faults=self.faults,
             client=config.outbound_client,
             retry_horizon_s=config.retry_horizon_s,
+            timeout=config.webhook_timeout_s,
         )
         self.mitto = FakeMitto(
             config.data_dir,

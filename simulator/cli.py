@@ -40,6 +40,12 @@ def simulator(
         help="Keep retrying failed webhooks until this many seconds after their first attempt, even past "
         "the providers' (compressed) schedules [0: the schedules alone].",
     ),
+    webhook_timeout: float = typer.Option(
+        10.0,
+        min=0.1,
+        help="Seconds one webhook attempt may take, connecting included, before it counts as failed and "
+        "is retried [10].",
+    ),
     outbound_client: str = typer.Option(
         DEFAULT_OUTBOUND_CLIENT, help=f"HTTP client for webhooks: {' or '.join(OUTBOUND_CLIENTS)}."
     ),
@@ -94,6 +100,7 @@ def simulator(
         fsync=fsync,
         outbound_client=outbound_client,
         retry_horizon_s=retry_horizon,
+        webhook_timeout_s=webhook_timeout,
     )
     app = SimulatorApp(config)
     typer.echo(f"simulator: seed {config.seed}, ledgers in {config.data_dir}", err=True)

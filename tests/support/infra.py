@@ -134,6 +134,7 @@ class SimulatorProcess:
     target_port: int | None = None  # where its webhooks go (the test's API), if anywhere
     dlr_final: str = "Delivered=1"
     scenario: Path | None = None  # a scenario file; then seed and reports come from it
+    extra_args: tuple[str, ...] = ()  # further `python -m simulator` options
     process: ManagedProcess | None = None
 
     @property
@@ -153,6 +154,7 @@ class SimulatorProcess:
             argv += ["--seed", str(self.seed), "--dlr-final", self.dlr_final, "--dlr-delay-ms", "30"]
         if self.target_port:
             argv += ["--target", f"http://127.0.0.1:{self.target_port}"]
+        argv += list(self.extra_args)
         self.process = ManagedProcess(
             "simulator",
             argv,
