@@ -180,6 +180,8 @@ def verdict_table(verdict: dict[str, Any]) -> Table:
 def print_verdict(verdict: dict[str, Any], run_dir: str) -> None:
     out = Console(width=WIDTH)
     out.print(verdict_table(verdict))
+    for reason in verdict.get("unknown_because") or []:  # every row valid, yet the run proves nothing
+        out.print(f"unknown because: {reason}", markup=False, highlight=False)
     out.print(f"run folder: {run_dir}   (checked in {verdict.get('checked_in_s')} s)")
 
 

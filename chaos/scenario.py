@@ -1,70 +1,8 @@
 """Lab scenarios: what a run does and what goes wrong in it, in one TOML file (chaos/scenarios/*.toml).
 
-    name = "quick"
-    description = "..."
-    seed = 42
-    quiescence_s = 30          # how long the system may take to settle after the faults stop
-    backend = "any"            # or "postgresql", for faults only PostgreSQL has (cutting connections)
-
-    [services]                 # the service as it runs in this scenario
-    workers = 2
-    worker_concurrency = 4
-    lease_s = 4
-    reconcile_interval_s = 1
-    batch_size = 50
-    mitto_timeout_s = 2
-    safeguards_off = []        # switched off for the lab (the matrix sets this)
-    worker_failpoints = ""     # e.g. "send.after_provider_accepted=kill@0.05"
-    api_failpoints = ""
-    log_sql = false            # every SQL statement logged with its parameters (an operator debugging)
-
-    [workload]
-    duration_s = 20            # how long the clients run
-    shops = 2
-    contacts_per_shop = 200    # imported in bulk through the API
-    customers_per_shop = 10    # created in the fake Shopify (webhooks), for consent changes and redaction
-    clients = 4                # concurrent merchant clients
-    client_timeout_s = 3
-    credits_per_shop = 5000    # bought through the fake Stripe before the clients start
-    duplicate_enqueue = 0.2    # probability that an enqueue is sent twice at once
-    retries = 3                # retries of a timed-out enqueue, with the same Idempotency-Key
-    consent_before_redact = 0  # probability that an erased customer changed consent just before
-    think_s = [0, 0.05]        # a client's pause between two operations (sets the offered load)
-    uninstall_last_shop = false # whether the last active shop may be uninstalled (which ends the run early)
-    [workload.mix]             # relative weights of the clients' operations
-    campaign = 10
-    buy = 2
-    refund = 1
-    consent = 2
-    redact = 1
-    uninstall = 0
-
-    [minimums]                 # what the run must exercise, or its verdict is `unknown`
-    chaos_share = 0.9          # the workload ran at least this share of duration_s
-    every_nemesis_event = true # every planned nemesis event fired
-    expected_fires = 3         # a fault rule expected to fire this often (probability x requests) did
-    campaigns_completed = 1
-
-    [simulator]
-    providers_give_up = false  # true: the providers' compressed retry schedules end before settling does
-    dlr_delay_ms = 50
-    dlr_final = "Delivered=0.9,Undeliverable=0.05,Expired=0.05"
-    [[simulator.faults]]       # the simulator's fault rules (docs/simulator.md), active during the workload
-    target = "mitto.send"
-    kind = "accept_then_lose"
-    probability = 0.05
-
-    [[nemesis]]                # process and network faults, on a schedule drawn from the seed
-    action = "kill_worker"     # kill_worker, kill_api, restart_redis, cut_db_connections, toxic
-    every_s = [3, 6]           # at random intervals in this range (or at_s = 8 for once)
-    restart_after_s = [0.5, 1.5]
-
-    [[nemesis]]
-    action = "toxic"
-    proxy = "db"               # db, redis or providers
-    at_s = 8
-    duration_s = 3
-    toxic = { type = "latency", attributes = { latency = 300, jitter = 100 } }
+The format, every field with its default, and worked examples are in docs/lab.md ("Scenario format"),
+whose blocks `tests/test_lab_docs.py` parses with this module: the document is kept true by the test,
+and this docstring does not repeat it.
 
 Every problem is refused before anything starts, naming the field (`scenario.workload.clients: ...`).
 """
@@ -445,13 +383,18 @@ def parse_scenario(document: Any, source: str = "") -> Scenario:
         source=source,
         document=copy.deepcopy(table),
     )
-    needs_postgres = any(
-        rule.action == "cut_db_connections" or rule.proxy == "db" for rule in scenario.nemesis
-    )
-    if needs_postgres and backend != "postgresql":
-        raise ScenarioError(
-            "scenario.backend: must be postgresql: its nemesis cuts or proxies database connections"
-        )
+    if backend != "postgresql":
+        for index, rule in enumerate(scenario.nemesis):
+            if rule.action == "cut_db_connections":
+                raise ScenarioError(
+                    f"scenario.nemesis[{index}].action: cut_db_connections needs backend = "
+                    '"postgresql" (SQLite has no connections to cut)'
+                )
+            if rule.proxy == "db":
+                raise ScenarioError(
+                    f'scenario.nemesis[{index}].proxy: the db proxy needs backend = "postgresql" '
+                    "(SQLite has no database link)"
+                )
     return scenario
 
 
