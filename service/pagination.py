@@ -15,6 +15,7 @@ from sqlalchemy import Select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 
+from service.db.session import read_only
 from service.errors import BadRequest
 
 DEFAULT_PAGE_SIZE = 100
@@ -58,11 +59,12 @@ async def provide_page(
 async def keyset_page(
     session: AsyncSession, query: Select[Any], id_column: InstrumentedAttribute[int], page: Page
 ) -> tuple[list[Any], int | None]:
-    """One page and the cursor of the next (None on the last page). Own transaction."""
+    """One page and the cursor of the next (None on the last page). Own transaction, read-only."""
     query = query.order_by(id_column).limit(page.limit + 1)
     if page.after is not None:
         query = query.where(id_column > page.after)
     async with session.begin():
+        await read_only(session)
         rows = list(await session.scalars(query))
     items = rows[: page.limit]
     next_cursor = int(getattr(items[-1], id_column.key)) if len(rows) > page.limit else None

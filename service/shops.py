@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from service.db.apply_once import EffectResult
 from service.db.dialect import insert_ignoring_conflicts
 from service.db.models import Campaign, CampaignStatus, Shop, Wallet, utcnow
+from service.db.session import read_only
 from service.errors import Unauthorized
 
 
@@ -19,6 +20,7 @@ async def install_shop(session: AsyncSession, domain: str) -> Shop:
     Opens and commits its own transaction; the session must not be inside one.
     """
     async with session.begin():
+        await read_only(session)  # every request looks its shop up: never behind the writer
         shop = await session.scalar(select(Shop).where(Shop.domain == domain))
     if shop is not None:
         return shop

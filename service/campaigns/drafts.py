@@ -18,6 +18,7 @@ from service.db.models import (
     LedgerKind,
     utcnow,
 )
+from service.db.session import read_only
 from service.errors import CampaignNotCancellable, InvalidInput, NotFound
 from service.input_rules import text_problem
 from service.pagination import Page, keyset_page
@@ -83,6 +84,7 @@ class CampaignDetail:
 async def campaign_detail(session: AsyncSession, shop_id: int, campaign_id: int) -> CampaignDetail:
     """Status, counts by recipient status (from the rows themselves), credits reserved and debited."""
     async with session.begin():
+        await read_only(session)
         campaign = await get_campaign(session, shop_id, campaign_id)
         counts = await progress.status_counts(session, campaign_id)
         debited = await session.scalar(

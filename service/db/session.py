@@ -2,8 +2,11 @@
 
 SQLite: one writer at a time. Every transaction starts with `BEGIN IMMEDIATE`, so a transaction that
 reads and then writes never fails half-way on a lock upgrade; WAL lets readers run beside the writer and
-`busy_timeout` makes writers queue instead of failing. PostgreSQL: READ COMMITTED, where the pipeline's
-conditional updates (`... WHERE status = 'pending'`) are what decide races, not isolation.
+`busy_timeout` makes writers queue instead of failing. A transaction declared read-only (`read_only`)
+starts with a deferred `BEGIN` instead and never waits for the writer: a page of contacts or a balance
+does not queue behind an import (on PostgreSQL it is `READ ONLY`, so a write in it fails loudly).
+PostgreSQL: READ COMMITTED, where the pipeline's conditional updates (`... WHERE status = 'pending'`)
+are what decide races, not isolation.
 """
 
 from __future__ import annotations
@@ -18,6 +21,16 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from service.settings import Settings
 
 SQLITE_BUSY_TIMEOUT_SECONDS = 30
+READ_ONLY = "smslab_read_only"  # the execution option `read_only` sets (and SQLite's BEGIN reads)
+
+
+READ_ONLY_OPTIONS = {READ_ONLY: True, "postgresql_readonly": True}
+
+
+async def read_only(session: AsyncSession) -> None:
+    """Declare the transaction just begun read-only; call it before its first statement. (A bare
+    connection: `await connection.execution_options(**READ_ONLY_OPTIONS)` before its first statement.)"""
+    await session.connection(execution_options=READ_ONLY_OPTIONS)
 
 
 def application_name(settings: Settings, role: str) -> str:
@@ -75,7 +88,8 @@ def _sqlite_engine(database_url: str) -> AsyncEngine:
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        reading = connection.get_execution_options().get(READ_ONLY)
+        connection.exec_driver_sql("BEGIN" if reading else "BEGIN IMMEDIATE")
 
     return engine
 

@@ -10,8 +10,10 @@ from litestar.di import NamedDependency
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.db.models import CreditLedgerEntry, Shop
+from service.db.session import read_only
 from service.http import problems
 from service.pagination import Page
+from service.rate_limits import RouteClass, rate_class
 from service.wallet.ledger import ledger_page, wallet_of
 
 
@@ -52,18 +54,25 @@ class WalletController(Controller):
     path = "/api/wallet"
     tags = ["wallet"]
 
-    @get("/", summary="Balance, reserved and available credits", responses=problems(401, 503))
+    @get(
+        "/",
+        summary="Balance, reserved and available credits",
+        responses=problems(401, 429, 503),
+        opt=rate_class(RouteClass.GENERAL),
+    )
     async def wallet(
         self, shop: NamedDependency[Shop], db_session: NamedDependency[AsyncSession]
     ) -> WalletView:
         async with db_session.begin():
+            await read_only(db_session)
             wallet = await wallet_of(db_session, shop.id)
         return WalletView(wallet.balance, wallet.reserved, wallet.balance - wallet.reserved)
 
     @get(
         "/transactions",
         summary="Ledger entries, oldest first; pass next_cursor as `after`",
-        responses=problems(400, 401, 503),
+        opt=rate_class(RouteClass.REPORTS),
+        responses=problems(400, 429, 401, 503),
     )
     async def transactions(
         self,
