@@ -43,6 +43,7 @@ def up(
     settings = load_or_exit(starts_service=True)
     from service.db import migrate
     from service.lifetime import exit_on_sigterm
+    from service.metrics import prepare_directory
 
     exit_on_sigterm()  # SIGTERM stops everything as Ctrl-C does
 
@@ -53,6 +54,10 @@ def up(
         except (OSError, ConnectionError) as exc:
             raise fail(f"cannot reach the database: {exc}") from None
         env = {"SMSLAB_REDIS_URL": redis_url}
+        # One scrape of the API shows the counters of every process started here (emptied first).
+        metrics_dir = settings.metrics_dir or settings.var_dir / "metrics"
+        prepare_directory(str(metrics_dir))
+        env["SMSLAB_METRICS_DIR"] = str(metrics_dir)
         if with_simulator and "SMSLAB_MITTO_BASE_URL" not in os.environ:
             env["SMSLAB_MITTO_BASE_URL"] = f"http://{host}:{simulator_port}/mitto"
         if with_simulator and "SMSLAB_STRIPE_API_BASE" not in os.environ:

@@ -251,6 +251,8 @@ class Environment:
                 unresolved_send_policy=services.unresolved_policy,
                 unresolved_give_up_seconds=services.unresolved_give_up_s,
                 env="lab",
+                metrics_dir=self.folder.path / "metrics",
+                rate_limits=services.rate_limits,
                 log_format="json",
                 log_sql=services.log_sql,
                 lab_allow_unsafe=unsafe,

@@ -24,6 +24,8 @@ from chaos.operations import (
     Consent,
     CreateCampaign,
     Enqueue,
+    ImportContacts,
+    ListContacts,
     Operation,
     Outcome,
     Pay,
@@ -31,6 +33,7 @@ from chaos.operations import (
     Refund,
     Uninstall,
 )
+from chaos.scenario import Noisy
 from chaos.scenario import Workload as WorkloadSpec
 from chaos.world import Customer, ShopWorld
 
@@ -139,6 +142,34 @@ class ClientGenerator:
             return
         self.shop.uninstalled = True
         yield Uninstall(self.shop.domain)
+
+
+class NoisyGenerator:
+    """A noisy tenant's client: the expensive routes, by the mix's weights, one after the other (a
+    refused request is not retried later: the next one simply comes). Its own stream of the seed."""
+
+    def __init__(self, spec: Noisy, shop: str, import_body: bytes, rng: random.Random) -> None:
+        self.spec = spec
+        self.shop = shop
+        self.import_body = import_body
+        self.rng = rng
+        self._names, self._weights = zip(*spec.mix, strict=True)
+
+    @classmethod
+    def for_client(cls, spec: Noisy, shop: str, import_body: bytes, seed: int, index: int) -> NoisyGenerator:
+        return cls(spec, shop, import_body, random.Random(f"{seed}:noisy:{index}"))
+
+    def next_operation(self) -> Script:
+        name = self.rng.choices(self._names, weights=self._weights)[0]
+        if name == "import_contacts":
+            yield ImportContacts(self.shop, self.spec.import_rows, self.import_body, flood=True)
+        elif name == "checkout":
+            yield Checkout(self.shop, key=f"flood-{uuid.uuid4()}", flood=True)
+        else:
+            yield ListContacts(self.shop, flood=True)
+
+    def think_s(self) -> float:
+        return self.rng.uniform(*self.spec.think_s)
 
 
 async def play(script: Script, perform: Callable[[Operation], Awaitable[Outcome]]) -> None:

@@ -28,12 +28,15 @@ from chaos.checker.run import MANIFEST, check_run
 from chaos.checker.snapshot_io import save_snapshot
 from chaos.environment import Environment, LabError, RunFolder, Services, project_commit
 from chaos.history import History
+from chaos.metrics_scrape import MetricsScraper
 from chaos.nemesis import Nemesis, NemesisEvent, plan, save_plan
 from chaos.nemesis_actions import NemesisActions
 from chaos.processes import ProcessFailed
 from chaos.scenario import Scenario
 from chaos.settle import heal, settle
 from chaos.workload import Workload
+from service import safeguards
+from service.rate_limits import parse_limits
 from service.settings import Settings
 
 __all__ = ["LabError", "LabRun", "RunOptions", "project_commit", "run_scenario"]
@@ -48,6 +51,17 @@ class RunOptions:
     plan: list[NemesisEvent] | None = None  # a replay's plan
     on_progress: Callable[[dict[str, Any]], None] | None = None
     keep_database: bool = False  # keep the PostgreSQL schema (the run folder has the snapshot anyway)
+
+
+def isolation(scenario: Scenario, settings: Settings) -> dict[str, Any]:
+    """What I9 judges by: the scenario's latency bound, its noisy tenant, the service's limits (the
+    budget is the budget whether or not the safeguard enforces it) and whether they were enforced."""
+    return {
+        "latency_bound_s": scenario.latency_bound_s,
+        "noisy_clients": scenario.workload.noisy.clients,
+        "rate_limits": {name: limit.as_dict() for name, limit in parse_limits(settings.rate_limits).items()},
+        "limits_on": safeguards.is_on(settings, safeguards.TENANT_RATE_LIMITS),
+    }
 
 
 @dataclass
@@ -87,10 +101,13 @@ class LabRun:
         try:
             manifest["backend"] = await env.create_database()
             settings = await env.configure()
+            manifest["isolation"] = isolation(scenario, settings)
             await env.migrate(settings)
             services = env.processes(settings)
             self._phase("start")
             services.start()
+            scraper = MetricsScraper(services.api_url, self.run_dir)
+            scraper.start()
             history = History(self.run_dir / "history.jsonl")
             workload = Workload(scenario, settings, services.api_url, services.simulator_url, history)
             self._phase("world")
@@ -102,6 +119,8 @@ class LabRun:
             await heal(services, env.proxies, env.redis)
             self._phase("settle")
             manifest["quiescence"] = await self._settle(scenario, settings, services)
+            await scraper.stop()
+            manifest["metrics_scrapes"] = scraper.scrapes
             self._phase("snapshot")
             async with env.lab_sessions(settings) as sessions, sessions() as session:
                 await save_snapshot(session, self.run_dir / "database")

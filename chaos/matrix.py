@@ -31,6 +31,9 @@ class MatrixRow:
     fails: str
     why: str
     changes: dict[str, Any] = field(default_factory=dict)
+    # a kind of witness the failure must show (`kind` of a witness): the failure for the stated reason,
+    # not another one the same invariant also catches
+    witness: str | None = None
 
 
 @dataclass
@@ -66,7 +69,7 @@ def load_matrix(path: Path = MATRIX_FILE) -> list[MatrixRow]:
         if table.get("safeguard") not in safeguards.REGISTRY:
             raise ScenarioError(f"{where}.safeguard: must be one of {', '.join(safeguards.REGISTRY)}")
         if not str(table.get("fails", "")).startswith("I"):
-            raise ScenarioError(f"{where}.fails: must name an invariant (I1..I8)")
+            raise ScenarioError(f"{where}.fails: must name an invariant (I1..I9)")
         rows.append(
             MatrixRow(
                 table["safeguard"],
@@ -74,6 +77,7 @@ def load_matrix(path: Path = MATRIX_FILE) -> list[MatrixRow]:
                 table["fails"],
                 table.get("why", ""),
                 table.get("changes", {}),
+                table.get("witness"),
             )
         )
     missing = sorted(set(safeguards.REGISTRY) - {row.safeguard for row in rows})
@@ -115,8 +119,19 @@ def judge(kind: str, row: MatrixRow | None, verdict: dict[str, Any]) -> tuple[bo
     verdicts = {item["id"]: item["valid"] for item in verdict["invariants"]}
     if kind == "safeguard_off":
         assert row is not None
-        return verdicts.get(row.fails) is False, f"{row.fails} invalid", verdicts
-    return all(v is True for v in verdicts.values()), "all valid", verdicts
+        expected = f"{row.fails} invalid"
+        failed = verdicts.get(row.fails) is False
+        if row.witness:
+            expected += f" ({row.witness})"
+            witnesses: list[dict[str, Any]] = next(
+                (item["witnesses"] for item in verdict["invariants"] if item["id"] == row.fails), []
+            )
+            failed = failed and any(w.get("kind") == row.witness for w in witnesses)
+        return failed, expected, verdicts
+    # Everything on: every invariant holds, and the run did what its scenario asks (no shortfall of
+    # coverage): a control that exercised nothing controls nothing.
+    exercised = not verdict.get("unknown_because")
+    return all(v is True for v in verdicts.values()) and exercised, "all valid", verdicts
 
 
 def run_matrix(
@@ -157,6 +172,8 @@ def run_matrix(
             )
         else:
             ok, expected, verdicts = judge(planned_run.kind, row, verdict)
+            if not ok and verdict.get("unknown_because"):
+                note = "the run did not do what its scenario asks: " + "; ".join(verdict["unknown_because"])
             outcome = Outcome(
                 planned_run.kind,
                 planned_run.scenario.name,

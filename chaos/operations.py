@@ -9,7 +9,7 @@ needs that the history does not record (an Idempotency-Key, a campaign's text).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from chaos.history import INFO, OK
@@ -44,15 +44,52 @@ class Enqueue:
 
 @dataclass(frozen=True)
 class Checkout:
-    """A Stripe Checkout session for some credits, opened through the API."""
+    """A Stripe Checkout session for some credits, opened through the API; `flood`: by a noisy tenant,
+    which never pays it."""
 
     f: ClassVar[str] = "checkout"
+    route_class: ClassVar[str] = "billing"
     shop: str
     key: str  # its Idempotency-Key
     credits: int = 1000
+    flood: bool = False
 
     def value(self) -> dict[str, Any]:
-        return {"shop": self.shop}
+        return flooding({"shop": self.shop}, self.flood, self.route_class)
+
+
+@dataclass(frozen=True)
+class ImportContacts:
+    """A bulk import through the API, its body encoded once (a noisy tenant sends the same one again)."""
+
+    f: ClassVar[str] = "import_contacts"
+    route_class: ClassVar[str] = "imports"
+    shop: str
+    rows: int
+    body: bytes = field(repr=False)
+    flood: bool = False
+
+    def value(self) -> dict[str, Any]:
+        return flooding({"shop": self.shop, "rows": self.rows}, self.flood, self.route_class)
+
+
+@dataclass(frozen=True)
+class ListContacts:
+    """One page of the shop's contacts, through the API."""
+
+    f: ClassVar[str] = "list_contacts"
+    route_class: ClassVar[str] = "reports"
+    shop: str
+    limit: int = 200
+    flood: bool = False
+
+    def value(self) -> dict[str, Any]:
+        return flooding({"shop": self.shop}, self.flood, self.route_class)
+
+
+def flooding(value: dict[str, Any], flood: bool, route_class: str) -> dict[str, Any]:
+    """A noisy tenant's operations say so in the history, with the route class they count against."""
+    return {**value, "flood": True, "route_class": route_class} if flood else value
 
 
 @dataclass(frozen=True)
@@ -119,7 +156,22 @@ class Uninstall:
         return {"shop": self.shop}
 
 
-Operation = CreateCampaign | Enqueue | Checkout | Pay | Refund | Consent | Redact | Uninstall
+Operation = (
+    CreateCampaign
+    | Enqueue
+    | Checkout
+    | ImportContacts
+    | ListContacts
+    | Pay
+    | Refund
+    | Consent
+    | Redact
+    | Uninstall
+)
+
+# The operations answered by the service's API (the others are the providers' control calls, whose
+# latency is the simulator's): what I9 holds to its latency bound.
+API_OPERATIONS = frozenset({CreateCampaign.f, Enqueue.f, Checkout.f, ImportContacts.f, ListContacts.f})
 
 
 @dataclass(frozen=True)

@@ -199,7 +199,9 @@ def print_outcome(outcome: Any, index: int, total: int) -> None:
     what = f"{outcome.safeguard} off" if outcome.safeguard else "all safeguards on"
     failed = [k for k, v in outcome.verdicts.items() if v is not True]
     got = ", ".join(f"{k} {_verdict_word(outcome.verdicts[k])}" for k in failed) or "all valid"
-    extra = f"  ({outcome.note})" if not outcome.verdicts and outcome.note else ""
+    extra = (
+        f"  ({outcome.note})" if (not outcome.verdicts or not outcome.as_expected) and outcome.note else ""
+    )
     line = f"[{index}/{total}] {outcome.scenario}, {what}: expected {outcome.expected}, got {got}"
     console.print(f"{line}  {mark}{extra}", highlight=False)
 
@@ -211,7 +213,7 @@ def print_matrix(result: dict[str, Any], path: str) -> None:
         title="safeguard matrix  "
         + ("[green]every row as expected[/green]" if ok else "[red]NOT AS EXPECTED[/red]")
     )
-    for column in ("#", "safeguard off", "scenario", "expected", "I1..I8", "result"):
+    for column in ("#", "safeguard off", "scenario", "expected", "I1..I9", "result"):
         table.add_column(column, overflow="fold")
     for row in result["rows"]:
         cells = " ".join(

@@ -19,6 +19,8 @@ import tomli_w
 
 from chaos.proxy import Toxic, ToxicError
 from service import failpoints, safeguards
+from service.contacts.upsert import MAX_CONTACTS_PER_REQUEST
+from service.rate_limits import parse_limits
 from service.settings import lease_problem
 from simulator.faults import FaultSpecError, parse_rules
 from simulator.mitto import parse_final_mix
@@ -48,6 +50,21 @@ class Services:
     worker_failpoints: str = ""
     api_failpoints: str = ""
     log_sql: bool = False
+    rate_limits: str = ""  # SMSLAB_RATE_LIMITS: over the service's defaults, e.g. "imports=4/minute burst=1"
+
+
+@dataclass(frozen=True)
+class Noisy:
+    """A noisy tenant: one more shop whose clients flood the expensive routes, back to back (I9)."""
+
+    clients: int = 0  # 0: no noisy tenant
+    import_rows: int = 10_000  # contacts per bulk import (the same ones again: upserts)
+    timeout_s: float = 30.0  # its own patience: an admitted import may take a while
+    think_s: tuple[float, float] = (0.0, 0.0)
+    mix: tuple[tuple[str, float], ...] = (("import_contacts", 2.0), ("checkout", 1.0), ("list_contacts", 4.0))
+
+
+NOISY_OPERATIONS = ("import_contacts", "checkout", "list_contacts")
 
 
 @dataclass(frozen=True)
@@ -74,6 +91,7 @@ class Workload:
         ("redact", 1.0),
         ("uninstall", 0.0),
     )
+    noisy: Noisy = field(default_factory=Noisy)
 
 
 @dataclass(frozen=True)
@@ -114,6 +132,7 @@ class Scenario:
     description: str = ""
     seed: int = 0
     quiescence_s: float = 30.0
+    latency_bound_s: float = 2.0  # I9: how long another shop's API request may take while one floods
     backend: str = "any"
     services: Services = field(default_factory=Services)
     workload: Workload = field(default_factory=Workload)
@@ -223,6 +242,12 @@ def _services(table: Any) -> Services:
         if not isinstance(table["log_sql"], bool):
             raise ScenarioError(f"{where}.log_sql: must be true or false")
         values["log_sql"] = table["log_sql"]
+    if "rate_limits" in table:
+        try:
+            parse_limits(str(table["rate_limits"]))
+        except ValueError as exc:
+            raise ScenarioError(f"{where}.rate_limits: {exc}") from None
+        values["rate_limits"] = str(table["rate_limits"])
     for name in ("worker_failpoints", "api_failpoints"):
         if name in table:
             try:
@@ -265,7 +290,34 @@ def _workload(table: Any) -> Workload:
         if weights["campaign"] <= 0:
             raise ScenarioError(f"{where}.mix.campaign: must be > 0 (campaigns are what the lab checks)")
         values["mix"] = tuple(weights.items())
+    if "noisy" in table:
+        values["noisy"] = _noisy(table["noisy"])
     return Workload(**values)
+
+
+def _noisy(table: Any) -> Noisy:
+    where = "scenario.workload.noisy"
+    table = _check_keys(where, table, set(Noisy.__dataclass_fields__))
+    values = _from_casters(
+        where,
+        table,
+        {
+            "clients": lambda w, v: _int(w, v, 0),
+            "import_rows": lambda w, v: _int(w, v, 1),
+            "timeout_s": lambda w, v: _float(w, v, 0.1),
+            "think_s": _range,
+        },
+    )
+    if values.get("import_rows", 0) > MAX_CONTACTS_PER_REQUEST:
+        raise ScenarioError(f"{where}.import_rows: at most {MAX_CONTACTS_PER_REQUEST} (the API's limit)")
+    if "mix" in table:
+        mix = _check_keys(f"{where}.mix", table["mix"], set(NOISY_OPERATIONS))
+        weights = dict(Noisy().mix)
+        weights.update({name: _float(f"{where}.mix.{name}", value) for name, value in mix.items()})
+        if not any(weights.values()):
+            raise ScenarioError(f"{where}.mix: some weight must be > 0")
+        values["mix"] = tuple(weights.items())
+    return Noisy(**values)
 
 
 def _simulator(table: Any) -> SimulatorPlan:
@@ -355,6 +407,7 @@ def parse_scenario(document: Any, source: str = "") -> Scenario:
             "description",
             "seed",
             "quiescence_s",
+            "latency_bound_s",
             "backend",
             "services",
             "workload",
@@ -374,6 +427,7 @@ def parse_scenario(document: Any, source: str = "") -> Scenario:
         description=str(table.get("description", "")),
         seed=_int("scenario.seed", table.get("seed", 0)),
         quiescence_s=_float("scenario.quiescence_s", table.get("quiescence_s", 30.0), 1.0),
+        latency_bound_s=_float("scenario.latency_bound_s", table.get("latency_bound_s", 2.0), 0.01),
         backend=backend,
         services=_services(table.get("services", {})),
         workload=_workload(table.get("workload", {})),

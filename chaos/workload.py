@@ -11,6 +11,10 @@ create a campaign and enqueue it (retrying a timed-out enqueue with the same Ide
 sending a duplicate at once), buy credits, refund a payment, change a customer's consent, erase a customer,
 uninstall the shop. An operation whose outcome is unknown (a timeout, a dropped connection, a 5xx) is
 `info`.
+
+A scenario may add a noisy tenant (`[workload.noisy]`): one more shop, installed but given no credits,
+whose `noisy-N` clients flood the expensive routes back to back (bulk imports of 10,000 contacts,
+checkouts, lists), recorded in the same history with `flood` in their values (I9).
 """
 
 from __future__ import annotations
@@ -21,10 +25,11 @@ import time
 import uuid
 
 import httpx
+import msgspec
 import phonenumbers
 
 from chaos.client import SHOPIFY_ADMIN_HEADERS, Client, shopify_admin
-from chaos.generator import ClientGenerator, play
+from chaos.generator import ClientGenerator, NoisyGenerator, play
 from chaos.history import History
 from chaos.scenario import Scenario
 from chaos.world import Customer, ShopWorld
@@ -34,6 +39,7 @@ from service.settings import Settings
 __all__ = ["SETUP_TIMEOUT_S", "Customer", "ShopWorld", "Workload", "valid_phones"]
 
 SETUP_TIMEOUT_S = 60.0
+NOISY_SHOP = "lab-noisy-0.myshopify.com"
 
 
 def valid_phones(count: int, offset: int) -> list[str]:
@@ -67,6 +73,8 @@ class Workload:
         self.history = history
         self.world: list[ShopWorld] = []
         self.clients: list[Client] = []
+        self.noisy_phones: list[str] = []
+        self.noisy_body = b""
         self.timeout = httpx.Timeout(scenario.workload.client_timeout_s, connect=2.0)
         # Short-lived session tokens, fresh ones as they age, as App Bridge gives a merchant's browser.
         self.tokens = SessionTokens(settings)
@@ -111,7 +119,16 @@ class Workload:
                     )
                 await self._buy(api, sim, shop, w.credits_per_shop)
                 self.world.append(shop)
+            if w.noisy.clients:
+                await self._setup_noisy(api, offset=w.shops * per_shop)
             await self._await_setup(api)
+
+    async def _setup_noisy(self, api: httpx.AsyncClient, offset: int) -> None:
+        """The noisy tenant's shop, installed; its import encoded once (the flood sends it again)."""
+        (await api.get("/api/wallet", headers=self.auth(NOISY_SHOP))).raise_for_status()
+        self.noisy_phones = valid_phones(self.scenario.workload.noisy.import_rows, offset)
+        rows = [{"phone": phone, "sms_consent": True} for phone in self.noisy_phones]
+        self.noisy_body = msgspec.json.encode({"contacts": rows})
 
     async def _buy(
         self, api: httpx.AsyncClient, sim: httpx.AsyncClient, shop: ShopWorld, credits: int
@@ -154,6 +171,7 @@ class Workload:
         return sorted(
             {p for shop in self.world for p in shop.phones}
             | {c.phone for shop in self.world for c in shop.customers}
+            | set(self.noisy_phones)
         )
 
     def names(self) -> list[str]:
@@ -178,8 +196,40 @@ class Workload:
                 *(
                     self._client(client, self._generator(i, seed), deadline)
                     for i, client in enumerate(self.clients)
+                ),
+                self._noisy_tenant(deadline, seed),
+            )
+
+    async def _noisy_tenant(self, deadline: float, seed: int) -> None:
+        noisy = self.scenario.workload.noisy
+        if not noisy.clients:
+            return
+        timeout = httpx.Timeout(noisy.timeout_s, connect=2.0)
+        async with (
+            httpx.AsyncClient(base_url=self.api_url, timeout=timeout) as api,
+            httpx.AsyncClient(base_url=self.simulator_url, timeout=timeout) as sim,
+        ):
+            flooders = [
+                Client(f"noisy-{i}", api, sim, self.history, self.tokens) for i in range(noisy.clients)
+            ]
+            await asyncio.gather(
+                *(
+                    self._flood(
+                        client,
+                        NoisyGenerator.for_client(noisy, NOISY_SHOP, self.noisy_body, seed, i),
+                        deadline,
+                    )
+                    for i, client in enumerate(flooders)
                 )
             )
+
+    async def _flood(self, client: Client, generator: NoisyGenerator, deadline: float) -> None:
+        while time.monotonic() < deadline:
+            try:
+                await play(generator.next_operation(), client.perform)
+            except Exception as exc:  # noqa: BLE001 - a client must outlive any one operation
+                client.error(exc)
+            await asyncio.sleep(generator.think_s())
 
     def _generator(self, index: int, seed: int) -> ClientGenerator:
         shop = self.world[index % len(self.world)]

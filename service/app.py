@@ -26,7 +26,10 @@ from service.contacts.api import ContactsController
 from service.health import HealthController
 from service.http import EXCEPTION_HANDLERS, RequestContextMiddleware, allow_every_method_in_options
 from service.input_rules import BODY_LIMIT_DEFAULT
+from service.metrics_api import MetricsController
+from service.metrics_server import serve_metrics_apart
 from service.pagination import provide_page
+from service.rate_limits import RateLimiter, parse_limit, parse_limits
 from service.runtime import Runtime
 from service.settings import Settings
 from service.wallet.api import WalletController
@@ -47,6 +50,13 @@ def _constant(value: Any) -> Provide:
 def create_app(settings: Settings, redis_url: str) -> Litestar:
     runtime = Runtime.build(settings, redis_url, role="api")
     batcher = DeliveryReportBatcher(runtime.sessions, settings)
+    limiter = RateLimiter(
+        redis_url,
+        parse_limits(settings.rate_limits),
+        parse_limit(settings.webhook_rate_limit),
+        namespace=settings.queue_name,
+        when_down=settings.rate_limit_when_redis_down,
+    )
 
     async def provide_session() -> AsyncGenerator[AsyncSession, None]:
         async with runtime.sessions() as session:
@@ -57,9 +67,13 @@ def create_app(settings: Settings, redis_url: str) -> Litestar:
         await runtime.start()
         logs.get_logger(__name__).info("api_started", queue=settings.queue_name, env=settings.env)
         deployment.announce(settings, "api")
+        metrics_server = await serve_metrics_apart(settings, dependencies)
         try:
             yield
         finally:
+            if metrics_server is not None:
+                await metrics_server.stop()
+            await limiter.close()
             await runtime.close()
 
     dependencies: dict[str, Provide] = {
@@ -80,9 +94,11 @@ def create_app(settings: Settings, redis_url: str) -> Litestar:
             WalletController,
             BillingController,
             WebhooksController,
+            # With a port of its own, /metrics is served there only (service/metrics_server.py).
+            *([] if settings.metrics_port else [MetricsController]),
         ],
         dependencies=dependencies,
-        guards=[session_guard(settings, runtime.sessions)],
+        guards=[session_guard(settings, runtime.sessions, limiter)],
         request_max_body_size=BODY_LIMIT_DEFAULT,
         signature_namespace={
             "Settings": Settings,

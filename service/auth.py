@@ -21,8 +21,11 @@ from litestar.connection import ASGIConnection
 from litestar.handlers import BaseRouteHandler
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from service import safeguards
 from service.db.models import Shop
 from service.errors import Unauthorized
+from service.metrics import RATE_LIMITED
+from service.rate_limits import RateLimiter, rate_class_of
 from service.settings import Settings
 from service.shops import shop_for_request
 
@@ -132,15 +135,40 @@ def is_public(path: str) -> bool:
 
 
 def session_guard(
-    settings: Settings, sessions: async_sessionmaker[AsyncSession]
+    settings: Settings, sessions: async_sessionmaker[AsyncSession], limiter: RateLimiter | None = None
 ) -> Callable[[ASGIConnection[Any, Any, Any, Any], BaseRouteHandler], Awaitable[None]]:
     """The app-wide guard: a private route's request is authenticated (token, then an installed shop)
-    before its body is read or decoded, so an anonymous caller cannot make the service parse anything."""
+    and counted against its shop's budget for the route's class (safeguard 9), before its body is read
+    or decoded: an anonymous caller cannot make the service parse anything, and a refused request
+    changes nothing. The providers' webhooks are counted only against their own flood guard."""
+    limited = limiter is not None and safeguards.is_on(settings, safeguards.TENANT_RATE_LIMITS)
 
-    async def require_session(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
-        if is_public(connection.scope["path"]):
+    async def require_session(
+        connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler
+    ) -> None:
+        path = connection.scope["path"]
+        if is_public(path):
+            if limited and path.startswith("/webhooks/"):
+                assert limiter is not None
+                provider = path.split("/")[2]
+                decision = await limiter.for_webhooks(provider)
+                if decision is not None and not decision.allowed:
+                    RATE_LIMITED.labels(route_class="webhooks").inc()
+                limiter.refuse(decision, f"{provider} webhooks")
             return
         domain = shop_from_authorization(settings, connection.headers.get("authorization"))
+        structlog.contextvars.bind_contextvars(shop_domain=domain)  # on every line, a refusal's too
+        route_class = rate_class_of(handler)
+        if limited and route_class is not None:
+            # Counted by the token's verified shop domain, before the database is asked anything: a
+            # refused request costs a signature check and one Redis call, so a flood of them is cheap.
+            assert limiter is not None
+            decision = await limiter.for_shop(domain, route_class)
+            if decision is not None:
+                connection.state.rate_limit = decision  # its headers go on the answer, refused or not
+                if not decision.allowed:
+                    RATE_LIMITED.labels(route_class=route_class).inc()
+            limiter.refuse(decision, f"{route_class} requests of this shop")
         async with sessions() as session:
             shop = await shop_for_request(session, domain)
         connection.state.shop = shop

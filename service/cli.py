@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import subprocess
 import sys
@@ -103,8 +104,6 @@ def api(
     """Run the HTTP API (Litestar on uvicorn)."""
     settings = load_or_exit(starts_service=True)
     logs.configure_for(settings, "api")
-    import os
-
     import uvicorn
 
     from service.app import create_app
@@ -128,9 +127,16 @@ def api(
 def worker(
     concurrency: int = typer.Option(10, min=1, help="Jobs each worker process runs at once."),
     processes: int = typer.Option(1, min=1, help="Worker processes to run."),
+    metrics_port: int = typer.Option(
+        0, min=0, help="Serve this worker host's /metrics on this port (workers on a host without an API)."
+    ),
 ) -> None:
     """Run SAQ worker processes (send batches, the reconcile cron)."""
     settings = load_or_exit(starts_service=True)
+    if metrics_port:
+        from service.metrics import serve_on_port
+
+        serve_on_port(metrics_port, settings.metrics_host)
     with redis_url_for(settings) as redis_url:
         if processes == 1:
             logs.configure_for(settings, "worker")
@@ -142,8 +148,6 @@ def worker(
 
 
 def _run_worker_processes(redis_url: str, concurrency: int, processes: int) -> None:
-    import os
-
     env = {**os.environ, "SMSLAB_REDIS_URL": redis_url}
     argv = [sys.executable, "-m", "chaos.cli", "worker", "--concurrency", str(concurrency)]
     children = [subprocess.Popen(argv, env=env) for _ in range(processes)]

@@ -26,6 +26,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from service import logs
 from service.errors import PROBLEM_TYPE_BASE, ProblemError
+from service.metrics import HTTP_LATENCY, HTTP_REQUESTS
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 REQUEST_ID_HEADER = "x-request-id"
@@ -63,6 +64,7 @@ _DESCRIPTIONS = {
     400: "The request is malformed: a parameter, a header or the body cannot be read",
     401: "Missing or invalid credentials (session token, signature or token)",
     413: "The request body is larger than this route accepts",
+    429: "Over this shop's budget for the route's class: retry after `Retry-After` seconds",
     402: "Not enough credits; nothing was changed",
     404: "No such resource for this shop",
     409: "Conflicts with the resource's state or with a request still in flight; see `type`",
@@ -220,7 +222,8 @@ EXCEPTION_HANDLERS: ExceptionHandlersMap = {
 
 
 class RequestContextMiddleware(ASGIMiddleware):
-    """Binds a request id (the client's `X-Request-Id` if sane) and logs one line per request."""
+    """Binds a request id (the client's `X-Request-Id` if sane), logs one line per request, counts it
+    (by route template, never the raw path), and puts the rate limit's fields on its answer."""
 
     scopes = ("http",)  # type: ignore[assignment]
 
@@ -234,19 +237,35 @@ class RequestContextMiddleware(ASGIMiddleware):
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status_holder["status"] = message["status"]
-                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+                extra = [(b"x-request-id", request_id.encode())]
+                decision = (scope.get("state") or {}).get("rate_limit")
+                if decision is not None:
+                    present = {name.lower() for name, _ in message.get("headers", [])}
+                    extra += [
+                        (name.lower().encode(), value.encode())
+                        for name, value in decision.headers().items()
+                        if name.lower().encode() not in present
+                    ]
+                message["headers"] = [*message.get("headers", []), *extra]
             await send(message)
 
         with structlog.contextvars.bound_contextvars(request_id=request_id):
             try:
                 await next_app(scope, receive, send_with_id)
             finally:
+                seconds = time.perf_counter() - started
+                route = str(scope.get("path_template") or "unmatched")
+                method = str(scope.get("method"))
+                HTTP_REQUESTS.labels(
+                    route=route, method=method, status=str(status_holder.get("status"))
+                ).inc()
+                HTTP_LATENCY.labels(route=route, method=method).observe(seconds)
                 log.info(
                     "request",
                     method=scope.get("method"),
                     path=scope.get("path"),
                     status=status_holder.get("status"),
-                    duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                    duration_ms=round(seconds * 1000, 2),
                 )
 
 

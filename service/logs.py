@@ -72,9 +72,12 @@ def redact_text(text: str) -> str:
 
 def _redact_value(value: Any) -> Any:
     if isinstance(value, str):
-        return redact_text(value)
+        masked = redact_text(value)
+        if masked != value:
+            _count_redaction("text")
+        return masked
     if isinstance(value, dict):
-        return {k: REDACTED if _is_sensitive(k) else _redact_value(v) for k, v in value.items()}
+        return {k: _masked_field() if _is_sensitive(k) else _redact_value(v) for k, v in value.items()}
     if isinstance(value, list | tuple | set):
         return [_redact_value(v) for v in value]
     if isinstance(value, bytes):
@@ -82,6 +85,11 @@ def _redact_value(value: Any) -> Any:
     if isinstance(value, int | float | bool) or value is None:
         return value
     return redact_text(str(value))
+
+
+def _masked_field() -> str:
+    _count_redaction("field")
+    return REDACTED
 
 
 def _is_sensitive(key: Any) -> bool:
@@ -94,8 +102,20 @@ def redact(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> 
     for key in list(event_dict):
         if key in ("timestamp", "level", "logger"):
             continue
-        event_dict[key] = REDACTED if _is_sensitive(key) else _redact_value(event_dict[key])
+        if _is_sensitive(key):
+            event_dict[key] = REDACTED
+            _count_redaction("field")
+        else:
+            event_dict[key] = _redact_value(event_dict[key])
     return event_dict
+
+
+def _count_redaction(kind: str) -> None:
+    """Every masked value is counted (`smslab_log_redactions_total{kind}`): masked, nothing leaked, but a
+    path that hands personal data to the logger has appeared, and the alert on it points at the runbook."""
+    from service.metrics import LOG_REDACTIONS
+
+    LOG_REDACTIONS.labels(kind=kind).inc()
 
 
 def _render_exception_then_redact(

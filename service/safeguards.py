@@ -38,6 +38,7 @@ CLAIM_BEFORE_SEND = "claim_before_send"
 RESOLVE_AMBIGUOUS_SENDS = "resolve_ambiguous_sends"
 DEBIT_WITH_RESULT = "debit_with_result"
 RECONCILER = "reconciler"
+TENANT_RATE_LIMITS = "tenant_rate_limits"
 LOG_REDACTION = "log_redaction"
 WEBHOOK_EFFECT_ONCE = "webhook_effect_once"
 DELIVERY_REPORTS_FORWARD_ONLY = "delivery_reports_forward_only"
@@ -140,6 +141,18 @@ REGISTRY: dict[str, Safeguard] = {
             "tests/test_reconcile.py",
             "chaos/checker/i2_nothing_stuck.py",
             "docs/runbooks/stuck-campaigns.md",
+        ),
+        Safeguard(
+            9,
+            TENANT_RATE_LIMITS,
+            "I9",
+            "each shop has a budget per route class, counted in Redis by every API process (GCRA, one "
+            "atomic script); a request over it is refused with 429 and Retry-After before its body is read",
+            "one tenant flooding the API with imports, checkouts and lists",
+            "no limits: every request of every shop is served as it comes",
+            "tests/test_rate_limits.py",
+            "chaos/checker/i9_tenant_isolation.py",
+            "docs/runbooks/rate-limiting.md",
         ),
         Safeguard(
             10,

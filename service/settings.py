@@ -80,6 +80,21 @@ class Settings:
     unresolved_give_up_seconds: float = 600.0
     default_phone_region: str = "US"
 
+    # Safeguard 9: each shop's budget per route class, counted in Redis across every API process
+    # (`service.rate_limits`); the webhooks' own guard against floods, per provider; and what to do when
+    # Redis cannot be asked (allow: serve unlimited and say so; deny: 503).
+    rate_limits: str = ""  # over the defaults of `rate_limits.DEFAULT_LIMITS`, e.g. "strict=30/minute"
+    webhook_rate_limit: str = "5000/second"
+    rate_limit_when_redis_down: str = "allow"
+
+    # Prometheus: the directory every process of this host writes its counters to (multiprocess mode:
+    # one scrape shows them all; empty it before the processes start), a token that /metrics then
+    # requires, and a port to serve /metrics and /health* on besides the API's own.
+    metrics_dir: Path | None = None
+    metrics_token: str = ""
+    metrics_port: int = 0
+    metrics_host: str = "127.0.0.1"
+
     log_format: str = "auto"
     log_level: str = "info"
     # Every SQL statement with its parameters (SQLAlchemy's engine log at INFO), as an operator turns on
@@ -241,6 +256,26 @@ def _application_name(name: str, raw: str) -> str:
     return value
 
 
+def _rate_limits(name: str, raw: str) -> str:
+    from service.rate_limits import parse_limits
+
+    try:
+        parse_limits(raw)
+    except ValueError as exc:
+        raise SettingsError(name, str(exc)) from None
+    return raw.strip()
+
+
+def _one_rate_limit(name: str, raw: str) -> str:
+    from service.rate_limits import parse_limit
+
+    try:
+        parse_limit(raw)
+    except ValueError as exc:
+        raise SettingsError(name, str(exc)) from None
+    return raw.strip()
+
+
 def _schema_name(name: str, raw: str) -> str:
     value = raw.strip()
     if not value.replace("_", "").isalnum() or value[0].isdigit():
@@ -282,6 +317,13 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "unresolved_send_policy": _choice(UNRESOLVED_POLICIES),
     "unresolved_give_up_seconds": _positive_float,
     "default_phone_region": lambda n, raw: _text(n, raw).upper(),
+    "rate_limits": _rate_limits,
+    "webhook_rate_limit": _one_rate_limit,
+    "rate_limit_when_redis_down": _choice(("allow", "deny")),
+    "metrics_dir": lambda _n, raw: Path(raw),
+    "metrics_token": lambda _n, raw: raw.strip(),
+    "metrics_port": _whole_number,
+    "metrics_host": _text,
     "log_format": _choice(LOG_FORMATS),
     "log_level": _choice(("debug", "info", "warning", "error")),
     "log_sql": _boolean,

@@ -17,7 +17,8 @@ from saq import CronJob, Worker
 from saq.types import PartialTimersDict
 
 from service import deployment, logs
-from service.queue import requeue_orphaned_jobs
+from service.metrics import JOB_FAILURES, RECONCILE_ACTIONS
+from service.queue import RECONCILE, SEND_BATCH, requeue_orphaned_jobs
 from service.reconcile.reconciler import reconcile_once
 from service.runtime import Runtime
 from service.sending.batch import send_batch as send_batch_domain
@@ -33,17 +34,27 @@ async def send_batch(
 ) -> Any:
     runtime: Runtime = ctx["runtime"]
     logs.bind_request_id(request_id)
-    async with runtime.sessions() as session:
-        report = await send_batch_domain(
-            session, runtime.settings, runtime.mitto, campaign_id=campaign_id, batch_no=batch_no
-        )
+    try:
+        async with runtime.sessions() as session:
+            report = await send_batch_domain(
+                session, runtime.settings, runtime.mitto, campaign_id=campaign_id, batch_no=batch_no
+            )
+    except BaseException:
+        JOB_FAILURES.labels(function=SEND_BATCH).inc()
+        raise
     return report.as_dict()
 
 
 async def reconcile(ctx: dict[str, Any]) -> Any:
     runtime: Runtime = ctx["runtime"]
     logs.bind_request_id(None)
-    report = await reconcile_once(runtime.sessions, runtime.settings, runtime.mitto, runtime.queue)
+    try:
+        report = await reconcile_once(runtime.sessions, runtime.settings, runtime.mitto, runtime.queue)
+    except BaseException:
+        JOB_FAILURES.labels(function=RECONCILE).inc()
+        raise
+    for action, count in report.actions().items():
+        RECONCILE_ACTIONS.labels(action=action).inc(count)
     return report.as_dict()
 
 

@@ -11,6 +11,7 @@ import pytest
 from service import failpoints
 from service.db import migrate
 from service.embedded_redis import free_port
+from service.rate_limits import RouteClass
 from service.settings import Settings, validate
 from tests.support.api import Api, start_api
 from tests.support.infra import (
@@ -25,6 +26,9 @@ from tests.support.infra import (
 from tests.support.lab import Lab
 
 BACKENDS = ["sqlite", "postgresql"]
+# Tests of other things send bursts no merchant would (ten imports in a row): budgets they never reach.
+# Tests of the limits set their own (tests/test_rate_limits.py).
+UNREACHED_LIMITS = ",".join(f"{route_class.value}=100000/minute" for route_class in RouteClass)
 
 
 @pytest.fixture(scope="session")
@@ -95,6 +99,7 @@ def settings(
             reconcile_interval_seconds=1.0,
             batch_size=50,
             log_format="json",
+            rate_limits=UNREACHED_LIMITS,
         )
     )
 

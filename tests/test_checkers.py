@@ -64,7 +64,7 @@ def test_a_clean_run_holds_every_invariant_and_writes_the_verdict(run_dir: Path)
     verdict = check_run(run_dir)
     assert verdict["valid"] is True, [i for i in verdict["invariants"] if i["valid"] is not True]
     saved = json.loads((run_dir / VERDICT).read_text())
-    assert [item["id"] for item in saved["invariants"]] == [f"I{n}" for n in range(1, 9)]
+    assert [item["id"] for item in saved["invariants"]] == [f"I{n}" for n in range(1, 10)]
     for item in saved["invariants"]:
         assert set(item) >= {"id", "valid", "counts", "witnesses"}
     assert saved["evidence"]["acceptances"] == 300
@@ -430,7 +430,7 @@ def test_a_big_run_checked_by_three_processes_gets_the_same_verdict(
         if other_thread:
             waiting.join()
     assert {item["id"]: (item["valid"], item["counts"]) for item in parallel["invariants"]} == serial
-    assert [item["id"] for item in parallel["invariants"]] == [f"I{n}" for n in range(1, 9)]
+    assert [item["id"] for item in parallel["invariants"]] == [f"I{n}" for n in range(1, 10)]
     assert serial["I1"][0] is False
 
 

@@ -178,7 +178,7 @@ def test_run_check_and_replay_a_scenario_end_to_end(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "every invariant holds" in done.stdout
     run_dir = (tmp_path / "runs" / "latest").resolve()
-    assert invariants(run_dir) == {f"I{n}": True for n in range(1, 9)}
+    assert invariants(run_dir) == {f"I{n}": True for n in range(1, 10)}
     for name in ("scenario.toml", "run.json", "history.jsonl", "nemesis.plan.json", "nemesis.jsonl"):
         assert (run_dir / name).is_file(), name
     assert {p.name for p in (run_dir / "logs").iterdir()} == {"api.log", "worker-0.log", "simulator.log"}

@@ -16,7 +16,7 @@ import pytest
 from service import safeguards
 
 ROOT = Path(__file__).resolve().parents[1]
-INVARIANTS = [f"I{n}" for n in range(1, 9)]
+INVARIANTS = [f"I{n}" for n in range(1, 10)]
 
 
 def _constant_of(name: str) -> str:

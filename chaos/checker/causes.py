@@ -148,6 +148,10 @@ class Causes:
     def moments(self, moments: list[float]) -> dict[str, Any]:
         return self._with_nemesis({}, moments)
 
+    def history_moment(self, history_time: float) -> dict[str, Any]:
+        """A moment of the history (seconds since it started): the nemesis events around it."""
+        return self.moments([self.timeline.history_started_at + history_time])
+
 
 def _iso(value: Any) -> float | None:
     try:
@@ -179,6 +183,8 @@ def attach(results: list[CheckResult], causes: Causes) -> None:
                 found = causes.message(str(witness["message_id"]))
             elif "accepted_at" in witness:
                 found = causes.moments([float(t) for t in witness["accepted_at"]])
+            elif "history_time" in witness:
+                found = causes.history_moment(float(witness["history_time"]))
             elif "last_activity_at" in witness:
                 moment = _iso(witness["last_activity_at"])
                 found = causes.moments([moment] if moment else [])

@@ -5,7 +5,8 @@ Ground truth: the history the clients recorded (what the API actually answered).
 - one key got 202 responses with different bodies (the stored response was not replayed);
 - one key got a 202 and, before or after it, a definite refusal (`campaign-not-draft`, 402, 422):
   a request with that key was executed again instead of being answered from the stored response.
-A 409 `idempotency-key-in-flight` (the first request still running) and outcomes that are unknown
+A 409 `idempotency-key-in-flight` (the first request still running), a 429 `rate-limited` (refused
+before the key was claimed, so a retry with it may well succeed) and outcomes that are unknown
 (timeouts, 5xx) are not violations. Order does not matter: with the key stored, no request with it can
 ever be refused for a reason its twin did not meet. Safeguard: the idempotent enqueue (1).
 """
@@ -21,6 +22,8 @@ from chaos.history import FAIL, OK
 ID = "I6"
 TITLE = "one enqueue per campaign; same key, same response"
 IN_FLIGHT = "idempotency-key-in-flight"
+RATE_LIMITED = "rate-limited"
+NOT_A_DECISION = {IN_FLIGHT, RATE_LIMITED}  # answers that decided nothing about the key
 
 
 def check(history: list[dict[str, Any]]) -> CheckResult:
@@ -47,7 +50,9 @@ def check(history: list[dict[str, Any]]) -> CheckResult:
         if not accepted:
             continue
         bodies = {repr(e["value"].get("response")) for e in accepted}
-        refusals = [e for e in entries if e["type"] == FAIL and e["value"].get("problem") != IN_FLIGHT]
+        refusals = [
+            e for e in entries if e["type"] == FAIL and e["value"].get("problem") not in NOT_A_DECISION
+        ]
         if len(bodies) == 1 and not refusals:
             continue
         answered_differently += 1

@@ -26,6 +26,7 @@ from chaos.checker import (
     i6_one_enqueue,
     i7_delivery_state,
     i8_no_pii,
+    i9_tenant_isolation,
 )
 from chaos.checker.causes import Causes
 from chaos.checker.causes import attach as attach_causes
@@ -36,6 +37,7 @@ from chaos.checker.evidence import (
     load_reports,
     load_stripe_truth,
 )
+from chaos.checker.observations import DeliveryTally, metrics_against_truth
 from chaos.checker.result import CheckResult, compose, guarded
 from chaos.checker.snapshot_io import load_personal_data, load_saved_snapshot
 from chaos.history import read_history
@@ -98,8 +100,9 @@ def _process_context() -> multiprocessing.context.BaseContext:
 
 def check_delivery_invariants(
     simulator_dir: Path, database_dir: Path
-) -> tuple[CheckResult, CheckResult, int]:
-    """I5 and I7, from the webhook delivery ledger and the provider ledgers; and the number of deliveries."""
+) -> tuple[CheckResult, CheckResult, int, DeliveryTally]:
+    """I5 and I7, from the webhook delivery ledger and the provider ledgers; the number of deliveries and
+    their tally by provider (the ledger is read once, in the process that can afford it)."""
     deliveries = load_delivery_attempts(simulator_dir)
     snapshot = load_saved_snapshot(database_dir)
     payments = guarded(
@@ -112,7 +115,7 @@ def check_delivery_invariants(
         i7_delivery_state.TITLE,
         lambda: i7_delivery_state.check(lambda: load_reports(simulator_dir), deliveries, snapshot),
     )
-    return payments, states, len(deliveries)
+    return payments, states, len(deliveries), DeliveryTally.of(deliveries)
 
 
 def missing_evidence(run_dir: Path, manifest: dict[str, Any], history: list[dict[str, Any]]) -> list[str]:
@@ -164,7 +167,7 @@ def _check(
     started: float,
     logs: list[Path],
     log_scan: Callable[[], i8_no_pii.LogScan],
-    delivery_invariants: Callable[[], tuple[CheckResult, CheckResult, int]],
+    delivery_invariants: Callable[[], tuple[CheckResult, CheckResult, int, DeliveryTally]],
 ) -> dict[str, Any]:
     simulator_dir = run_dir / "simulator"
     database_dir = run_dir / "database"
@@ -201,8 +204,13 @@ def _check(
             i8_no_pii.TITLE,
             lambda: i8_no_pii.check(log_scan(), phones, history, load_personal_data(database_dir)),
         ),
+        guarded(
+            i9_tenant_isolation.ID,
+            i9_tenant_isolation.TITLE,
+            lambda: i9_tenant_isolation.check(history, manifest.get("isolation")),
+        ),
     ]
-    payments, states, delivery_attempts = delivery_invariants()
+    payments, states, delivery_attempts, tally = delivery_invariants()
     results[4:4] = [payments]
     results[6:6] = [states]
     if manifest.get("quiescence", {}).get("reached") is False:
@@ -228,6 +236,7 @@ def _check(
         "unknown_because": unknown_because,
         "invariants": [r.as_dict() for r in results],
         "coverage": coverage,
+        "observations": {"metrics": metrics_against_truth(run_dir, acceptances, snapshot, tally)},
         "evidence": {
             "acceptances": len(acceptances),
             "history_entries": len(history),

@@ -16,6 +16,7 @@ from service.db.models import BillingTransaction, Shop
 from service.http import documented_body, problems
 from service.input_rules import IDEMPOTENCY_KEY_SCHEMA, decode_json
 from service.pagination import Page
+from service.rate_limits import RouteClass, rate_class
 from service.settings import Settings
 
 
@@ -68,12 +69,13 @@ class BillingController(Controller):
         "/checkout",
         status_code=201,
         summary="Start buying credits: a Stripe Checkout Session",
+        opt=rate_class(RouteClass.BILLING),
         description=(
             "With an Idempotency-Key, a retry gets the same Checkout Session; the same key for another "
             "package is a 422 naming `billing_id`. Stripe unreachable: 503 with `billing_id` and "
             "Retry-After; retry with the same key."
         ),
-        responses=problems(400, 401, 409, 413, 422, 503),
+        responses=problems(400, 429, 401, 409, 413, 422, 503),
         operation_class=documented_body(CheckoutIn, "The package to buy"),
     )
     async def checkout(
@@ -107,7 +109,8 @@ class BillingController(Controller):
     @get(
         "/transactions",
         summary="Purchases and their refunds, oldest first",
-        responses=problems(400, 401, 503),
+        opt=rate_class(RouteClass.REPORTS),
+        responses=problems(400, 429, 401, 503),
     )
     async def transactions(
         self,

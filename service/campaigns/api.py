@@ -17,10 +17,13 @@ from service.campaigns import drafts
 from service.campaigns.drafts import MAX_BODY_CHARACTERS, MAX_NAME_CHARACTERS, CampaignDetail
 from service.campaigns.enqueue import EnqueueAccepted, enqueue_campaign
 from service.db.models import Campaign, Shop
+from service.errors import ProblemError
 from service.http import documented_body, problems
 from service.input_rules import IDEMPOTENCY_KEY_SCHEMA, MAX_INT64, decode_json
+from service.metrics import ENQUEUES
 from service.pagination import Page
 from service.queue import enqueue_send_batches
+from service.rate_limits import RouteClass, rate_class
 from service.settings import Settings
 
 log = logs.get_logger(__name__)
@@ -125,7 +128,8 @@ class CampaignsController(Controller):
         "/",
         status_code=201,
         summary="Create a draft campaign",
-        responses=problems(400, 401, 413, 422, 503),
+        opt=rate_class(RouteClass.CAMPAIGNS),
+        responses=problems(400, 429, 401, 413, 422, 503),
         operation_class=documented_body(CampaignDraftIn, "The draft"),
     )
     async def create(
@@ -143,7 +147,8 @@ class CampaignsController(Controller):
     @get(
         "/",
         summary="List campaigns; pass next_cursor as `after` for the next page",
-        responses=problems(400, 401, 503),
+        opt=rate_class(RouteClass.REPORTS),
+        responses=problems(400, 429, 401, 503),
     )
     async def list_campaigns(
         self,
@@ -157,7 +162,8 @@ class CampaignsController(Controller):
     @get(
         "/{campaign_id:int}",
         summary="A campaign with counts by recipient status and its credits",
-        responses=problems(400, 401, 404, 503),
+        opt=rate_class(RouteClass.CAMPAIGNS),
+        responses=problems(400, 429, 401, 404, 503),
     )
     async def detail(
         self, campaign_id: CampaignId, shop: NamedDependency[Shop], db_session: NamedDependency[AsyncSession]
@@ -168,7 +174,8 @@ class CampaignsController(Controller):
         "/{campaign_id:int}/cancel",
         status_code=200,
         summary="Cancel a draft or sending campaign",
-        responses=problems(400, 401, 404, 409, 503, s409="The campaign has already finished"),
+        opt=rate_class(RouteClass.STRICT),
+        responses=problems(400, 429, 401, 404, 409, 503, s409="The campaign has already finished"),
     )
     async def cancel(
         self, campaign_id: CampaignId, shop: NamedDependency[Shop], db_session: NamedDependency[AsyncSession]
@@ -179,6 +186,7 @@ class CampaignsController(Controller):
         "/{campaign_id:int}/enqueue",
         status_code=202,
         summary="Start sending; idempotent with an Idempotency-Key header",
+        opt=rate_class(RouteClass.STRICT),
         description=(
             "202 with the recipient count and reserved credits. Same key and same request: the stored "
             "answer again (header Idempotent-Replayed: true), a refusal as well as a 202. Same key, other "
@@ -187,6 +195,7 @@ class CampaignsController(Controller):
         ),
         responses=problems(
             400,
+            429,
             401,
             402,
             404,
@@ -217,14 +226,19 @@ class CampaignsController(Controller):
     ) -> Response[EnqueueAccepted]:
         raw = await request.body()
         body = decode_json(raw) if raw.strip() else None
-        outcome = await enqueue_campaign(
-            db_session,
-            settings,
-            shop_id=shop.id,
-            campaign_id=campaign_id,
-            idempotency_key=idempotency_key,
-            request_body=body,
-        )
+        try:
+            outcome = await enqueue_campaign(
+                db_session,
+                settings,
+                shop_id=shop.id,
+                campaign_id=campaign_id,
+                idempotency_key=idempotency_key,
+                request_body=body,
+            )
+        except ProblemError as refusal:
+            ENQUEUES.labels(outcome=refusal.slug).inc()
+            raise
+        ENQUEUES.labels(outcome="replayed" if outcome.replayed else "accepted").inc()
         if outcome.batches_to_queue:
             await failpoints.hit("enqueue.before_jobs")
             try:

@@ -70,6 +70,13 @@ class ReconcileReport:
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def actions(self) -> dict[str, int]:
+        """What the pass did, by kind, for `smslab_reconcile_actions_total` (only the kinds it did)."""
+        counts = {
+            k: len(v) if isinstance(v, list) else int(v) for k, v in asdict(self).items() if k != "skipped"
+        }
+        return {kind: count for kind, count in counts.items() if count}
+
 
 async def reconcile_once(
     sessions: async_sessionmaker[AsyncSession],

@@ -28,6 +28,7 @@ from service.db.models import (
     UTCDateTime,
     utcnow,
 )
+from service.metrics import CREDITS_DEBITED, MESSAGES_FAILED, MESSAGES_SENT
 from service.sending import delivery_reports
 from service.sending.claims import Claim
 from service.settings import Settings
@@ -56,6 +57,16 @@ class Recorded:
     cancelled: int = 0
     debited_credits: int = 0
     campaign_status: str | None = None
+    failed_by_reason: dict[str, int] = field(default_factory=dict)
+
+    def count(self) -> None:
+        """Move the metrics by what this record committed (called after the commit, never before)."""
+        if self.sent:
+            MESSAGES_SENT.inc(self.sent)
+        if self.debited_credits:
+            CREDITS_DEBITED.inc(self.debited_credits)
+        for reason, failed in self.failed_by_reason.items():
+            MESSAGES_FAILED.labels(reason=reason).inc(failed)
 
 
 def _chunks(ids: Iterable[int]) -> Iterable[list[int]]:
@@ -130,7 +141,7 @@ async def _move_unsent(
     for rid, cause in outcomes.rejected.items():
         by_cause[cause].append(rid)
     for (code, reason), ids in by_cause.items():
-        result.failed += len(
+        failed = len(
             await _move(
                 session,
                 ids,
@@ -142,6 +153,9 @@ async def _move_unsent(
                 status_updated_at=now,
             )
         )
+        result.failed += failed
+        if failed:
+            result.failed_by_reason[reason] = result.failed_by_reason.get(reason, 0) + failed
     if not (outcomes.not_sent and claim.claimed):
         return []
     if not campaign_sending:
@@ -241,6 +255,7 @@ async def record_outcomes(
             # Delivery reports that beat this record are applied now that their message ids exist.
             await delivery_reports.apply_pending(session, settings, claim.campaign_id)
         result.campaign_status = await progress.settle_if_finished(session, claim.campaign_id)
+    result.count()
     return result
 
 
@@ -271,4 +286,5 @@ async def _record_then_debit_separately(session: AsyncSession, claim: Claim, out
     async with session.begin():
         await progress.lock_campaign(session, claim.campaign_id)
         result.campaign_status = await progress.settle_if_finished(session, claim.campaign_id)
+    result.count()
     return result

@@ -1,0 +1,95 @@
+"""Observations (not invariants): do the service's own metrics tell the truth?
+
+After settling, the last scrape of `/metrics` (`metrics.jsonl`) is set beside ground truth: messages
+the provider really accepted, the credits those messages cost, the webhook deliveries the service really
+answered. Where a counter disagrees, the service's metrics are lying (an increment before a commit that
+rolled back, one missed on a path, a process's counts lost), and the observation says by how much. It
+never changes the verdict: the invariants are proven from ground truth, and this judges the dashboards.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from chaos.checker.evidence import Acceptance, DatabaseSnapshot, DeliveryAttempt
+from chaos.metrics_scrape import last_scrape
+
+
+@dataclass
+class DeliveryTally:
+    """Webhook attempts by provider: answered 2xx as the provider saw it, and those that got no answer
+    at all (a timeout, a cut connection: the service may have applied them and its answer was lost)."""
+
+    answered: dict[str, int] = field(default_factory=dict)
+    unanswered: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, deliveries: list[DeliveryAttempt]) -> DeliveryTally:
+        answered = Counter(a.provider for a in deliveries if a.acknowledged)
+        unanswered = Counter(a.provider for a in deliveries if a.may_have_taken_effect)
+        return cls(dict(answered), dict(unanswered))
+
+
+def _total(samples: dict[str, float], name: str, **labels: str) -> float:
+    """The sum of a counter's samples whose labels include `labels`."""
+    total = 0.0
+    for key, value in samples.items():
+        base, _, rest = key.partition("{")
+        if base != name:
+            continue
+        have = dict(part.split("=", 1) for part in rest.rstrip("}").split(",") if part)
+        if all(have.get(k) == v for k, v in labels.items()):
+            total += value
+    return total
+
+
+def _compare(what: str, reported: float, truth: float, leeway: float = 0) -> dict[str, Any]:
+    """`leeway`: how far above the truth the metric may honestly be (events the truth cannot see)."""
+    entry: dict[str, Any] = {"what": what, "metric": round(reported, 3), "truth": round(truth, 3)}
+    if leeway:
+        entry["leeway"] = leeway
+    entry["agrees"] = truth - 0.5 < reported < truth + leeway + 0.5
+    if not entry["agrees"]:
+        entry["off_by"] = round(reported - truth, 3)
+    return entry
+
+
+def metrics_against_truth(
+    run_dir: Path,
+    acceptances: list[Acceptance],
+    snapshot: DatabaseSnapshot,
+    deliveries: DeliveryTally | None,
+) -> dict[str, Any]:
+    scrape = last_scrape(run_dir)
+    if scrape is None:
+        return {"available": False, "why": "no scrape of /metrics in the run folder (metrics.jsonl)"}
+    samples: dict[str, float] = scrape["samples"]
+    segments = {c["id"]: int(c["segments"] or 1) for c in snapshot.campaigns.values()}
+    credits = sum(segments.get(a.campaign_id or -1, 1) for a in acceptances)
+    rows = [
+        _compare("messages sent", _total(samples, "smslab_messages_sent_total"), len(acceptances)),
+        _compare("credits debited", _total(samples, "smslab_credits_debited_total"), credits),
+    ]
+    if deliveries is not None:
+        for provider in sorted(deliveries.answered):
+            counted = sum(
+                _total(samples, "smslab_webhook_events_total", provider=provider, outcome=outcome)
+                for outcome in ("applied", "duplicate")
+            )
+            rows.append(
+                _compare(
+                    f"{provider} webhook deliveries answered 2xx",
+                    counted,
+                    deliveries.answered[provider],
+                    deliveries.unanswered.get(provider, 0),
+                )
+            )
+    return {
+        "available": True,
+        "scraped_at": scrape["t"],
+        "comparisons": rows,
+        "agree": all(r["agrees"] for r in rows),
+    }

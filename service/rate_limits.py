@@ -1,0 +1,264 @@
+"""Tenant rate limits (safeguard 9, `tenant_rate_limits`, invariant I9): one shop cannot starve another.
+
+Each merchant route belongs to one class (`opt={"rate_class": ...}` on its handler, `RouteClass`), and
+each shop has a budget per class (`SMSLAB_RATE_LIMITS`, e.g. `strict=60/minute burst=10`: a sustained
+rate, and how many may come at once; without `burst`, the whole period's count may). The count lives in
+Redis, so every API process on every host shares it, and is kept by GCRA (the generic cell rate
+algorithm) in one Lua script: the check and the update are one atomic step on the server, on the
+server's clock, never a read and then a write. A request over its budget gets a 429 problem with
+`Retry-After` (whole seconds, at least 1) before its body is read, so it changes nothing: an enqueue
+refused here has not claimed its Idempotency-Key. Every limited answer, refused or not, carries
+`RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset`.
+
+The providers' webhooks are never counted against a merchant: a provider's retries must not be refused
+by a tenant's budget. They have one global guard of their own, per provider, against floods.
+
+Redis unreachable: the policy is a setting (`SMSLAB_RATE_LIMIT_WHEN_REDIS_DOWN`). `allow` (the default)
+serves the request unlimited, logs one line a minute and counts it (`smslab_rate_limiter_unavailable_total`):
+availability over isolation, since Redis down already stops the sending pipeline and a limiter that
+refused everything would turn a queue outage into an API outage. `deny` answers 503 with Retry-After:
+isolation over availability, for deployments where one tenant's flood is the greater risk.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from service import logs
+from service.errors import ProblemError
+from service.metrics import RATE_LIMITER_UNAVAILABLE
+
+log = logs.get_logger(__name__)
+
+
+class RouteClass(StrEnum):
+    GENERAL = "general"
+    STRICT = "strict"  # enqueue, cancel, credit grants: what starts work or moves money
+    CONTACTS = "contacts"
+    CAMPAIGNS = "campaigns"
+    BILLING = "billing"
+    IMPORTS = "imports"  # bulk contacts
+    REPORTS = "reports"  # lists and exports
+
+
+RATE_CLASS = "rate_class"  # the handler `opt` key naming its class
+PERIODS = {"second": 1.0, "minute": 60.0, "hour": 3600.0}
+# The bursts bound what one shop can make the service do at once: ten 10,000-contact imports arriving
+# together are seconds of one core, whatever the minute's budget says.
+DEFAULT_LIMITS = (
+    "general=600/minute burst=60,strict=60/minute burst=10,contacts=300/minute burst=30,"
+    "campaigns=300/minute burst=30,billing=60/minute burst=10,imports=10/minute burst=2,"
+    "reports=300/minute burst=30"
+)
+DEFAULT_WEBHOOK_LIMIT = "5000/second"  # per provider, all shops together: a flood, not a busy hour
+_LIMIT = re.compile(r"^\s*(\d+)\s*/\s*(second|minute|hour)(?:\s+burst\s*=\s*(\d+))?\s*$")
+
+
+@dataclass(frozen=True)
+class Limit:
+    """`count` per `period_s` sustained, at most `burst` at once (GCRA's tolerance: burst intervals)."""
+
+    count: int
+    period_s: float
+    burst: int = 0  # 0: `count`
+
+    @property
+    def at_once(self) -> int:
+        return self.burst or self.count
+
+    @property
+    def interval_s(self) -> float:
+        return self.period_s / self.count
+
+    def most_admitted_within(self, seconds: float) -> int:
+        """The most requests GCRA admits in any `seconds`: the burst, then one per interval."""
+        return self.at_once + math.floor(seconds / self.interval_s)
+
+    @property
+    def key(self) -> str:
+        """Part of the bucket's key: processes configured with other limits (a rolling change of
+        SMSLAB_RATE_LIMITS) keep separate counts instead of reading each other's state."""
+        return f"{self.count}-{self.period_s:g}-{self.at_once}"
+
+    def as_dict(self) -> dict[str, float]:
+        return {"count": self.count, "period_s": self.period_s, "burst": self.at_once}
+
+    def __str__(self) -> str:
+        unit = next(name for name, seconds in PERIODS.items() if seconds == self.period_s)
+        return f"{self.count}/{unit}" + (f" burst={self.burst}" if self.burst else "")
+
+
+def parse_limit(text: str) -> Limit:
+    match = _LIMIT.match(text)
+    if not match or int(match.group(1)) < 1 or (match.group(3) is not None and int(match.group(3)) < 1):
+        raise ValueError(f"expected COUNT/second|minute|hour [burst=N] with COUNT and N >= 1, got {text!r}")
+    return Limit(int(match.group(1)), PERIODS[match.group(2)], int(match.group(3) or 0))
+
+
+def parse_limits(text: str) -> dict[str, Limit]:
+    """`class=COUNT/period,...` over the defaults; each class named once, every class known."""
+    limits = {name: parse_limit(value) for name, value in _pairs(DEFAULT_LIMITS)}
+    seen: set[str] = set()
+    for name, value in _pairs(text):
+        if name not in {c.value for c in RouteClass}:
+            known = ", ".join(c.value for c in RouteClass)
+            raise ValueError(f"unknown route class {name!r}; known: {known}")
+        if name in seen:
+            raise ValueError(f"route class {name!r} given twice")
+        seen.add(name)
+        limits[name] = parse_limit(value)
+    return limits
+
+
+def _pairs(text: str) -> list[tuple[str, str]]:
+    pairs = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, value = part.partition("=")
+        if not sep:
+            raise ValueError(f"expected class=COUNT/period, got {part!r}")
+        pairs.append((name.strip(), value.strip()))
+    return pairs
+
+
+# GCRA in one step, on the server's clock. KEYS[1]: the bucket; ARGV: the emission interval and the
+# tolerance (burst x interval), in microseconds. The stored value is the theoretical arrival time (TAT).
+# Returns {allowed 1|0, remaining, reset_after_us, retry_after_us}.
+_GCRA = """
+local now_parts = redis.call('TIME')
+local now = tonumber(now_parts[1]) * 1000000 + tonumber(now_parts[2])
+local interval = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+local new_tat = tat + interval
+local allow_at = new_tat - burst
+if now < allow_at then
+  return {0, 0, tat - now, allow_at - now}
+end
+redis.call('SET', KEYS[1], new_tat, 'PX', math.ceil((new_tat - now) / 1000) + 1)
+local remaining = math.floor((burst - (new_tat - now)) / interval)
+return {1, remaining, new_tat - now, 0}
+"""
+
+
+@dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    limit: Limit
+    remaining: int
+    reset_s: float
+    retry_after_s: float
+
+    def headers(self) -> dict[str, str]:
+        """The RateLimit fields on every limited answer (the IETF draft's): how many may come at once
+        (the burst), how many of those are left, the seconds until all are back; and the policy."""
+        headers = {
+            "RateLimit-Policy": f"{self.limit.count};w={int(self.limit.period_s)};burst={self.limit.at_once}",
+            "RateLimit-Limit": str(self.limit.at_once),
+            "RateLimit-Remaining": str(max(0, self.remaining)),
+            "RateLimit-Reset": str(max(0, math.ceil(self.reset_s))),
+        }
+        if not self.allowed:
+            headers["Retry-After"] = str(max(1, math.ceil(self.retry_after_s)))
+        return headers
+
+
+class TooManyRequests(ProblemError):
+    status = 429
+    slug = "rate-limited"
+    title = "Too many requests for this shop and route class"
+
+
+class RateLimiterUnavailable(ProblemError):
+    status = 503
+    slug = "rate-limiter-unavailable"
+    title = "The rate limiter cannot be reached"
+
+
+class RateLimiter:
+    """The shared counters. One per API process; every process counts in the same Redis keys."""
+
+    def __init__(
+        self,
+        redis_url: str,
+        limits: dict[str, Limit],
+        webhook_limit: Limit,
+        *,
+        namespace: str = "smslab",
+        when_down: str = "allow",
+    ) -> None:
+        self.limits = limits
+        self.webhook_limit = webhook_limit
+        self.namespace = namespace
+        self.when_down = when_down
+        # Short timeouts: a limiter that waits for a dead Redis would make every request wait.
+        self._redis = aioredis.from_url(redis_url, socket_timeout=0.25, socket_connect_timeout=0.25)
+        self._script = self._redis.register_script(_GCRA)
+        self._last_complaint = 0.0
+        self.unavailable = 0  # times Redis could not be asked (exported as a metric)
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+
+    async def check(self, bucket: str, limit: Limit) -> Decision | None:
+        """One request against a bucket: the decision, or None when Redis cannot be asked (the caller
+        then applies the policy)."""
+        interval_us = limit.interval_s * 1_000_000
+        try:
+            allowed, remaining, reset_us, retry_us = await self._script(
+                keys=[f"{self.namespace}:ratelimit:{bucket}"],
+                args=[int(interval_us), int(interval_us * limit.at_once)],
+            )
+        except (RedisError, OSError):
+            self._complain()
+            return None
+        return Decision(bool(allowed), limit, int(remaining), int(reset_us) / 1e6, int(retry_us) / 1e6)
+
+    async def for_shop(self, domain: str, route_class: str) -> Decision | None:
+        limit = self.limits[route_class]
+        return await self.check(f"shop:{domain}:{route_class}:{limit.key}", limit)
+
+    async def for_webhooks(self, provider: str) -> Decision | None:
+        return await self.check(f"webhooks:{provider}:{self.webhook_limit.key}", self.webhook_limit)
+
+    def _complain(self) -> None:
+        self.unavailable += 1
+        RATE_LIMITER_UNAVAILABLE.inc()
+        now = time.monotonic()
+        if now - self._last_complaint >= 60:
+            self._last_complaint = now
+            log.warning("rate_limiter_unavailable", policy=self.when_down, since_last=self.unavailable)
+
+    def refuse(self, decision: Decision | None, what: str) -> None:
+        """Raise the answer for a request the limiter refuses (or cannot decide, under `deny`)."""
+        if decision is None:
+            if self.when_down == "deny":
+                raise RateLimiterUnavailable(
+                    "the rate limiter's Redis cannot be reached; retry shortly", headers={"Retry-After": "1"}
+                )
+            return
+        if not decision.allowed:
+            raise TooManyRequests(
+                f"{what}: over {decision.limit}; retry after {decision.headers()['Retry-After']} s",
+                headers=decision.headers(),
+            )
+
+
+def rate_class(route_class: RouteClass) -> dict[str, str]:
+    """The handler `opt` that puts a route in a class: `@get(..., opt=rate_class(RouteClass.REPORTS))`."""
+    return {RATE_CLASS: route_class.value}
+
+
+def rate_class_of(handler: Any) -> str | None:
+    """The class a route handler declares (`opt={"rate_class": ...}`); None for unlimited routes."""
+    opt = getattr(handler, "opt", None) or {}
+    value = opt.get(RATE_CLASS)
+    return str(value) if value else None

@@ -1,0 +1,330 @@
+"""Safeguard 9, `tenant_rate_limits` (invariant I9): one shop's budget per route class, shared by every
+API process through Redis, refused with 429 before anything changes; and I9's checker on histories.
+
+The switched-off twin: with the safeguard off the same burst is served in full.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import func, select
+
+from chaos.checker import i9_tenant_isolation
+from chaos.processes import smslab_argv
+from service import safeguards
+from service.app import create_app
+from service.auth import is_public
+from service.db.models import Campaign, EnqueueRequest
+from service.embedded_redis import EmbeddedRedis
+from service.rate_limits import RouteClass, parse_limit, parse_limits, rate_class_of
+from service.settings import Settings, validate
+from tests.support.api import Api, problem, start_api
+from tests.support.lab import Lab
+
+ALPHA, BETA = "alpha.myshopify.com", "beta.myshopify.com"
+
+
+@contextlib.asynccontextmanager
+async def apis(lab: Lab, tmp_path: Path, count: int = 1) -> AsyncIterator[list[Api]]:
+    """`count` API processes on the lab's settings (its database, its Redis: one shared count)."""
+    processes = [start_api(lab.settings, tmp_path / f"api-{n}") for n in range(count)]
+    clients = [Api(lab.settings, process) for process in processes]
+    try:
+        yield clients
+    finally:
+        for client, process in zip(clients, processes, strict=True):
+            await client.close()
+            process.stop()
+
+
+def assert_limited(response: httpx.Response) -> None:
+    """Every limited answer carries the RateLimit fields; a refusal also a whole-second Retry-After."""
+    for name in ("RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset", "RateLimit-Policy"):
+        assert name in response.headers, (name, dict(response.headers))
+    if response.status_code == 429:
+        assert int(response.headers["Retry-After"]) >= 1
+        assert problem(response)["type"].endswith("/rate-limited")
+
+
+# --- configuration -----------------------------------------------------------------------------------
+def test_limits_parse_over_the_defaults_and_bad_ones_name_the_class() -> None:
+    limits = parse_limits("strict=5/second burst=2, imports=1/hour")
+    assert (limits["strict"].count, limits["strict"].period_s, limits["strict"].at_once) == (5, 1.0, 2)
+    assert (limits["imports"].count, limits["imports"].at_once) == (1, 1)
+    assert str(limits["general"]) == "600/minute burst=60"  # a class not named keeps its default
+    assert parse_limit("10/minute burst=2").most_admitted_within(60) == 12
+    for text, message in [
+        ("bulk=5/minute", "unknown route class 'bulk'"),
+        ("strict=5/fortnight", "expected COUNT/second|minute|hour"),
+        ("strict=0/minute", "COUNT and N >= 1"),
+        ("strict=5/minute,strict=6/minute", "given twice"),
+        ("strict", "expected class=COUNT/period"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            parse_limits(text)
+
+
+def test_a_bad_limit_stops_the_api_with_one_line_naming_the_setting(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SMSLAB_")}
+    env.update(SMSLAB_VAR_DIR=str(tmp_path), SMSLAB_RATE_LIMITS="strict=lots")
+    done = subprocess.run(smslab_argv("api"), env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("smslab: bad setting SMSLAB_RATE_LIMITS:"), lines
+
+
+def test_every_merchant_route_is_in_exactly_one_class_and_no_public_route_is(tmp_path: Path) -> None:
+    app = create_app(validate(Settings(var_dir=tmp_path)), "redis://127.0.0.1:9")
+    seen = set()
+    for route in app.routes:
+        for handler in getattr(route, "route_handlers", []):
+            if set(getattr(handler, "http_methods", ())) <= {"OPTIONS", "HEAD"}:
+                continue  # CORS preflight and HEAD: answered by the framework, never by a handler
+            declared = rate_class_of(handler)
+            if is_public(route.path):
+                assert declared is None, f"{route.path} is public and must not count against a shop"
+            elif route.path.startswith("/api"):
+                assert declared in {c.value for c in RouteClass}, f"{route.path} declares no rate class"
+                seen.add(declared)
+    assert {"general", "strict", "campaigns", "billing", "imports", "reports"} <= seen
+
+
+# --- the limits, over HTTP, across processes -----------------------------------------------------------
+@pytest.mark.webhooks_to_api
+async def test_one_shop_at_its_limit_limits_neither_another_shop_nor_its_other_classes(
+    lab: Lab, tmp_path: Path
+) -> None:
+    lab = lab.with_settings(rate_limits="campaigns=3/minute")
+    async with apis(lab, tmp_path, count=2) as (first, second):
+        alpha = [first.as_shop(ALPHA), second.as_shop(ALPHA)]
+        answers = [
+            await alpha[n % 2].post("/api/campaigns", json={"name": "x", "body": "hi"}) for n in range(5)
+        ]
+        assert [a.status_code for a in answers] == [201, 201, 201, 429, 429]  # counted across both processes
+        for answer in answers:
+            assert_limited(answer)
+        assert [a.headers["RateLimit-Remaining"] for a in answers[:3]] == ["2", "1", "0"]
+        async with lab.sessions() as session:
+            assert (
+                await session.scalar(select(func.count()).select_from(Campaign)) == 3
+            )  # refusals wrote nothing
+        beta = await second.as_shop(BETA).post("/api/campaigns", json={"name": "x", "body": "hi"})
+        assert beta.status_code == 201
+        assert_limited(beta)
+        wallet = await first.as_shop(ALPHA).get("/api/wallet")  # class general: its own budget
+        assert wallet.status_code == 200
+        assert_limited(wallet)
+
+
+async def test_with_the_safeguard_off_the_same_burst_is_served_in_full(lab: Lab, tmp_path: Path) -> None:
+    lab = lab.unsafe(safeguards.TENANT_RATE_LIMITS, rate_limits="campaigns=3/minute")
+    async with apis(lab, tmp_path) as (api,):
+        client = api.as_shop(ALPHA)
+        answers = [await client.post("/api/campaigns", json={"name": "x", "body": "hi"}) for _ in range(5)]
+    assert [a.status_code for a in answers] == [201] * 5
+    assert not any("RateLimit-Limit" in a.headers for a in answers)
+
+
+async def test_an_enqueue_refused_with_429_has_not_claimed_its_key_and_its_retry_succeeds(
+    lab: Lab, tmp_path: Path
+) -> None:
+    lab = lab.with_settings(rate_limits="strict=1/second burst=1")
+    shop_id = await lab.shop(ALPHA, credits=100)
+    await lab.contacts(shop_id, 3)
+    first, second = await lab.campaign(shop_id), await lab.campaign(shop_id)
+    async with apis(lab, tmp_path) as (api,):
+        client = api.as_shop(ALPHA)
+        assert (
+            await client.post(f"/api/campaigns/{first}/enqueue", headers={"Idempotency-Key": "k-1"})
+        ).status_code == 202
+        refused = await client.post(f"/api/campaigns/{second}/enqueue", headers={"Idempotency-Key": "k-2"})
+        assert refused.status_code == 429
+        assert_limited(refused)
+        async with lab.sessions() as session:
+            keys = list(await session.scalars(select(EnqueueRequest.idempotency_key)))
+            status = await session.scalar(select(Campaign.status).where(Campaign.id == second))
+        assert keys == ["k-1"]
+        assert status == "draft"
+        await asyncio.sleep(int(refused.headers["Retry-After"]))
+        retried = await client.post(f"/api/campaigns/{second}/enqueue", headers={"Idempotency-Key": "k-2"})
+    assert retried.status_code == 202, retried.text
+    assert retried.json()["recipient_count"] == 3
+    assert "Idempotent-Replayed" not in retried.headers  # executed now, not a stored refusal replayed
+
+
+@pytest.mark.webhooks_to_api
+async def test_provider_webhooks_are_not_counted_against_a_merchant_but_have_a_flood_guard(
+    lab: Lab, tmp_path: Path
+) -> None:
+    lab = lab.with_settings(rate_limits="general=1/hour", webhook_rate_limit="3/minute")
+    await lab.shop(ALPHA)
+    async with apis(lab, tmp_path) as (api,):
+        merchant = api.as_shop(ALPHA)
+        assert (await merchant.get("/api/wallet")).status_code == 200
+        assert (await merchant.get("/api/wallet")).status_code == 429  # the merchant's budget is spent
+        url = f"/webhooks/mitto/dlr?token={lab.settings.mitto_dlr_token}"
+        report = {
+            "messageId": "nope",
+            "reference": "c1-r1",
+            "status": "Delivered",
+            "timestamp": "2026-11-28T12:00:00Z",
+        }
+        anonymous = api.anonymous()
+        answers = [await anonymous.post(url, json=report) for _ in range(4)]
+    assert [a.status_code for a in answers][:3] == [200, 200, 200]  # not refused for the shop's budget
+    assert answers[3].status_code == 429
+    assert int(answers[3].headers["Retry-After"]) >= 1
+
+
+@pytest.mark.parametrize("policy", ["allow", "deny"])
+async def test_redis_down_follows_the_policy(lab: Lab, tmp_path: Path, policy: str) -> None:
+    redis = EmbeddedRedis(tmp_path / "own-redis")
+    lab = lab.with_settings(redis_url=redis.start(), rate_limit_when_redis_down=policy)
+    await lab.shop(ALPHA)
+    try:
+        async with apis(lab, tmp_path) as (api,):
+            client = api.as_shop(ALPHA)
+            assert (await client.get("/api/wallet")).status_code == 200
+            redis.stop()
+            answers = [await client.get("/api/wallet") for _ in range(5)]
+            metrics = (await api.anonymous().get("/metrics")).text
+            log = (tmp_path / "api-0" / "api.log").read_text()
+    finally:
+        redis.stop()
+    if policy == "allow":
+        assert [a.status_code for a in answers] == [200] * 5
+        assert "RateLimit-Limit" not in answers[0].headers  # served unlimited, and not pretending otherwise
+        assert log.count("rate_limiter_unavailable") == 1  # one line a minute, not one per request
+        assert "smslab_rate_limiter_unavailable_total 5.0" in metrics
+    else:
+        assert [a.status_code for a in answers] == [503] * 5
+        assert answers[0].headers["Retry-After"] == "1"
+        assert problem(answers[0])["type"].endswith("/rate-limiter-unavailable")
+
+
+# --- I9 from histories ---------------------------------------------------------------------------------
+class History:
+    """A history as the workload writes it: invoke, then its completion."""
+
+    def __init__(self) -> None:
+        self.entries: list[dict[str, Any]] = []
+
+    def call(
+        self, f: str, shop: str, start: float, took: float | None, status: int | None, **value: Any
+    ) -> None:
+        index = len(self.entries)
+        self.entries.append(
+            {
+                "index": index,
+                "time": start,
+                "process": "p",
+                "type": "invoke",
+                "f": f,
+                "value": {"shop": shop, **value},
+            }
+        )
+        if took is None:
+            return
+        kind = "info" if status is None or status >= 500 else "ok" if status < 300 else "fail"
+        answer = {"shop": shop, **value, "status": status}
+        if status == 429:
+            answer["retry_after"] = value.pop("retry_after", "1")
+        self.entries.append(
+            {
+                "index": index + 1,
+                "time": start + took,
+                "process": "p",
+                "type": kind,
+                "f": f,
+                "op": index,
+                "value": answer,
+            }
+        )
+
+    def flood(
+        self, start: float, took: float, status: int, route_class: str = "reports", **value: Any
+    ) -> None:
+        self.call(
+            "list_contacts",
+            "noisy.myshopify.com",
+            start,
+            took,
+            status,
+            flood=True,
+            route_class=route_class,
+            **value,
+        )
+
+
+ISOLATION = {
+    "latency_bound_s": 2.0,
+    "noisy_clients": 2,
+    "rate_limits": {"reports": {"count": 60, "period_s": 60.0, "burst": 5}},
+}
+
+
+def isolated_run() -> History:
+    history = History()
+    for n in range(40):
+        history.flood(n * 0.25, 0.05, 200 if n % 8 == 0 else 429)
+    for n in range(10):
+        history.call("enqueue", ALPHA, 0.5 + n, 0.2, 202)
+    return history
+
+
+def test_i9_holds_when_the_others_are_served_in_time_and_the_flood_is_refused() -> None:
+    result = i9_tenant_isolation.check(isolated_run().entries, ISOLATION)
+    assert result.valid is True, result.witnesses
+    assert result.counts["others_during_flood"] == 10
+    assert result.counts["flood_refused_429"] == 35
+
+
+def test_i9_a_slow_or_unanswered_other_shop_is_a_starved_witness() -> None:
+    history = isolated_run()
+    history.call("create_campaign", BETA, 3.0, 2.5, 201)
+    history.call("enqueue", BETA, 4.0, 10.0, None)
+    result = i9_tenant_isolation.check(history.entries, ISOLATION)
+    assert result.valid is False
+    starved = [w for w in result.witnesses if w["kind"] == "starved"]
+    assert [w["why"] for w in starved] == ["took 2500 ms, over the bound of 2000 ms", "no answer (None)"]
+    assert starved[0]["flood_in_flight"] == 1
+    assert "history_time" in starved[0]
+
+
+def test_i9_a_flood_served_past_its_budget_or_refused_without_retry_after_is_caught() -> None:
+    served = History()
+    for n in range(20):  # 20 served within 5 s: the budget (burst 5, one a second) admits 10
+        served.flood(n * 0.25, 0.05, 200)
+    served.call("enqueue", ALPHA, 1.0, 0.1, 202)
+    result = i9_tenant_isolation.check(served.entries, ISOLATION)
+    assert result.valid is False
+    assert result.counts["over_limit"] == 1
+    assert "admits 10" in result.witnesses[0]["why"]
+    bare = isolated_run()
+    bare.flood(5.0, 0.01, 429, retry_after=None)
+    bare.flood(5.5, 0.01, 503)
+    result = i9_tenant_isolation.check(bare.entries, ISOLATION)
+    assert {w["kind"] for w in result.witnesses} == {"no_retry_after", "flood_unanswered"}
+
+
+def test_i9_without_a_flood_has_nothing_to_judge_and_says_so() -> None:
+    quiet = History()
+    quiet.call("enqueue", ALPHA, 1.0, 0.1, 202)
+    result = i9_tenant_isolation.check(quiet.entries, {"noisy_clients": 0})
+    assert result.valid is True
+    assert "not exercised" in str(result.note)
+    missing = i9_tenant_isolation.check(quiet.entries, ISOLATION)  # a noisy tenant was planned
+    assert missing.valid == "unknown"
+    alone = History()
+    alone.flood(0.0, 0.1, 429)
+    assert i9_tenant_isolation.check(alone.entries, ISOLATION).valid == "unknown"  # nobody to starve
