@@ -177,9 +177,53 @@ def verdict_table(verdict: dict[str, Any]) -> Table:
     return table
 
 
+def coverage_lines(verdict: dict[str, Any]) -> list[str]:
+    """What the run exercised, in three lines under the table: a verdict is only worth the run behind it."""
+    coverage = verdict.get("coverage") or {}
+    lines = []
+    workload = coverage.get("workload")
+    if workload:
+        kinds: dict[str, int] = {}
+        for outcomes in workload.get("operations", {}).values():
+            for kind, number in outcomes.items():
+                kinds[kind] = kinds.get(kind, 0) + number
+        lines.append(
+            f"exercised: chaos {workload.get('achieved_s', 0):g} of {workload.get('planned_s', 0):g} s; "
+            f"{sum(kinds.values())} operations ("
+            + ", ".join(f"{kind} {number}" for kind, number in sorted(kinds.items()))
+            + f"); {_count(workload.get('campaigns_enqueued', 0), 'campaign')} enqueued, "
+            f"{workload.get('campaigns_completed', 0)} completed; "
+            f"{_count(workload.get('messages_accepted', 0), 'message')} accepted"
+        )
+    faults = coverage.get("faults")
+    if faults:
+        nemesis = faults.get("nemesis", [])
+        rules = faults.get("provider_rules", [])
+        parts = [f"nemesis {sum(1 for e in nemesis if e.get('fired'))}/{len(nemesis)} events fired"]
+        parts += [f"{r['target']} {r['kind']} fired {r['fired']} (expected {r['expected']:g})" for r in rules]
+        if faults.get("crashes"):
+            parts.append(f"{_count(faults['crashes'], 'crash')} seen by the supervisor")
+        lines.append("faults: " + "; ".join(parts))
+    metrics = (verdict.get("observations") or {}).get("metrics") or {}
+    if metrics.get("available"):
+        rows = metrics.get("comparisons", [])
+        wrong = [r for r in rows if not r.get("agrees")]
+        lines.append(
+            f"observed: the service's metrics agree with ground truth ({len(rows)} counters)"
+            if not wrong
+            else "observed: the service's METRICS DISAGREE with ground truth: "
+            + "; ".join(f"{r['what']} {r['metric']:g} vs {r['truth']:g}" for r in wrong)
+        )
+    elif metrics:
+        lines.append(f"observed: no metrics ({metrics.get('why')})")
+    return lines
+
+
 def print_verdict(verdict: dict[str, Any], run_dir: str) -> None:
     out = Console(width=WIDTH)
     out.print(verdict_table(verdict))
+    for line in coverage_lines(verdict):
+        out.print(line, markup=False, highlight=False, overflow="fold")
     for reason in verdict.get("unknown_because") or []:  # every row valid, yet the run proves nothing
         out.print(f"unknown because: {reason}", markup=False, highlight=False)
     out.print(f"run folder: {run_dir}   (checked in {verdict.get('checked_in_s')} s)")
