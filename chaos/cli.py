@@ -1,6 +1,7 @@
 """`smslab`: one command for the whole lab.
 
 Service: `db upgrade`, `api`, `worker`, `token`, `credits grant`; simulator: `simulator`; together: `up`.
+Lab: `run`, `check`, `replay`, `matrix`, `fuzz`, `swarm`, `shrink`, `regressions`.
 """
 
 from __future__ import annotations
@@ -255,6 +256,140 @@ def fuzz(
     outcome = "clean" if report["clean"] else "FOUND PROBLEMS"
     typer.echo(f"fuzz ({report['backend']}, seed {report['seed']}): {outcome}; {folder}")
     raise typer.Exit(0 if report["clean"] else 1)
+
+
+@app.command()
+def swarm(
+    runs: int | None = typer.Option(None, min=1, help="How many runs (default 20 unless --minutes)."),
+    minutes: float | None = typer.Option(None, min=0.1, help="Start runs for this long, then finish."),
+    parallel: int = typer.Option(0, min=0, help="Runs at once (0: sized to the machine's cores)."),
+    base: list[str] = typer.Option([], help="A base scenario (repeatable; default: one per fault class)."),
+    database: str | None = typer.Option(None, help="A PostgreSQL URL (a fresh schema per run), else SQLite."),
+    out: Path | None = typer.Option(None, help="The swarm folder (default: runs/swarm-TIME)."),
+    seed: int = typer.Option(1, help="The swarm's seed: the same seed, the same runs drawn."),
+    safeguards_off: list[str] = typer.Option(
+        [], help="A safeguard (or profile: seed) to switch off in every run (repeatable)."
+    ),
+    stop_on_failure: bool = typer.Option(False, help="Stop at the first failing run (detection power)."),
+    with_kind: list[str] = typer.Option(
+        [], "--with", help="A fault kind every run switches on (repeatable)."
+    ),
+    short: bool = typer.Option(
+        False, help="Cap each run's chaos phase at a few seconds (as matrix --short)."
+    ),
+) -> None:
+    """Many seeded runs, each with a random mix of the lab's fault kinds; exit 0 only if no run had an
+    invalid or unknown invariant."""
+    from datetime import UTC, datetime
+
+    from chaos.scenario import ScenarioError
+    from chaos.swarm import RunResult, SwarmOptions, resolve_safeguards_off, run_swarm
+    from chaos.swarm_report import print_swarm, run_line
+
+    load_or_exit()
+    out_dir = out or Path("runs") / f"swarm-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}"
+    try:
+        options = SwarmOptions(
+            out_dir,
+            seed=seed,
+            runs=runs,
+            minutes=minutes,
+            parallel=parallel,
+            bases=tuple(base),
+            database_url=database,
+            safeguards_off=resolve_safeguards_off(safeguards_off),
+            stop_on_failure=stop_on_failure,
+            always=tuple(with_kind),
+            short=short,
+        )
+
+        def report(result: RunResult, done: list[RunResult]) -> None:
+            typer.echo(run_line(result, done, options.runs))
+
+        document = run_swarm(options, report)
+    except ScenarioError as exc:
+        raise fail(str(exc)) from None
+    print_swarm(document, str(out_dir / "swarm.json"))
+    raise typer.Exit(0 if document["summary"]["failed"] == 0 else 1)
+
+
+@app.command()
+def shrink(
+    run_dir: Path = typer.Argument(..., help="A failing run folder (e.g. one a swarm found)."),
+    invariant: str | None = typer.Option(None, help="The invariant to keep failing (default: the first)."),
+    max_runs: int = typer.Option(40, min=1, help="At most this many runs in all."),
+    tries: int = typer.Option(3, min=1, help="Runs of each candidate ..."),
+    need: int = typer.Option(2, min=1, help="... of which this many must fail for it to be kept."),
+    database: str | None = typer.Option(None, help="As for `run`: a PostgreSQL URL, else SQLite."),
+    out: Path | None = typer.Option(None, help="Where candidates go (default: RUN_DIR-shrink beside it)."),
+    save: str | None = typer.Option(
+        None, help="Keep the result in chaos/regressions/NAME.toml (every safeguard on; must then hold)."
+    ),
+    fixed_by: str = typer.Option("", help="With --save: the commit or safeguard that fixed it."),
+) -> None:
+    """Cut a failing run down to the fewest, weakest faults and the smallest workload that still break
+    the same invariant (delta debugging, each candidate kept only if it fails NEED of TRIES runs)."""
+    from chaos.scenario import ScenarioError
+    from chaos.shrink import ShrinkOptions, save_regression
+    from chaos.shrink import shrink as shrink_run
+    from chaos.swarm_report import candidate_line, print_shrink
+
+    load_or_exit()
+    if need > tries:
+        raise fail("--need: must not exceed --tries")
+    if not (run_dir / "verdict.json").exists():
+        raise fail(f"{run_dir} is not a checked run folder (no verdict.json)")
+    options = ShrinkOptions(run_dir, invariant, max_runs, tries, need, out, database)
+    try:
+        result = shrink_run(options, lambda entry: typer.echo(candidate_line(entry)))
+    except ScenarioError as exc:
+        raise fail(str(exc)) from None
+    print_shrink(result)
+    if save and result["scenario_file"]:
+        path = save_regression(
+            Path(result["scenario_file"]),
+            save,
+            result["invariant"],
+            run_dir.resolve().name,
+            fixed_by or "not yet fixed",
+            f"shrunk from {result['before']['faults']} faults to {result['after']['faults']}",
+        )
+        typer.echo(f"saved as regression scenario {path}")
+    raise typer.Exit(0 if result["reproduced"] else 1)
+
+
+@app.command()
+def regressions(
+    database: str | None = typer.Option(None, help="As for `run`: a PostgreSQL URL, else SQLite."),
+    out: Path = typer.Option(Path("runs/regressions"), help="Where their run folders go."),
+) -> None:
+    """Run every scenario in chaos/regressions/ (each once broke an invariant); exit 0 only if all hold."""
+    from chaos.harness import LabError, RunOptions, run_scenario
+    from chaos.report import Progress
+    from chaos.shrink import regression_scenarios
+
+    load_or_exit()
+    failed = []
+    scenarios = regression_scenarios()
+    for scenario in scenarios:
+        if scenario.backend == "postgresql" and not database:
+            typer.echo(f"{scenario.name}: skipped (needs PostgreSQL)")
+            continue
+        options = RunOptions(
+            scenario, scenario.seed, out, database_url=database, on_progress=Progress(quiet=True)
+        )
+        try:
+            run_dir, verdict = run_scenario(options)
+        except LabError as exc:
+            raise fail(str(exc), code=3) from None
+        word = "holds" if verdict["valid"] is True else "FAILS AGAIN"
+        regression = scenario.regression
+        once = f"once broke {regression.get('invariant')}, fixed by {regression.get('fixed_by')}"
+        typer.echo(f"{scenario.name} ({once}): {word}; {run_dir}")
+        if verdict["valid"] is not True:
+            failed.append(scenario.name)
+    typer.echo(f"{len(scenarios)} regression scenarios, {len(failed)} failing")
+    raise typer.Exit(1 if failed else 0)
 
 
 def _run_and_report(

@@ -139,6 +139,8 @@ class Scenario:
     simulator: SimulatorPlan = field(default_factory=SimulatorPlan)
     nemesis: tuple[NemesisRule, ...] = ()
     minimums: Minimums = field(default_factory=Minimums)
+    # A scenario in chaos/regressions/: the invariant it once broke, where it was found, what fixed it.
+    regression: dict[str, str] = field(default_factory=dict)
     source: str = ""  # the TOML as written
     document: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
@@ -365,6 +367,20 @@ def _minimums(table: Any) -> Minimums:
     return Minimums(**values)
 
 
+REGRESSION_FIELDS = ("invariant", "found", "fixed_by", "why")
+
+
+def _regression(table: Any) -> dict[str, str]:
+    where = "scenario.regression"
+    table = _check_keys(where, table, set(REGRESSION_FIELDS))
+    for name, value in table.items():
+        if not isinstance(value, str) or not value:
+            raise ScenarioError(f"{where}.{name}: must be a non-empty string")
+    if table and not table.get("invariant", "").startswith("I"):
+        raise ScenarioError(f"{where}.invariant: must name the invariant it broke (I1..I9)")
+    return dict(table)
+
+
 def _nemesis(items: Any) -> tuple[NemesisRule, ...]:
     if not isinstance(items, list):
         raise ScenarioError("scenario.nemesis: must be a list of [[nemesis]] tables")
@@ -414,6 +430,7 @@ def parse_scenario(document: Any, source: str = "") -> Scenario:
             "simulator",
             "nemesis",
             "minimums",
+            "regression",
         },
     )
     name = table.get("name")
@@ -434,6 +451,7 @@ def parse_scenario(document: Any, source: str = "") -> Scenario:
         simulator=_simulator(table.get("simulator", {})),
         nemesis=_nemesis(table.get("nemesis", [])),
         minimums=_minimums(table.get("minimums", {})),
+        regression=_regression(table.get("regression", {})),
         source=source,
         document=copy.deepcopy(table),
     )
