@@ -152,6 +152,74 @@ def run(
 
 
 @app.command()
+def load(
+    scenario: str = typer.Argument(..., help="A scenario name (chaos/scenarios/NAME.toml) or a path."),
+    seed: int | None = typer.Option(
+        None, help="Seed for the nemesis and the world (default: the scenario's)."
+    ),
+    database: str | None = typer.Option(None, help="As for `run`: a PostgreSQL URL, else SQLite."),
+    out: Path = typer.Option(
+        Path("runs"), help="Where run folders go (a `latest` link points at the newest)."
+    ),
+    users: int | None = typer.Option(None, min=1, help="Locust users (default: the scenario's [load])."),
+    spawn_rate: float | None = typer.Option(None, min=0.1, help="Users started per second."),
+    duration: float | None = typer.Option(None, min=1, help="Seconds Locust runs (and the nemesis with it)."),
+    locust_processes: int | None = typer.Option(
+        None, min=0, help="Locust worker processes beside its master (Locust's --processes); 0: one process."
+    ),
+    keep_database: bool = typer.Option(False, help="Keep the run's PostgreSQL schema afterwards."),
+) -> None:
+    """Run a scenario with Locust as its workload: faults, heal, settle, the verdict and the load gate
+    (exit 0 only if every invariant holds and the gate passed)."""
+    from chaos.load import LoadRun, for_load
+    from chaos.scenario import ScenarioError, load_scenario
+
+    load_or_exit()
+    try:
+        plan = for_load(load_scenario(scenario), users, spawn_rate, duration, locust_processes)
+    except ScenarioError as exc:
+        raise fail(str(exc)) from None
+    _run_and_report(plan, plan.seed if seed is None else seed, database, out, keep_database, None, LoadRun)
+
+
+@app.command()
+def world(
+    out: Path = typer.Option(Path("world.json"), help="Where the world file goes."),
+    api: str = typer.Option("http://127.0.0.1:8000", help="The API (`smslab up`'s by default)."),
+    simulator_url: str = typer.Option(
+        "http://127.0.0.1:8025", "--simulator", help="The fake providers (`smslab up`'s by default)."
+    ),
+    scenario: str = typer.Option("load_quick", help="Whose [workload] sizes the world (shops, contacts...)."),
+) -> None:
+    """Set up a load test's world on a running service (`smslab up`) and write its world file, for
+    `locust -f loadtests/locustfile.py --world FILE` by hand (docs/load.md)."""
+    import asyncio
+
+    from chaos.history import History
+    from chaos.load import NOISY_PHONES, world_document
+    from chaos.scenario import ScenarioError, load_scenario
+    from chaos.workload import Workload, valid_phones
+
+    settings = load_or_exit()
+    try:
+        plan = load_scenario(scenario)
+    except ScenarioError as exc:
+        raise fail(str(exc)) from None
+    scratch = out.with_suffix(".setup.jsonl")
+    workload = Workload(plan, settings, api, simulator_url, History(scratch))
+    try:
+        asyncio.run(workload.setup())
+    except Exception as exc:  # noqa: BLE001 - one line for the user, whatever went wrong
+        raise fail(f"could not set up the world on {api}: {type(exc).__name__}: {exc}", code=3) from None
+    finally:
+        scratch.unlink(missing_ok=True)
+    w = plan.workload
+    noisy = valid_phones(NOISY_PHONES, w.shops * (w.contacts_per_shop + w.customers_per_shop))
+    out.write_text(json.dumps(world_document(workload, settings, api, simulator_url, noisy), indent=1))
+    typer.echo(f"world: {len(workload.world)} shops on {api}; written to {out}")
+
+
+@app.command()
 def check(run_dir: Path = typer.Argument(..., help="A run folder (e.g. runs/latest).")) -> None:
     """Check a finished run again, from its folder alone (exit 0 only if every invariant holds)."""
     from chaos.checker.run import check_run
@@ -161,7 +229,12 @@ def check(run_dir: Path = typer.Argument(..., help="A run folder (e.g. runs/late
         raise fail(f"{run_dir} is not a run folder")
     verdict = check_run(run_dir)
     print_verdict(verdict, str(run_dir.resolve()))
-    raise typer.Exit(0 if verdict["valid"] is True else 1)
+    raise typer.Exit(0 if _passed(verdict) else 1)
+
+
+def _passed(verdict: dict[str, Any]) -> bool:
+    """Every invariant valid; for a load run, and the load gate passed."""
+    return bool(verdict.get("passed")) if "load" in verdict else verdict["valid"] is True
 
 
 @app.command()
@@ -393,7 +466,13 @@ def regressions(
 
 
 def _run_and_report(
-    plan: Any, seed: int, database: str | None, out: Path, keep_database: bool, events: Any
+    plan: Any,
+    seed: int,
+    database: str | None,
+    out: Path,
+    keep_database: bool,
+    events: Any,
+    kind: Any = None,
 ) -> None:
     from chaos.harness import LabError, RunOptions, run_scenario
     from chaos.report import Progress, print_verdict
@@ -410,13 +489,13 @@ def _run_and_report(
                 on_progress=Progress(),
                 keep_database=keep_database,
             )
-            run_dir, verdict = run_scenario(options)
+            run_dir, verdict = run_scenario(options) if kind is None else run_scenario(options, kind)
     except NoDocker as exc:
         raise fail(str(exc)) from None
     except LabError as exc:
         raise fail(str(exc), code=3) from None
     print_verdict(verdict, str(run_dir))
-    raise typer.Exit(0 if verdict["valid"] is True else 1)
+    raise typer.Exit(0 if _passed(verdict) else 1)
 
 
 def main() -> None:

@@ -114,6 +114,7 @@ class LabRun:
             await workload.setup()
             manifest["phones"] = workload.phones()
             manifest["names"] = workload.names()
+            manifest.update(self._after_world(workload, services, settings))
             manifest.update(await self._chaos(scenario, events, services, workload, history))
             self._phase("heal")
             await heal(services, env.proxies, env.redis)
@@ -132,6 +133,10 @@ class LabRun:
         verdict = check_run(self.run_dir)
         self._phase("done", valid=verdict["valid"])
         return verdict
+
+    def _after_world(self, workload: Workload, services: Services, settings: Settings) -> dict[str, Any]:
+        """What the run adds to run.json once the world is set up (`smslab load`: its world file)."""
+        return {}
 
     def _prepare(self) -> tuple[Scenario, list[NemesisEvent], dict[str, Any]]:
         """The run folder with the scenario as run and its fault plan; the start of run.json."""
@@ -183,7 +188,7 @@ class LabRun:
         supervisor = asyncio.create_task(actions.supervise(nemesis, started))
         chaos_started_at = time.time()
         try:
-            await workload.run(deadline, self.options.seed)
+            await self._drive(scenario, services, workload, history, deadline)
         finally:
             achieved = time.monotonic() - started
             stop.set()
@@ -203,6 +208,16 @@ class LabRun:
             "faults_injected": {"nemesis": nemesis.injected, "provider": provider_faults},
             "operations": dict(history.counts),
         }
+
+    async def _drive(
+        self, scenario: Scenario, services: Services, workload: Workload, history: History, deadline: float
+    ) -> None:
+        """The workload itself: the lab's own clients until the deadline (`smslab load`: Locust)."""
+        await workload.run(deadline, self.options.seed)
+
+    def _chaos_figures(self, workload: Workload) -> dict[str, Any]:
+        """What the progress line shows while the chaos runs, beside the time and the faults."""
+        return {"campaigns": workload.campaigns_enqueued}
 
     async def _save_fault_counts(self, services: Services) -> int:
         """The simulator's fault rules with how often each fired, and the requests each endpoint saw, as
@@ -224,7 +239,7 @@ class LabRun:
                 elapsed_s=round(time.monotonic() - started, 1),
                 faults=nemesis.injected,
                 ops=dict(history.counts),
-                campaigns=workload.campaigns_enqueued,
+                **self._chaos_figures(workload),
             )
             await asyncio.sleep(0.5)
 
@@ -247,8 +262,8 @@ class LabRun:
             await self.environment.drop_database()
 
 
-def run_scenario(options: RunOptions) -> tuple[Path, dict[str, Any]]:
-    lab = LabRun(options)
+def run_scenario(options: RunOptions, kind: type[LabRun] = LabRun) -> tuple[Path, dict[str, Any]]:
+    lab = kind(options)
     try:
         verdict = asyncio.run(lab.execute())
     except ProcessFailed as exc:

@@ -71,6 +71,11 @@ class History:
             }
         )
 
+    @property
+    def next_index(self) -> int:
+        """The index the next entry gets (a merged history continues from it)."""
+        return self._next
+
     def elapsed(self) -> float:
         return round(time.monotonic() - self._started, 6)
 

@@ -124,6 +124,14 @@ _active: list[Progress] = []
 def _figures(phase: str, state: dict[str, Any]) -> list[str]:
     """What a phase has to show: operations, campaigns and faults while the chaos runs; what is still in
     flight while the run settles (reported only by settle itself: older keys in `state` are stale)."""
+    if phase == "chaos" and "load" in state:  # `smslab load`: Locust's own latest second
+        load: dict[str, Any] = state.get("load") or {}
+        return [
+            f"{_count(load.get('users', 0), 'user')}",
+            f"{load.get('rps', 0):.0f} requests/s",
+            f"{_count(load.get('requests', 0), 'request')} ({load.get('failures', 0)} failed)",
+            f"{_count(state.get('faults', 0), 'fault')} injected",
+        ]
     if phase == "chaos":
         ops: dict[str, int] = state.get("ops") or {}
         done = sum(v for k, v in ops.items() if not k.endswith(":invoke"))
@@ -226,7 +234,50 @@ def print_verdict(verdict: dict[str, Any], run_dir: str) -> None:
         out.print(line, markup=False, highlight=False, overflow="fold")
     for reason in verdict.get("unknown_because") or []:  # every row valid, yet the run proves nothing
         out.print(f"unknown because: {reason}", markup=False, highlight=False)
+    if verdict.get("load"):
+        print_load(verdict, out)
     out.print(f"run folder: {run_dir}   (checked in {verdict.get('checked_in_s')} s)")
+
+
+def load_table(load: dict[str, Any]) -> Table:
+    """Locust's figures by request class, as its own table shows them, the total last."""
+    table = Table(title="load (Locust)", show_lines=False)
+    for column in ("request class", "requests", "failed", "req/s", "p50 ms", "p95 ms", "p99 ms"):
+        table.add_column(column, justify="left" if column == "request class" else "right")
+    for row in load.get("summary", []):
+        table.add_row(
+            row["request_class"],
+            str(row["requests"]),
+            str(row["failures"]),
+            f"{row['rps']:g}",
+            f"{row['p50_ms']:g}",
+            f"{row['p95_ms']:g}",
+            f"{row['p99_ms']:g}",
+        )
+    return table
+
+
+def print_load(verdict: dict[str, Any], out: Console) -> None:
+    """The load summary and the gate, under the verdict: exit 0 needs both the invariants and the gate."""
+    load = verdict["load"]
+    out.print(load_table(load))
+    gate = load.get("gate") or {}
+    if gate.get("passed"):
+        out.print(f"load gate: [green]passed[/green] ({len(gate.get('checks', []))} checks)")
+    else:
+        out.print("load gate: [red]FAILED[/red]: " + "; ".join(gate.get("why", [])), highlight=False)
+    if verdict.get("passed"):
+        out.print("load run: [green]PASS[/green]: every invariant holds and the gate passed")
+    else:
+        failed = [
+            what
+            for what, bad in (
+                ("the invariants", verdict.get("valid") is not True),
+                ("the gate", not gate.get("passed")),
+            )
+            if bad
+        ]
+        out.print(f"load run: [red]FAIL[/red]: {' and '.join(failed)}")
 
 
 def _verdict_caption(value: Any) -> str:

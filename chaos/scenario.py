@@ -17,6 +17,7 @@ from typing import Any
 
 import tomli_w
 
+from chaos.load_gate import Thresholds
 from chaos.proxy import Toxic, ToxicError
 from service import failpoints, safeguards
 from service.contacts.upsert import MAX_CONTACTS_PER_REQUEST
@@ -29,6 +30,7 @@ SCENARIOS_DIR = Path(__file__).with_name("scenarios")
 NEMESIS_ACTIONS = ("kill_worker", "kill_api", "restart_redis", "cut_db_connections", "toxic")
 PROXIES = ("db", "redis", "providers")
 OPERATIONS = ("campaign", "buy", "refund", "consent", "redact", "uninstall")
+USER_CLASSES = ("MerchantUser", "WebhookStormUser", "NoisyTenantUser")  # loadtests/locustfile.py
 
 
 class ScenarioError(ValueError):
@@ -116,6 +118,46 @@ class Minimums:
 
 
 @dataclass(frozen=True)
+class Stage:
+    """One step of a load shape: hold `users` (reached at `spawn_rate` a second) for `duration_s`."""
+
+    duration_s: float
+    users: int
+    spawn_rate: float
+
+
+@dataclass(frozen=True)
+class LoadPlan:
+    """`smslab load`: Locust as the workload (docs/load.md). Without `stages`, `users` started at
+    `spawn_rate` a second and held for `duration_s`; with stages, one after the other (a LoadTestShape)."""
+
+    duration_s: float = 20.0
+    users: int = 20
+    spawn_rate: float = 10.0
+    processes: int = 0  # Locust worker processes beside its master; 0: one Locust process
+    think_s: tuple[float, float] = (0.0, 0.1)  # a user's pause between two tasks
+    user_classes: tuple[tuple[str, float], ...] = (
+        ("MerchantUser", 10.0),
+        ("WebhookStormUser", 2.0),
+        ("NoisyTenantUser", 0.0),
+    )
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    stages: tuple[Stage, ...] = ()
+    # Campaigns each shop enqueues before Locust starts (by the lab's own client, in the history): real
+    # messages for a webhook storm that runs without merchants.
+    warmup_campaigns: int = 0
+
+    @property
+    def total_s(self) -> float:
+        """How long Locust runs: the stages' sum when there are stages."""
+        return sum(stage.duration_s for stage in self.stages) if self.stages else self.duration_s
+
+    @property
+    def weights(self) -> dict[str, float]:
+        return {name: weight for name, weight in self.user_classes if weight > 0}
+
+
+@dataclass(frozen=True)
 class NemesisRule:
     action: str
     every_s: tuple[float, float] | None = None
@@ -141,6 +183,7 @@ class Scenario:
     minimums: Minimums = field(default_factory=Minimums)
     # A scenario in chaos/regressions/: the invariant it once broke, where it was found, what fixed it.
     regression: dict[str, str] = field(default_factory=dict)
+    load: LoadPlan = field(default_factory=LoadPlan)
     source: str = ""  # the TOML as written
     document: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
@@ -381,6 +424,69 @@ def _regression(table: Any) -> dict[str, str]:
     return dict(table)
 
 
+def _thresholds(table: Any) -> Thresholds:
+    where = "scenario.load.thresholds"
+    table = _check_keys(where, table, set(Thresholds.__dataclass_fields__))
+    values = _from_casters(
+        where,
+        table,
+        {
+            "max_failure_ratio": lambda w, v: _float(w, v, 0.0, 1.0),
+            "p95_ms": _float,
+            "p99_ms": _float,
+            "min_rps": _float,
+        },
+    )
+    return Thresholds(**values)
+
+
+def _stages(items: Any) -> tuple[Stage, ...]:
+    if not isinstance(items, list):
+        raise ScenarioError("scenario.load.stages: must be a list of {duration_s, users, spawn_rate} tables")
+    stages = []
+    for index, table in enumerate(items):
+        where = f"scenario.load.stages[{index}]"
+        table = _check_keys(where, table, set(Stage.__dataclass_fields__))
+        missing = sorted(set(Stage.__dataclass_fields__) - set(table))
+        if missing:
+            raise ScenarioError(f"{where}.{missing[0]}: is required")
+        stages.append(
+            Stage(
+                duration_s=_float(f"{where}.duration_s", table["duration_s"], 1.0),
+                users=_int(f"{where}.users", table["users"], 0),
+                spawn_rate=_float(f"{where}.spawn_rate", table["spawn_rate"], 0.1),
+            )
+        )
+    return tuple(stages)
+
+
+def _load(table: Any) -> LoadPlan:
+    where = "scenario.load"
+    table = _check_keys(where, table, set(LoadPlan.__dataclass_fields__))
+    values = _from_casters(
+        where,
+        table,
+        {
+            "duration_s": lambda w, v: _float(w, v, 1.0),
+            "users": lambda w, v: _int(w, v, 1),
+            "spawn_rate": lambda w, v: _float(w, v, 0.1),
+            "processes": lambda w, v: _int(w, v, 0),
+            "warmup_campaigns": lambda w, v: _int(w, v, 0),
+            "think_s": _range,
+            "thresholds": lambda _w, v: _thresholds(v),
+            "stages": lambda _w, v: _stages(v),
+        },
+    )
+    if "user_classes" in table:
+        classes = _check_keys(f"{where}.user_classes", table["user_classes"], set(USER_CLASSES))
+        weights = dict(LoadPlan().user_classes)
+        weights.update({name: _float(f"{where}.user_classes.{name}", v) for name, v in classes.items()})
+        if not any(weights.values()):
+            raise ScenarioError(f"{where}.user_classes: some weight must be > 0")
+        values["user_classes"] = tuple(weights.items())
+    return LoadPlan(**values)
+
+
 def _nemesis(items: Any) -> tuple[NemesisRule, ...]:
     if not isinstance(items, list):
         raise ScenarioError("scenario.nemesis: must be a list of [[nemesis]] tables")
@@ -431,6 +537,7 @@ def parse_scenario(document: Any, source: str = "") -> Scenario:
             "nemesis",
             "minimums",
             "regression",
+            "load",
         },
     )
     name = table.get("name")
@@ -452,6 +559,7 @@ def parse_scenario(document: Any, source: str = "") -> Scenario:
         nemesis=_nemesis(table.get("nemesis", [])),
         minimums=_minimums(table.get("minimums", {})),
         regression=_regression(table.get("regression", {})),
+        load=_load(table.get("load", {})),
         source=source,
         document=copy.deepcopy(table),
     )

@@ -6,6 +6,7 @@ POST   /control/faults              add a rule: {"target", "kind", "probability"
 DELETE /control/faults              clear every rule (or ?target=mitto.send for one endpoint)
 GET    /control/counters            requests and fired faults per endpoint; messages accepted
 GET    /control/mitto/messages      ground truth for ?reference=... (every acceptance, duplicates too)
+GET    /control/mitto/recent        the latest ?limit=N (<= 2000) acceptances and delivery reports as sent
 POST   /control/reset               clear rules, counters and fault generators (ledgers are never erased)
 """
 
@@ -94,6 +95,17 @@ async def handle(app: SimulatorApp, request: Request) -> Response:
                 "messages": [
                     {"message_id": m.message_id, "to": m.to, "accepted_at": m.accepted_at} for m in found
                 ]
+            },
+        )
+    if path == "/control/mitto/recent" and method == "GET":
+        text = request.query_one("limit") or "200"
+        limit = max(1, min(int(text), 2000)) if text.isdigit() else 200
+        state = app.mitto.state
+        return Response.json(
+            200,
+            {
+                "accepted": list(state.recent_accepted)[-limit:],
+                "reports": list(state.recent_reports)[-limit:],
             },
         )
     if path.startswith("/control/stripe/") or path.startswith("/control/shopify/"):

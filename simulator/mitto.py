@@ -12,6 +12,7 @@ import random
 import re
 import time
 import uuid
+from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,6 +24,7 @@ from simulator.delivery import MITTO_RETRY_DELAYS, Delivery, WebhookDispatcher
 from simulator.http import Request, Response
 from simulator.ledger import JsonLinesLedger, read_ledger
 
+RECENT = 2000  # acceptances and reports kept in memory for `GET /control/mitto/recent`
 ACCEPTED_LEDGER = "mitto_accepted.jsonl"
 DLR_LEDGER = "mitto_dlr.jsonl"
 FINAL_STATUSES = ("Delivered", "Undeliverable", "Expired", "Rejected", "Failed")
@@ -79,6 +81,10 @@ class MittoState:
     by_id: dict[str, StoredMessage] = field(default_factory=dict)
     sequence: int = 0
     bulks: int = 0
+    # The latest acceptances and reports as made (bodies exactly as sent): what a load test's webhook
+    # storm replays (`GET /control/mitto/recent`), duplicated and reordered, never inventing a status.
+    recent_accepted: deque[dict[str, str]] = field(default_factory=lambda: deque(maxlen=RECENT))
+    recent_reports: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=RECENT))
 
 
 def mitto_error(status: int, message: str, code: int) -> Response:
@@ -202,6 +208,9 @@ class FakeMitto:
         self.ledger.append_many(records)
         for message in stored:
             self._index(message)
+            self.state.recent_accepted.append(
+                {"message_id": message.message_id, "reference": message.reference}
+            )
         if request.extra.get("report_first"):
             # The carrier's callbacks beat this very answer: report each message before responding.
             for message in stored:
@@ -241,6 +250,7 @@ class FakeMitto:
             message.delivery_status = status
             report["timestamp"] = datetime.now(UTC).isoformat()
             delivery.body = msgspec.json.encode(report)
+            self.state.recent_reports.append(dict(report))
             self.dlr_ledger.defer(
                 {
                     "t": time.time(),

@@ -60,7 +60,7 @@ def fields_of(value: Any, where: str = "") -> set[str]:
             continue
         if dataclasses.is_dataclass(inner):
             found |= fields_of(inner, f"{path}.")
-        elif path in ("workload.mix", "workload.noisy.mix"):
+        elif path in ("workload.mix", "workload.noisy.mix", "load.user_classes"):
             found |= {f"{path}.{operation}" for operation, _ in inner}
         else:
             found.add(path)

@@ -62,7 +62,10 @@ def metrics_against_truth(
     acceptances: list[Acceptance],
     snapshot: DatabaseSnapshot,
     deliveries: DeliveryTally | None,
+    outside: dict[str, int] | None = None,
 ) -> dict[str, Any]:
+    """`outside`: webhook posts by provider that no provider's ledger holds (a load run's webhook storm),
+    which the service's counters may include on top of the providers' own deliveries."""
     scrape = last_scrape(run_dir)
     if scrape is None:
         return {"available": False, "why": "no scrape of /metrics in the run folder (metrics.jsonl)"}
@@ -84,7 +87,7 @@ def metrics_against_truth(
                     f"{provider} webhook deliveries answered 2xx",
                     counted,
                     deliveries.answered[provider],
-                    deliveries.unanswered.get(provider, 0),
+                    deliveries.unanswered.get(provider, 0) + (outside or {}).get(provider, 0),
                 )
             )
     return {

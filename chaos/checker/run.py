@@ -27,6 +27,7 @@ from chaos.checker import (
     i7_delivery_state,
     i8_no_pii,
     i9_tenant_isolation,
+    load_run,
 )
 from chaos.checker.causes import Causes
 from chaos.checker.causes import attach as attach_causes
@@ -224,6 +225,8 @@ def _check(
     if any(result.valid is not True for result in results):
         attach_causes(results, Causes.of(run_dir, manifest, load_delivery_attempts(simulator_dir), history))
     coverage = assess(run_dir, manifest, history, snapshot, acceptances)
+    if load_run.is_load_run(manifest):
+        coverage["shortfalls"].extend(load_run.shortfalls(run_dir, manifest, history))
     valid = compose(results)
     unknown_because = [*missing, *coverage["shortfalls"]] if valid is not False else []
     if valid is True and unknown_because:
@@ -236,7 +239,11 @@ def _check(
         "unknown_because": unknown_because,
         "invariants": [r.as_dict() for r in results],
         "coverage": coverage,
-        "observations": {"metrics": metrics_against_truth(run_dir, acceptances, snapshot, tally)},
+        "observations": {
+            "metrics": metrics_against_truth(
+                run_dir, acceptances, snapshot, tally, load_run.storm_deliveries(run_dir)
+            )
+        },
         "evidence": {
             "acceptances": len(acceptances),
             "history_entries": len(history),
@@ -245,5 +252,8 @@ def _check(
         },
         "checked_in_s": round(time.perf_counter() - started, 3),
     }
+    if load_run.is_load_run(manifest):  # `smslab load`: the gate beside the invariants
+        verdict["load"] = load_run.judge(run_dir, manifest)
+        verdict["passed"] = valid is True and verdict["load"]["gate"]["passed"]
     (run_dir / VERDICT).write_text(json.dumps(verdict, indent=1, default=str))
     return verdict

@@ -1,0 +1,173 @@
+"""The load gate: a load run's thresholds held against Locust's figures, by request class.
+
+Pure functions over plain rows, with no asyncio and no Locust import, because three places judge by the
+same rule: the locustfile's `quitting` listener (from `environment.stats`, to set Locust's exit code as
+its docs show for CI), `smslab load` and `smslab check` (from `load_stats.csv`, so a run folder can be
+judged again anywhere). A request class is one row of Locust's table: method and route template
+(`POST /api/campaigns/{id}/enqueue`). Rows whose name ends in `NOISY_SUFFIX` are the noisy tenant's: it
+is refused on purpose, so its latency is not gated (its 429s are successes; its 5xx and timeouts still
+fail).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+NOISY_SUFFIX = " (noisy tenant)"
+STATS_CSV = "load_stats.csv"
+AGGREGATED = "Aggregated"
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """What a load run must reach; 0 switches a bound off."""
+
+    max_failure_ratio: float = 0.01  # failures / requests, over every request class
+    p95_ms: float = 0.0  # each request class's 95th percentile
+    p99_ms: float = 1000.0  # each request class's 99th percentile
+    min_rps: float = 0.0  # requests per second over the whole run
+
+
+@dataclass(frozen=True)
+class StatRow:
+    method: str
+    name: str
+    requests: int
+    failures: int
+    rps: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+
+    @property
+    def request_class(self) -> str:
+        return f"{self.method} {self.name}".strip()
+
+    @property
+    def noisy(self) -> bool:
+        return self.name.endswith(NOISY_SUFFIX)
+
+
+@dataclass
+class GateResult:
+    passed: bool
+    checks: list[dict[str, Any]] = field(default_factory=list)
+    why: list[str] = field(default_factory=list)  # each failed check, as a sentence
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _number(text: str | None) -> float:
+    try:
+        value = float(text or 0)
+    except ValueError:
+        return 0.0
+    return value if math.isfinite(value) else 0.0
+
+
+def rows_from_csv(path: Path) -> tuple[list[StatRow], StatRow | None]:
+    """Locust's `_stats.csv`: each request class's row, and the aggregated one (None without it)."""
+    rows: list[StatRow] = []
+    total = None
+    with path.open(newline="") as handle:
+        for record in csv.DictReader(handle):
+            row = StatRow(
+                method=record.get("Type") or "",
+                name=record.get("Name") or "",
+                requests=int(_number(record.get("Request Count"))),
+                failures=int(_number(record.get("Failure Count"))),
+                rps=_number(record.get("Requests/s")),
+                p50_ms=_number(record.get("50%")),
+                p95_ms=_number(record.get("95%")),
+                p99_ms=_number(record.get("99%")),
+            )
+            if row.name == AGGREGATED and not row.method:
+                total = row
+            else:
+                rows.append(row)
+    return rows, total
+
+
+def evaluate(rows: list[StatRow], total: StatRow | None, thresholds: Thresholds) -> GateResult:
+    """Each threshold against the figures; the gate passes only if every check does, and only if Locust
+    made any request at all (a load test that sent nothing passes nothing)."""
+    result = GateResult(True)
+
+    def check(what: str, value: float, bound: float, ok: bool, sentence: str) -> None:
+        result.checks.append({"check": what, "value": round(value, 4), "bound": bound, "passed": ok})
+        if not ok:
+            result.passed = False
+            result.why.append(sentence)
+
+    requests = total.requests if total else sum(r.requests for r in rows)
+    failures = total.failures if total else sum(r.failures for r in rows)
+    check("requests", requests, 1, requests >= 1, "Locust made no request")
+    ratio = failures / requests if requests else 0.0
+    bound = thresholds.max_failure_ratio
+    check(
+        "failure_ratio",
+        ratio,
+        bound,
+        ratio <= bound,
+        f"failure ratio {ratio:.2%} above {bound:.2%} ({failures} of {requests} requests)",
+    )
+    rps = total.rps if total else sum(r.rps for r in rows)
+    if thresholds.min_rps:
+        check(
+            "min_rps",
+            rps,
+            thresholds.min_rps,
+            rps >= thresholds.min_rps,
+            f"{rps:.0f} requests/s, below {thresholds.min_rps:g}",
+        )
+    for row in rows:
+        if row.noisy or not row.requests:
+            continue
+        for name, value, limit in (
+            ("p95_ms", row.p95_ms, thresholds.p95_ms),
+            ("p99_ms", row.p99_ms, thresholds.p99_ms),
+        ):
+            if limit:
+                check(
+                    f"{name} {row.request_class}",
+                    value,
+                    limit,
+                    value <= limit,
+                    f"{row.request_class}: {name.removesuffix('_ms')} {value:.0f} ms above {limit:g} ms",
+                )
+    return result
+
+
+def evaluate_folder(run_dir: Path, thresholds: Thresholds) -> GateResult:
+    """The gate from a run folder's `load_stats.csv`; a folder without one fails it."""
+    path = run_dir / STATS_CSV
+    if not path.exists():
+        return GateResult(False, [], [f"no {STATS_CSV}: Locust did not finish its run"])
+    rows, total = rows_from_csv(path)
+    return evaluate(rows, total, thresholds)
+
+
+def summary(run_dir: Path) -> list[dict[str, Any]]:
+    """The load summary under the verdict: each request class's requests/s and percentiles, then the total."""
+    path = run_dir / STATS_CSV
+    if not path.exists():
+        return []
+    rows, total = rows_from_csv(path)
+    listed = [*sorted(rows, key=lambda r: -r.requests), *([total] if total else [])]
+    return [
+        {
+            "request_class": "total" if row is total else row.request_class,
+            "requests": row.requests,
+            "failures": row.failures,
+            "rps": round(row.rps, 1),
+            "p50_ms": row.p50_ms,
+            "p95_ms": row.p95_ms,
+            "p99_ms": row.p99_ms,
+        }
+        for row in listed
+    ]

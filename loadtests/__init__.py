@@ -1,0 +1,1 @@
+"""Locust users and shapes for `smslab load` (docs/load.md)."""

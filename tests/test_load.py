@@ -1,0 +1,271 @@
+"""Load runs: the locustfile's users against a live API (both databases), the gate failing on a 5xx,
+`smslab load` end to end, and Locust's distributed mode. Locust always runs as a process of its own (its
+gevent never enters the test process); no assertion depends on how fast anything was."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from chaos.history import History, read_history
+from chaos.load import LOCUSTFILE, for_load, merge_histories, world_document
+from chaos.load_gate import StatRow, Thresholds, evaluate
+from chaos.scenario import ScenarioError, load_scenario, parse_scenario
+from chaos.workload import Workload
+from tests.support.api import Api, start_api
+from tests.support.infra import ROOT
+from tests.support.lab import Lab
+
+SMSLAB = str(Path(sys.executable).with_name("smslab"))
+TINY_WORLD = {
+    "workload": {"shops": 1, "contacts_per_shop": 5, "customers_per_shop": 1, "credits_per_shop": 2000}
+}
+
+
+# --- the scenario's [load] table and the gate, as plain functions ----------------------------------------
+@pytest.mark.parametrize(
+    ("load", "message"),
+    [
+        ({"users": 0}, "scenario.load.users: must be a whole number >= 1"),
+        ({"spawn_rate": 0}, "scenario.load.spawn_rate: must be a number >= 0.1"),
+        ({"user_classes": {"AdminUser": 1}}, "scenario.load.user_classes.AdminUser: unknown field"),
+        ({"user_classes": {"MerchantUser": 0, "WebhookStormUser": 0}}, "some weight must be > 0"),
+        ({"thresholds": {"max_failure_ratio": 2}}, "scenario.load.thresholds.max_failure_ratio: must be"),
+        ({"stages": [{"duration_s": 5, "users": 3}]}, r"scenario.load.stages\[0\].spawn_rate: is required"),
+        ({"rps": 3}, "scenario.load.rps: unknown field"),
+    ],
+)
+def test_a_bad_load_table_is_refused_naming_the_field(load: dict[str, Any], message: str) -> None:
+    with pytest.raises(ScenarioError, match=message):
+        parse_scenario({"name": "x", "load": load})
+
+
+def test_the_command_lines_overrides_and_the_chaos_phase_follow_the_load() -> None:
+    scenario = for_load(load_scenario("load_quick"), users=3, duration_s=7)
+    assert (scenario.load.users, scenario.load.duration_s, scenario.workload.duration_s) == (3, 7.0, 7.0)
+    spike = load_scenario("load_spike")
+    assert (
+        for_load(spike).workload.duration_s
+        == spike.load.total_s
+        == sum(s.duration_s for s in spike.load.stages)
+    )
+    with pytest.raises(ScenarioError, match="--duration: the scenario's \\[load\\] has stages"):
+        for_load(spike, duration_s=5)
+
+
+def test_the_gate_fails_on_failures_and_slow_classes_but_not_on_the_noisy_tenants_latency() -> None:
+    ok = StatRow("GET", "/api/wallet", 100, 0, 50.0, 10, 20, 30)
+    noisy = StatRow("GET", "/api/contacts (noisy tenant)", 100, 0, 50.0, 900, 5000, 9000)
+    thresholds = Thresholds(max_failure_ratio=0.01, p99_ms=100)
+    assert evaluate([ok, noisy], None, thresholds).passed
+    failing = StatRow("POST", "/api/campaigns/{id}/enqueue", 100, 5, 50.0, 10, 20, 30)
+    result = evaluate([ok, failing], None, thresholds)
+    assert not result.passed
+    assert "failure ratio 2.50%" in result.why[0]
+    slow = StatRow("POST", "/api/campaigns", 10, 0, 5.0, 10, 20, 300)
+    assert "POST /api/campaigns: p99 300 ms above 100 ms" in evaluate([slow], None, thresholds).why
+    assert evaluate([], None, thresholds).why == ["Locust made no request"]
+
+
+def test_each_locust_processs_history_merges_into_one_index_sequence(tmp_path: Path) -> None:
+    folder = tmp_path / "load_history"
+    folder.mkdir()
+    lines = {
+        "locust-1.jsonl": [
+            {
+                "index": 0,
+                "wall": 100.0,
+                "process": "a",
+                "type": "invoke",
+                "f": "enqueue",
+                "value": {"key": "k1"},
+            },
+            {
+                "index": 1,
+                "wall": 100.3,
+                "process": "a",
+                "type": "ok",
+                "f": "enqueue",
+                "op": 0,
+                "value": {"key": "k1"},
+            },
+        ],
+        "locust-2.jsonl": [
+            {
+                "index": 0,
+                "wall": 100.1,
+                "process": "b",
+                "type": "invoke",
+                "f": "enqueue",
+                "value": {"key": "k2"},
+            },
+            {
+                "index": 1,
+                "wall": 100.2,
+                "process": "b",
+                "type": "fail",
+                "f": "enqueue",
+                "op": 0,
+                "value": {"key": "k2"},
+            },
+        ],
+    }
+    for name, entries in lines.items():
+        (folder / name).write_text("".join(json.dumps(e) + "\n" for e in entries))
+    history = History(tmp_path / "history.jsonl")
+    counts = merge_histories(folder, history.path, started_at=99.0)
+    history.close()
+    merged = read_history(tmp_path / "history.jsonl")
+    assert [(e["index"], e["process"], e["type"], e.get("op")) for e in merged] == [
+        (0, "a", "invoke", None),
+        (1, "b", "invoke", None),
+        (2, "b", "fail", 1),
+        (3, "a", "ok", 0),
+    ]
+    assert merged[0]["time"] == pytest.approx(1.0)
+    assert counts == {"enqueue:ok": 1, "enqueue:fail": 1}
+
+
+# --- the users against a live API --------------------------------------------------------------------------
+async def _world(lab: Lab, api: Api, path: Path) -> Path:
+    scenario = load_scenario("load_quick").with_changes(TINY_WORLD)
+    workload = Workload(
+        scenario, lab.settings, api.base_url, lab.simulator.base_url, History(path.with_suffix(".tmp"))
+    )
+    await workload.setup()
+    document = world_document(workload, lab.settings, api.base_url, lab.simulator.base_url, ["+12025550143"])
+    path.write_text(json.dumps(document))
+    return path
+
+
+def _locust(
+    world: Path, out: Path, host: str, *classes: str, seconds: int = 4, users: int = 4
+) -> subprocess.CompletedProcess[str]:
+    argv = [
+        sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--host", host,
+        "-u", str(users), "-r", str(users), "-t", f"{seconds}s", "-s", "5",
+        "--csv", str(out / "load"), "--world", str(world), "--history-dir", str(out / "load_history"),
+        "--gate-file", str(out / "load_gate.json"), "--p99-ms", "0", "--think", "0,0.05", *classes,
+    ]  # fmt: skip
+    return subprocess.run(argv, capture_output=True, text=True, timeout=120, cwd=ROOT, check=False)
+
+
+def _rows(out: Path) -> dict[str, dict[str, str]]:
+    with (out / "load_stats.csv").open() as handle:
+        return {f"{r['Type']} {r['Name']}".strip(): r for r in csv.DictReader(handle)}
+
+
+@pytest.mark.webhooks_to_api
+async def test_the_users_drive_a_live_api_and_record_every_enqueue(
+    lab: Lab, api: Api, tmp_path: Path
+) -> None:
+    world = await _world(lab, api, tmp_path / "world.json")
+    done = _locust(
+        world, tmp_path, api.base_url, "MerchantUser", "WebhookStormUser", "NoisyTenantUser", users=6
+    )
+    gate = json.loads((tmp_path / "load_gate.json").read_text())
+    assert done.returncode == 0, (gate["why"], done.stderr[-3000:])
+    rows = _rows(tmp_path)
+    assert int(rows["POST /api/campaigns/{id}/enqueue"]["Request Count"]) > 0
+    assert any(name.endswith("(noisy tenant)") for name in rows)
+    assert any(name.startswith("POST /webhooks/") for name in rows)
+    (history_file,) = (tmp_path / "load_history").glob("locust-*.jsonl")
+    entries = [json.loads(line) for line in history_file.read_text().splitlines()]
+    accepted = [e for e in entries if e["type"] == "ok" and e["value"]["status"] == 202]
+    assert accepted
+    assert all({"shop", "campaign", "key", "response"} <= set(e["value"]) for e in accepted)
+
+
+@pytest.mark.webhooks_to_api
+async def test_the_gate_fails_locusts_exit_code_on_a_5xx(lab: Lab, api: Api, tmp_path: Path) -> None:
+    world = await _world(lab, api, tmp_path / "world.json")
+    broken = start_api(
+        lab.settings,
+        tmp_path / "broken-logs",
+        SMSLAB_LAB_ALLOW_UNSAFE="true",
+        SMSLAB_ENV="lab",
+        SMSLAB_FAILPOINTS="enqueue.before_commit=raise",
+    )
+    try:
+        host = f"http://127.0.0.1:{broken.argv[broken.argv.index('--port') + 1]}"
+        done = _locust(world, tmp_path, host, "MerchantUser", seconds=3)
+    finally:
+        broken.stop()
+    gate = json.loads((tmp_path / "load_gate.json").read_text())
+    assert done.returncode == 1
+    assert not gate["passed"]
+    assert any(check["check"] == "failure_ratio" and not check["passed"] for check in gate["checks"])
+    assert int(_rows(tmp_path)["POST /api/campaigns/{id}/enqueue"]["Failure Count"]) > 0
+
+
+# --- `smslab load` end to end ----------------------------------------------------------------------------
+def _smslab_load(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "SMSLAB_REDIS_URL"}
+    return subprocess.run(
+        [SMSLAB, "load", *args], capture_output=True, text=True, timeout=280, cwd=ROOT, env=env, check=False
+    )
+
+
+def _verdict(out: Path) -> tuple[Path, dict[str, Any]]:
+    run_dir = (out / "latest").resolve()
+    return run_dir, json.loads((run_dir / "verdict.json").read_text())
+
+
+@pytest.mark.slow
+def test_smslab_load_load_quick_end_to_end_on_sqlite(tmp_path: Path) -> None:
+    done = _smslab_load("load_quick", "--out", str(tmp_path))
+    run_dir, verdict = _verdict(tmp_path)
+    for name in (
+        "load_stats.csv", "load_stats_history.csv", "load_failures.csv", "load_exceptions.csv",
+        "load_report.html", "world.json", "history.jsonl", "verdict.json",
+    ):  # fmt: skip
+        assert (run_dir / name).exists(), name
+    assert verdict["valid"] is True, (verdict["unknown_because"], done.stdout[-4000:])
+    assert {item["id"] for item in verdict["invariants"]} == {f"I{n}" for n in range(1, 10)}
+    assert verdict["invariants"][5]["counts"]["campaigns_enqueued"] > 0  # I6 judged Locust's enqueues
+    # Exit 0 exactly when the invariants and the gate both passed (how fast it ran decides the gate).
+    assert done.returncode == (0 if verdict["passed"] else 1), done.stderr[-2000:]
+    assert "load (Locust)" in done.stdout
+    assert "load gate:" in done.stdout
+
+
+@pytest.mark.slow
+def test_a_load_scenario_with_two_locust_worker_processes(tmp_path: Path) -> None:
+    scenario = tmp_path / "two_workers.toml"
+    scenario.write_text(
+        """
+name = "two_workers"
+quiescence_s = 30
+[services]
+workers = 1
+rate_limits = "strict=30000/minute burst=1000,campaigns=60000/minute burst=2000"
+[workload]
+shops = 2
+contacts_per_shop = 5
+customers_per_shop = 1
+credits_per_shop = 5000
+[load]
+duration_s = 6
+users = 4
+spawn_rate = 4
+user_classes = { MerchantUser = 1, WebhookStormUser = 0 }
+thresholds = { p99_ms = 0 }
+"""
+    )
+    assert tomllib.loads(scenario.read_text())
+    done = _smslab_load(str(scenario), "--locust-processes", "2", "--out", str(tmp_path / "runs"))
+    run_dir, verdict = _verdict(tmp_path / "runs")
+    argv = json.loads((run_dir / "locust.argv.json").read_text())
+    assert argv[argv.index("--processes") + 1] == "2"
+    assert len(list((run_dir / "load_history").glob("locust-*.jsonl"))) == 2  # each worker's own file
+    assert verdict["valid"] is True, (verdict["unknown_because"], done.stdout[-4000:])
+    assert verdict["load"]["gate"]["passed"], verdict["load"]["gate"]["why"]
+    assert done.returncode == 0
