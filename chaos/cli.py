@@ -139,6 +139,7 @@ def run(
         Path("runs"), help="Where run folders go (a `latest` link points at the newest)."
     ),
     keep_database: bool = typer.Option(False, help="Keep the run's PostgreSQL schema afterwards."),
+    report: bool = typer.Option(False, "--report", help="Then write RUN_DIR/report.html (`smslab report`)."),
 ) -> None:
     """Run a chaos scenario end to end and print the verdict (exit 0 only if every invariant holds)."""
     from chaos.scenario import ScenarioError, load_scenario
@@ -148,7 +149,47 @@ def run(
         plan = load_scenario(scenario)
     except ScenarioError as exc:
         raise fail(str(exc)) from None
-    _run_and_report(plan, plan.seed if seed is None else seed, database, out, keep_database, None)
+    _run_and_report(
+        plan, plan.seed if seed is None else seed, database, out, keep_database, None, report=report
+    )
+
+
+@app.command("report")
+def report_command(
+    run_dir: Path = typer.Argument(
+        ..., help="A run folder (e.g. runs/latest), a matrix folder, or a folder of run folders."
+    ),
+    open_it: bool = typer.Option(False, "--open", help="Open report.html in a browser afterwards."),
+    code: bool = typer.Option(False, "--code", help="Show the notebooks' code cells too."),
+) -> None:
+    """Execute the notebooks that fit a folder and write FOLDER/report.html and FOLDER/report/*.png
+    (exit 1 if a notebook cell raised, 2 if the folder is not one the notebooks read)."""
+    made = _make_report(run_dir, code)
+    if made is None:
+        raise typer.Exit(1)
+    if open_it:
+        from chaos.notebooks import open_in_browser
+
+        open_in_browser(made)
+
+
+def _make_report(folder: Path, code: bool = False) -> Path | None:
+    """The report of a folder, one line said about it; None if it could not be made (said why)."""
+    try:
+        from chaos.notebooks import ReportError, build_report
+    except ImportError as exc:  # the notebooks' libraries are an extra
+        typer.echo(f"report: needs the notebooks extra (pip install -e '.[notebooks]'): {exc}", err=True)
+        return None
+    try:
+        made = build_report(folder, include_code=code)
+    except ReportError as exc:
+        typer.echo(f"report FAILED: {exc}", err=True)
+        return None
+    typer.echo(
+        f"report: {made.html} ({', '.join(made.notebooks)}; {len(made.figures)} figures in "
+        f"{made.html.parent / 'report'}; {made.seconds} s)"
+    )
+    return made.html
 
 
 @app.command()
@@ -168,6 +209,7 @@ def load(
         None, min=0, help="Locust worker processes beside its master (Locust's --processes); 0: one process."
     ),
     keep_database: bool = typer.Option(False, help="Keep the run's PostgreSQL schema afterwards."),
+    report: bool = typer.Option(False, help="Then write the run's report (smslab report; load.ipynb too)."),
 ) -> None:
     """Run a scenario with Locust as its workload: faults, heal, settle, the verdict and the load gate
     (exit 0 only if every invariant holds and the gate passed)."""
@@ -179,7 +221,9 @@ def load(
         plan = for_load(load_scenario(scenario), users, spawn_rate, duration, locust_processes)
     except ScenarioError as exc:
         raise fail(str(exc)) from None
-    _run_and_report(plan, plan.seed if seed is None else seed, database, out, keep_database, None, LoadRun)
+    _run_and_report(
+        plan, plan.seed if seed is None else seed, database, out, keep_database, None, LoadRun, report
+    )
 
 
 @app.command()
@@ -266,6 +310,9 @@ def matrix(
     short: bool = typer.Option(False, help="Cap each run's workload at a few seconds (for CI)."),
     database: str | None = typer.Option(None, help="As for `run`: a PostgreSQL URL, else SQLite."),
     only: list[str] = typer.Option([], help="Only this safeguard's row (repeatable)."),
+    with_report: bool = typer.Option(
+        True, "--report/--no-report", help="Write the matrix report (report.html) beside matrix.json."
+    ),
 ) -> None:
     """Switch each safeguard off in the scenario that exposes it; expect its invariant to fail, and
     every invariant to hold with all safeguards on (exit 0 only if every row came out as expected)."""
@@ -293,7 +340,8 @@ def matrix(
     except ScenarioError as exc:
         raise fail(str(exc)) from None
     print_matrix(result, str(out_dir / "matrix.json"))
-    raise typer.Exit(0 if result["as_expected"] else 1)
+    reported = _make_report(out_dir) is not None if with_report else True
+    raise typer.Exit(0 if result["as_expected"] and reported else 1)
 
 
 @app.command()
@@ -473,6 +521,7 @@ def _run_and_report(
     keep_database: bool,
     events: Any,
     kind: Any = None,
+    report: bool = False,
 ) -> None:
     from chaos.harness import LabError, RunOptions, run_scenario
     from chaos.report import Progress, print_verdict
@@ -495,7 +544,8 @@ def _run_and_report(
     except LabError as exc:
         raise fail(str(exc), code=3) from None
     print_verdict(verdict, str(run_dir))
-    raise typer.Exit(0 if _passed(verdict) else 1)
+    reported = _make_report(Path(run_dir)) is not None if report else True
+    raise typer.Exit(0 if _passed(verdict) and reported else 1)
 
 
 def main() -> None:

@@ -208,3 +208,59 @@ async def test_a_job_held_by_a_dead_worker_is_requeued_not_waited_for(lab: Lab) 
         assert await queue.count("incomplete") == 1  # back in the queue (after its retry delay)
     finally:
         await queue.disconnect()
+
+
+async def passes(lab: Lab) -> list[dict[str, object]]:
+    from chaos.checker.evidence import load_snapshot
+
+    async with lab.sessions() as session:
+        snapshot = await load_snapshot(session)  # the rows as a run's snapshot saves them
+    return [dict(row) for row in snapshot.reconcile_passes]
+
+
+async def test_every_pass_leaves_its_account_as_a_row(lab: Lab) -> None:
+    _, campaign_id = await lab.sending_campaign(recipients=60, credits=200)
+    with failpoints.armed("send.after_provider_accepted", "raise", count=2):
+        for batch_no in (0, 1):
+            with pytest.raises(SimulatedCrash):
+                await lab.send(campaign_id, batch_no)
+    await lab.expire_leases(campaign_id)
+    await lab.reconcile()
+    await lab.reconcile()  # nothing left to do: a row all the same, every count 0
+    first, second = await passes(lab)
+    assert first["started_at"] is not None
+    assert first["duration_s"] >= 0  # type: ignore[operator]
+    assert (first["expired_leases"], first["resolved_accepted"], first["resolved_not_accepted"]) == (
+        60,
+        60,
+        0,
+    )
+    assert (first["campaigns_completed"], first["error"]) == (1, None)
+    counts = {k: v for k, v in second.items() if k not in ("id", "started_at", "duration_s", "process")}
+    assert set(counts.values()) == {0, None}
+
+
+async def test_a_pass_that_raises_still_leaves_its_row_naming_the_error(
+    lab: Lab, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from service.campaigns import idempotency
+
+    _, campaign_id = await lab.sending_campaign(recipients=10)
+    with failpoints.armed("send.after_provider_accepted", "raise", count=1), pytest.raises(SimulatedCrash):
+        await lab.send(campaign_id)
+    await lab.expire_leases(campaign_id)
+
+    async def database_gone(*_: object) -> int:
+        raise ConnectionResetError("the database went away mid-pass")
+
+    monkeypatch.setattr(idempotency, "purge_expired", database_gone)  # the pass's last step fails
+    with pytest.raises(ConnectionResetError):
+        await lab.reconcile()
+    (row,) = await passes(lab)  # what it had done before committed, and its row says so
+    assert (row["expired_leases"], row["resolved_accepted"], row["error"]) == (10, 10, "ConnectionResetError")
+
+
+async def test_without_the_reconciler_no_pass_is_recorded(lab: Lab) -> None:
+    unsafe = lab.unsafe(safeguards.RECONCILER)
+    await unsafe.reconcile()
+    assert await passes(unsafe) == []

@@ -24,6 +24,7 @@ from service.db.models import (
     CampaignRecipient,
     CreditLedgerEntry,
     CreditReservation,
+    ReconcilePass,
     Wallet,
 )
 from service.sending.references import parse_reference
@@ -212,6 +213,8 @@ class DatabaseSnapshot:
     reservations: list[Row] = field(default_factory=list)
     billing: dict[str, Row] = field(default_factory=dict)  # by Stripe session id
     refunds: dict[str, Row] = field(default_factory=dict)  # by refund id (the key it was stored under)
+    # The reconciler's own account of each pass: shown beside the verdict (notebooks), never evidence.
+    reconcile_passes: list[Row] = field(default_factory=list)
 
     def rows(self, table: str) -> Collection[Row]:
         """One table's rows, in the order they were read."""
@@ -251,15 +254,29 @@ SNAPSHOT_TABLES: dict[str, SnapshotTable] = {
     ),
     "recipients": SnapshotTable(
         CampaignRecipient,
-        ("id", "campaign_id", "phone_e164", "status", "provider_message_id", "attempts", "failure_reason"),
+        (
+            "id",
+            "campaign_id",
+            "phone_e164",
+            "status",
+            "provider_message_id",
+            "attempts",
+            "failure_reason",
+            # When: for the recipients-by-status timeline of a run's report (the invariants ignore them).
+            "claimed_at",
+            "sent_at",
+            "status_updated_at",
+        ),
         key="id",
     ),
     "ledger": SnapshotTable(
-        CreditLedgerEntry, ("id", "shop_id", "amount", "kind", "campaign_id", "messages", "idempotency_key")
+        CreditLedgerEntry,
+        ("id", "shop_id", "amount", "kind", "campaign_id", "messages", "idempotency_key", "created_at"),
     ),
     "wallets": SnapshotTable(Wallet, ("shop_id", "balance", "reserved"), key="shop_id"),
     "reservations": SnapshotTable(
-        CreditReservation, ("id", "shop_id", "campaign_id", "amount", "remaining", "status")
+        CreditReservation,
+        ("id", "shop_id", "campaign_id", "amount", "remaining", "status", "created_at", "updated_at"),
     ),
     "billing": SnapshotTable(
         BillingTransaction,
@@ -271,6 +288,29 @@ SNAPSHOT_TABLES: dict[str, SnapshotTable] = {
         BillingRefund,
         ("refund_id", "billing_id", "credits", "deducted", "shortfall", "applied"),
         key="refund_id",
+    ),
+    "reconcile_passes": SnapshotTable(
+        ReconcilePass,
+        (
+            "id",
+            "started_at",
+            "duration_s",
+            "process",
+            "expired_leases",
+            "resolved_accepted",
+            "resolved_not_accepted",
+            "left_unresolved",
+            "gave_up",
+            "batches_requeued",
+            "campaigns_completed",
+            "counters_fixed",
+            "reservations_released",
+            "reservations_expired",
+            "reports_applied",
+            "keys_purged",
+            "stuck_campaigns",
+            "error",
+        ),
     ),
 }
 

@@ -161,7 +161,9 @@ def write_synthetic_run(
                             "timestamp": "2026-11-28T13:00:00.000000Z",
                         }
                     )
-                recipients.write([r, campaign_id, phone(r), FINAL_STATE[final], message_id, 1, None])
+                recipients.write(
+                    [r, campaign_id, phone(r), FINAL_STATE[final], message_id, 1, None, None, None, None]
+                )
             ledger_rows.append(
                 [
                     len(ledger_rows) + 1,
@@ -171,6 +173,7 @@ def write_synthetic_run(
                     campaign_id,
                     len(batch),
                     f"debit:{bulk_id}",
+                    "2026-11-28T13:00:01",
                 ]
             )
             worker_log.write(
@@ -201,7 +204,18 @@ def write_synthetic_run(
                 "2026-11-28T13:00:01",
             ]
         )
-        reservation_rows.append([campaign_id, shop_id, campaign_id, size, 0, "settled"])
+        reservation_rows.append(
+            [
+                campaign_id,
+                shop_id,
+                campaign_id,
+                size,
+                0,
+                "settled",
+                "2026-11-28T13:00:00",
+                "2026-11-28T13:00:01",
+            ]
+        )
         key = f"enqueue-{campaign_id}"
         value = {"shop": f"shop-{shop_id}.myshopify.com", "campaign": campaign_id, "key": key}
         index = len(history)
@@ -234,7 +248,16 @@ def write_synthetic_run(
             }
         )
         ledger_rows.append(
-            [len(ledger_rows) + 1, shop_id, credits, "purchase", None, None, f"purchase:{session_id}"]
+            [
+                len(ledger_rows) + 1,
+                shop_id,
+                credits,
+                "purchase",
+                None,
+                None,
+                f"purchase:{session_id}",
+                "2026-11-28T13:00:00",
+            ]
         )
         billing.append([shop_id, shop_id, session_id, credits, credits, "paid"])
         wallets.append([shop_id, 1000, 0])
@@ -246,6 +269,7 @@ def write_synthetic_run(
         "reservations": reservation_rows,
         "billing": billing,
         "refunds": [],
+        "reconcile_passes": [],
     }
     for table, rows in tables.items():
         assert all(len(row) == len(COLUMNS[table]) for row in rows), table

@@ -20,6 +20,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -373,3 +374,35 @@ class EnqueueRequest(Base):
     response_body: Mapped[dict[str, Any] | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime]
+
+
+class ReconcilePass(Base):
+    """One reconcile pass, as the service itself accounts for it: what it found and did, by kind.
+
+    The lab saves these rows with the run's snapshot and shows them beside ground truth (never as
+    evidence for an invariant); an operator reads them to see what healing the pipeline needed. A pass
+    that raised still leaves its row, with what it had done and the error's type. Rows older than
+    `reconciler.PASSES_KEPT` are deleted by a later pass.
+    """
+
+    __tablename__ = "reconcile_passes"
+    __table_args__ = (Index(None, "started_at"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    started_at: Mapped[datetime]
+    duration_s: Mapped[float] = mapped_column(Float)
+    process: Mapped[str | None] = mapped_column(String(64))  # host:pid of the worker that ran it
+    expired_leases: Mapped[int] = mapped_column(Integer, default=0)  # claims found past their lease
+    resolved_accepted: Mapped[int] = mapped_column(Integer, default=0)  # Mitto had them: sent, debited
+    resolved_not_accepted: Mapped[int] = mapped_column(Integer, default=0)  # never accepted: pending again
+    left_unresolved: Mapped[int] = mapped_column(Integer, default=0)  # lookup failed; left for a later pass
+    gave_up: Mapped[int] = mapped_column(Integer, default=0)  # unresolved past the give-up time: the policy
+    batches_requeued: Mapped[int] = mapped_column(Integer, default=0)
+    campaigns_completed: Mapped[int] = mapped_column(Integer, default=0)
+    counters_fixed: Mapped[int] = mapped_column(Integer, default=0)
+    reservations_released: Mapped[int] = mapped_column(Integer, default=0)  # stopped campaigns' leftovers
+    reservations_expired: Mapped[int] = mapped_column(Integer, default=0)
+    reports_applied: Mapped[int] = mapped_column(Integer, default=0)  # kept delivery reports applied
+    keys_purged: Mapped[int] = mapped_column(Integer, default=0)  # Idempotency-Keys past their 24 h
+    stuck_campaigns: Mapped[int] = mapped_column(Integer, default=0)  # sending, idle for a whole lease
+    error: Mapped[str | None] = mapped_column(String(100))  # the exception's type, if the pass raised

@@ -12,17 +12,24 @@ A SAQ cron job runs `reconcile_once` every `SMSLAB_RECONCILE_INTERVAL_SECONDS`. 
 5. forgets Idempotency-Keys older than their 24 h;
 6. applies kept delivery reports whose message id was recorded by a transaction that raced them.
 Every write is a conditional update inside a transaction, so two passes at once do no harm.
+
+Each pass then leaves its own account as a `reconcile_passes` row (what it found and did, by kind, how
+long it took, the error if it raised): the lab saves those rows with a run's snapshot and its notebooks
+show them on the run's time axis; an operator can read them with SQL.
 """
 
 from __future__ import annotations
 
+import os
+import socket
+import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from saq.queue.redis import RedisQueue
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from service import failpoints, logs, safeguards
@@ -33,6 +40,7 @@ from service.db.models import (
     CampaignStatus,
     CreditReservation,
     RecipientStatus,
+    ReconcilePass,
     ReservationStatus,
     utcnow,
 )
@@ -50,10 +58,15 @@ log = logs.get_logger(__name__)
 
 EXPIRED_LEASES_PER_PASS = 5_000
 CAMPAIGNS_PER_PASS = 1_000
+PASSES_KEPT = timedelta(days=7)  # older `reconcile_passes` rows are deleted: a 30 s interval adds 2,880 a day
+# What a pass found rather than did: in its row, not among `smslab_reconcile_actions_total`'s actions.
+FINDINGS = ("expired_leases", "stuck_campaigns")
 
 
 @dataclass
 class ReconcileReport:
+    expired_leases: int = 0
+    stuck_campaigns: int = 0
     expired_reservations: int = 0
     resolved_sent: int = 0
     resolved_unsent: int = 0
@@ -73,9 +86,33 @@ class ReconcileReport:
     def actions(self) -> dict[str, int]:
         """What the pass did, by kind, for `smslab_reconcile_actions_total` (only the kinds it did)."""
         counts = {
-            k: len(v) if isinstance(v, list) else int(v) for k, v in asdict(self).items() if k != "skipped"
+            k: len(v) if isinstance(v, list) else int(v)
+            for k, v in asdict(self).items()
+            if k != "skipped" and k not in FINDINGS
         }
         return {kind: count for kind, count in counts.items() if count}
+
+    def row(self, started_at: datetime, duration_s: float, error: str | None) -> ReconcilePass:
+        """The pass as a `reconcile_passes` row."""
+        return ReconcilePass(
+            started_at=started_at,
+            duration_s=round(duration_s, 4),
+            process=f"{socket.gethostname()[:40]}:{os.getpid()}",
+            expired_leases=self.expired_leases,
+            resolved_accepted=self.resolved_sent,
+            resolved_not_accepted=self.resolved_unsent,
+            left_unresolved=self.unresolved,
+            gave_up=self.gave_up,
+            batches_requeued=self.requeued_batches,
+            campaigns_completed=len(self.completed),
+            counters_fixed=self.counters_fixed,
+            reservations_released=self.settled_reservations,
+            reservations_expired=self.expired_reservations,
+            reports_applied=self.pending_reports_applied,
+            keys_purged=self.purged_keys,
+            stuck_campaigns=self.stuck_campaigns,
+            error=error[:100] if error else None,
+        )
 
 
 async def reconcile_once(
@@ -86,12 +123,30 @@ async def reconcile_once(
 ) -> ReconcileReport:
     report = ReconcileReport()
     if not safeguards.is_on(settings, safeguards.RECONCILER):
-        report.skipped = True  # unsafe variant (lab only): nothing is ever healed
+        report.skipped = True  # unsafe variant (lab only): nothing is ever healed, no pass is recorded
         return report
+    started_at, clock = utcnow(), time.monotonic()
+    try:
+        await _pass(sessions, settings, mitto, queue, report)
+    except Exception as exc:
+        # What it did before the error committed: its row says so, and which error ended it.
+        await _record_pass(sessions, report, started_at, time.monotonic() - clock, type(exc).__name__)
+        raise
+    await _record_pass(sessions, report, started_at, time.monotonic() - clock, None)
+    return report
+
+
+async def _pass(
+    sessions: async_sessionmaker[AsyncSession],
+    settings: Settings,
+    mitto: MittoClient,
+    queue: RedisQueue | None,
+    report: ReconcileReport,
+) -> None:
     async with sessions() as session:
         await _expire_reservations(session, report)
         await _resolve_expired_claims(session, settings, mitto, report)
-        to_queue = await _advance_campaigns(session, report)
+        to_queue = await _advance_campaigns(session, settings, report)
         await _settle_stopped_campaigns(session, report)
         await _apply_kept_delivery_reports(session, settings, report)
         async with session.begin():
@@ -103,7 +158,25 @@ async def reconcile_once(
             )
     if any(v for k, v in report.as_dict().items() if k != "skipped"):
         log.info("reconciled", **report.as_dict())
-    return report
+
+
+async def _record_pass(
+    sessions: async_sessionmaker[AsyncSession],
+    report: ReconcileReport,
+    started_at: datetime,
+    duration_s: float,
+    error: str | None,
+) -> None:
+    """The pass's row, and old rows deleted, in one transaction of its own. The pass's work has already
+    committed: if the database refuses this too, the account is lost (logged), the work is not."""
+    try:
+        async with sessions() as session, session.begin():
+            session.add(report.row(started_at, duration_s, error))
+            await session.execute(
+                delete(ReconcilePass).where(ReconcilePass.started_at < started_at - PASSES_KEPT)
+            )
+    except Exception as exc:  # noqa: BLE001 - the database is down: the next pass records itself
+        log.warning("reconcile_pass_not_recorded", error=type(exc).__name__)
 
 
 async def _expire_reservations(session: AsyncSession, report: ReconcileReport) -> None:
@@ -157,6 +230,7 @@ async def _resolve_expired_claims(
                 .limit(EXPIRED_LEASES_PER_PASS)
             )
         )
+    report.expired_leases += len(rows)
     claims: dict[tuple[int, str], Claim] = {}
     expired_at: dict[int, Any] = {}
     for rid, campaign_id, attempt_id, lease_expires_at, shop_id, segments in rows:
@@ -200,16 +274,22 @@ async def _resolve_expired_claims(
             report.completed.append(claim.campaign_id)
 
 
-async def _advance_campaigns(session: AsyncSession, report: ReconcileReport) -> dict[int, list[int]]:
+async def _advance_campaigns(
+    session: AsyncSession, settings: Settings, report: ReconcileReport
+) -> dict[int, list[int]]:
+    # Stuck: sending, and nothing touched it for a whole send lease (no batch can still be working on it).
+    idle_since = utcnow() - timedelta(seconds=settings.send_lease_seconds)
     async with session.begin():
-        campaign_ids = list(
-            await session.scalars(
-                select(Campaign.id)
+        sending = list(
+            await session.execute(
+                select(Campaign.id, Campaign.last_activity_at)
                 .where(Campaign.status == CampaignStatus.SENDING)
                 .order_by(Campaign.last_activity_at)
                 .limit(CAMPAIGNS_PER_PASS)
             )
         )
+    report.stuck_campaigns += sum(1 for _, last_activity in sending if last_activity < idle_since)
+    campaign_ids = [campaign_id for campaign_id, _ in sending]
     to_queue: dict[int, list[int]] = defaultdict(list)
     for campaign_id in campaign_ids:
         async with session.begin():
