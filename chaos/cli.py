@@ -1,7 +1,8 @@
 """`smslab`: one command for the whole lab.
 
-Service: `db upgrade`, `api`, `worker`, `token`, `credits grant`; simulator: `simulator`; together: `up`.
-Lab: `run`, `check`, `replay`, `matrix`, `fuzz`, `swarm`, `shrink`, `regressions`.
+Service: `db upgrade`, `api`, `worker`, `token`, `shops install`, `credits grant|adjust|recompute`;
+simulator: `simulator`; together: `up`.
+Lab: `run`, `load`, `world`, `check`, `report`, `replay`, `matrix`, `fuzz`, `swarm`, `shrink`, `regressions`.
 """
 
 from __future__ import annotations
@@ -112,6 +113,7 @@ def up(
             typer.echo(f"database   {settings.database_url}")
             typer.echo(f"logs       {logs_dir}/")
             typer.echo("token      smslab token my-shop.myshopify.com")
+            typer.echo("shop       smslab shops install my-shop.myshopify.com")
             typer.echo("credits    smslab credits grant my-shop.myshopify.com 1000")
             typer.echo("Ctrl-C stops everything.")
             while all(p.alive for p in processes):

@@ -1,4 +1,5 @@
-"""The service's commands: `db upgrade`, `api`, `worker`, `token`, `credits grant`.
+"""The service's commands: `db upgrade`, `api`, `worker`, `token`, `shops install`, `credits grant`,
+`credits adjust`, `credits recompute`.
 
 A bad setting stops a command with one line naming the variable, never a traceback.
 """
@@ -12,7 +13,8 @@ import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from typing import TYPE_CHECKING, TypeVar
 
 import typer
 
@@ -20,9 +22,17 @@ from service import logs
 from service.embedded_redis import EmbeddedRedisError, SharedEmbeddedRedis
 from service.settings import Settings, SettingsError, load_settings
 
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    from service.wallet.ledger import Adjustment, Recomputed
+
 db_app = typer.Typer(help="Database migrations.", no_args_is_help=True)
 shops_app = typer.Typer(help="Shops: installing one (again).", no_args_is_help=True)
-credits_app = typer.Typer(help="Credit adjustments.", no_args_is_help=True)
+credits_app = typer.Typer(
+    help="Credits: grants, corrections, and a wallet recomputed from its ledger.", no_args_is_help=True
+)
+T = TypeVar("T")
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
@@ -187,43 +197,133 @@ def token(
         raise fail(str(exc)) from None
 
 
-@credits_app.command("grant")
-def credits_grant(
-    shop_domain: str = typer.Argument(..., help="e.g. my-shop.myshopify.com"),
-    amount: int = typer.Argument(..., min=1, help="Credits to add."),
-    key: str = typer.Option("", help="Idempotency key: repeating a grant with the same key adds nothing."),
-    note: str = typer.Option("operator grant", help="Why (kept on the ledger entry)."),
-) -> None:
-    """Add credits to a shop's wallet as a ledger adjustment (installs the shop if new)."""
-    settings = load_or_exit()
-    logs.configure_for(settings, "cli")
+def _shop_domain_or_exit(shop_domain: str) -> None:
     from service.auth import is_shop_domain
 
     if not is_shop_domain(shop_domain):
         raise fail(f"not a shop domain: {shop_domain!r} (expected NAME.myshopify.com)")
-    added, balance = asyncio.run(_grant(settings, shop_domain, amount, key or f"grant:{uuid.uuid4()}", note))
+
+
+class _UnknownShop(Exception):
+    """Raised inside a credits command's session: the domain names no installed shop."""
+
+
+CreditsAction = Callable[["AsyncSession", int], Awaitable[T]]
+
+
+async def _credits_session(settings: Settings, shop_domain: str, action: CreditsAction[T]) -> T:
+    """Run `action(session, shop_id)` for an existing shop. A credits command never installs a shop: a
+    mistyped domain would otherwise get a wallet of its own and the credits meant for another."""
+    from service.db.session import create_engine, create_sessionmaker
+    from service.shops import shop_by_domain
+
+    engine = create_engine(settings, "cli", pool_size=1)
+    try:
+        async with create_sessionmaker(engine)() as session:
+            shop = await shop_by_domain(session, shop_domain)
+            if shop is None:
+                raise _UnknownShop
+            return await action(session, shop.id)
+    finally:
+        await engine.dispose()
+
+
+def _run_credits(settings: Settings, shop_domain: str, action: CreditsAction[T]) -> T:
+    from service.wallet.ledger import AdjustmentRefused
+
+    try:
+        return asyncio.run(_credits_session(settings, shop_domain, action))
+    except _UnknownShop:
+        raise fail(
+            f"no shop {shop_domain} in this database (check the domain; a new shop is installed with "
+            f"`smslab shops install {shop_domain}`)"
+        ) from None
+    except AdjustmentRefused as exc:
+        raise fail(str(exc)) from None
+    except (OSError, ConnectionError) as exc:
+        raise fail(f"cannot reach the database: {exc}") from None
+
+
+@credits_app.command("grant")
+def credits_grant(
+    shop_domain: str = typer.Argument(..., help="e.g. my-shop.myshopify.com (an installed shop)."),
+    amount: int = typer.Argument(..., min=1, help="Credits to add (a deduction is `credits adjust`)."),
+    key: str = typer.Option("", help="Idempotency key: repeating a grant with the same key adds nothing."),
+    note: str = typer.Option("operator grant", help="Why (kept on the ledger entry)."),
+) -> None:
+    """Add credits to an installed shop's wallet as a ledger `adjustment` (exit 2 for an unknown shop)."""
+    settings = load_or_exit()
+    logs.configure_for(settings, "cli")
+    _shop_domain_or_exit(shop_domain)
+    from service.wallet.ledger import grant_credits, wallet_of
+
+    async def grant(session: AsyncSession, shop_id: int) -> tuple[bool, int]:
+        added = await grant_credits(
+            session, shop_id=shop_id, amount=amount, idempotency_key=key or f"grant:{uuid.uuid4()}", note=note
+        )
+        async with session.begin():
+            return added, (await wallet_of(session, shop_id)).balance
+
+    added, balance = _run_credits(settings, shop_domain, grant)
     typer.echo(
         f"{'granted' if added else 'already granted with this key;'} {amount} credits; balance {balance}"
     )
 
 
-async def _grant(settings: Settings, shop_domain: str, amount: int, key: str, note: str) -> tuple[bool, int]:
-    from service.db.session import create_engine, create_sessionmaker
-    from service.shops import install_shop
-    from service.wallet.ledger import grant_credits, wallet_of
+@credits_app.command("adjust", context_settings={"ignore_unknown_options": True})  # AMOUNT may be -5
+def credits_adjust(
+    shop_domain: str = typer.Argument(..., help="e.g. my-shop.myshopify.com (an installed shop)."),
+    amount: int = typer.Argument(..., help="Credits to add (positive) or deduct (negative)."),
+    reason: str = typer.Option(..., help="Why, kept on the ledger entry (e.g. the incident and campaign)."),
+    key: str = typer.Option(
+        ..., help="Idempotency key: repeating the command with the same key records nothing more."
+    ),
+) -> None:
+    """Record an operator's correction on the ledger (a `correction` entry, plus or minus), moving the
+    wallet with it. A deduction that would leave less than is reserved is refused (exit 2)."""
+    settings = load_or_exit()
+    logs.configure_for(settings, "cli")
+    _shop_domain_or_exit(shop_domain)
+    from service.wallet.ledger import adjust_credits
 
-    engine = create_engine(settings, "cli", pool_size=1)
-    try:
-        async with create_sessionmaker(engine)() as session:
-            shop = await install_shop(session, shop_domain)
-            added = await grant_credits(
-                session, shop_id=shop.id, amount=amount, idempotency_key=key, note=note
-            )
-            async with session.begin():
-                wallet = await wallet_of(session, shop.id)
-            return added, wallet.balance
-    finally:
-        await engine.dispose()
+    async def adjust(session: AsyncSession, shop_id: int) -> Adjustment:
+        return await adjust_credits(
+            session, shop_id=shop_id, amount=amount, reason=reason, idempotency_key=key
+        )
+
+    done = _run_credits(settings, shop_domain, adjust)
+    what = "adjusted by" if done.recorded else "already adjusted with this key by"
+    typer.echo(f"{what} {done.amount:+d} credits; balance {done.balance}, available {done.available}")
+
+
+@credits_app.command("recompute")
+def credits_recompute(
+    shop_domain: str = typer.Argument(..., help="e.g. my-shop.myshopify.com (an installed shop)."),
+) -> None:
+    """Set the wallet's balance to the sum of its ledger entries and its reserved credits to its active
+    reservations (invariant I4), writing no entry: for a wallet out of balance with its ledger."""
+    settings = load_or_exit()
+    logs.configure_for(settings, "cli")
+    _shop_domain_or_exit(shop_domain)
+    from service.wallet.ledger import recompute_wallet
+
+    async def recompute(session: AsyncSession, shop_id: int) -> Recomputed:
+        return await recompute_wallet(session, shop_id=shop_id)
+
+    done = _run_credits(settings, shop_domain, recompute)
+    if done.changed:
+        logs.get_logger(__name__).warning(
+            "wallet_recomputed",
+            shop_domain=shop_domain,
+            balance_before=done.balance_before,
+            balance=done.balance,
+            reserved_before=done.reserved_before,
+            reserved=done.reserved,
+        )
+    typer.echo(
+        f"{'recomputed' if done.changed else 'already in balance;'} balance {done.balance_before} -> "
+        f"{done.balance} (ledger), reserved {done.reserved_before} -> {done.reserved} (active reservations)"
+    )
 
 
 @shops_app.command("install")
@@ -234,10 +334,7 @@ def shops_install(shop_domain: str = typer.Argument(..., help="e.g. my-shop.mysh
     """
     settings = load_or_exit()
     logs.configure_for(settings, "cli")
-    from service.auth import is_shop_domain
-
-    if not is_shop_domain(shop_domain):
-        raise fail(f"not a shop domain: {shop_domain!r} (expected NAME.myshopify.com)")
+    _shop_domain_or_exit(shop_domain)
     again = asyncio.run(_install(settings, shop_domain))
     typer.echo(f"{shop_domain} {'installed again' if again else 'installed'}")
 

@@ -13,6 +13,7 @@ import re
 import sys
 import uuid
 from collections.abc import Iterable, MutableMapping
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -141,6 +142,32 @@ class _SqlParametersRedacted(logging.Filter):
         return True
 
 
+# SAQ's job lines carry epoch times (`scheduled: 1764639793`, `queued: 1764639793166`, in seconds and
+# milliseconds): bare runs of 10 to 13 digits, which the bare-number pattern above rightly masks as phones.
+# Every job would then count as personal data found in text, and the alert on that count
+# (`smslab_log_redactions_total{kind="text"}`) would never stop firing. So these fields of SAQ's own
+# records, and only these, are written as ISO times before redaction sees them.
+_SAQ_TIMES = re.compile(r"\b(scheduled|queued|started|touched|completed): (\d{10}|\d{13})\b")
+
+
+def _iso_time(match: re.Match[str]) -> str:
+    digits = match[2]
+    moment = datetime.fromtimestamp(int(digits) / (1000 if len(digits) == 13 else 1), UTC)
+    return f"{match[1]}: {moment.strftime('%Y-%m-%dT%H:%M:%S.%f')[:-3]}Z"
+
+
+class _SaqTimesReadable(logging.Filter):
+    """SAQ's job times as ISO times (see `_SAQ_TIMES`); any other digits in its lines stay for `redact`."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == "saq" or record.name.startswith("saq."):
+            message = record.getMessage()
+            readable = _SAQ_TIMES.sub(_iso_time, message)
+            if readable != message:
+                record.msg, record.args = readable, None
+        return True
+
+
 def configure_logging(
     level: str = "info", fmt: str = "auto", process: str = "smslab", redaction: bool = True
 ) -> None:
@@ -179,6 +206,7 @@ def configure_logging(
     )
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(formatter)
+    handler.addFilter(_SaqTimesReadable())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

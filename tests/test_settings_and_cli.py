@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -93,12 +94,68 @@ def test_db_upgrade_and_credit_grants_on_the_embedded_default(tmp_path: Path) ->
     assert smslab("db", "upgrade", cwd=tmp_path).returncode == 0
     assert smslab("db", "upgrade", cwd=tmp_path).returncode == 0  # nothing left to apply
     assert (tmp_path / "var" / "smslab.db").exists()
+    assert smslab("shops", "install", "demo.myshopify.com", cwd=tmp_path).returncode == 0
     first = smslab("credits", "grant", "demo.myshopify.com", "500", "--key", "welcome", cwd=tmp_path)
     assert first.stdout.strip() == "granted 500 credits; balance 500"
     repeat = smslab("credits", "grant", "demo.myshopify.com", "500", "--key", "welcome", cwd=tmp_path)
     assert repeat.stdout.strip() == "already granted with this key; 500 credits; balance 500"
     other = smslab("credits", "grant", "demo.myshopify.com", "250", cwd=tmp_path)
     assert other.stdout.strip() == "granted 250 credits; balance 750"
+
+
+def test_credit_commands_refuse_a_shop_that_is_not_installed(tmp_path: Path) -> None:
+    """Found in the runbook review: a grant to a mistyped domain silently installed a new shop and
+    credited it, so the real shop never got its credits and nobody was told."""
+    assert smslab("db", "upgrade", cwd=tmp_path).returncode == 0
+    assert smslab("shops", "install", "demo.myshopify.com", cwd=tmp_path).returncode == 0
+    commands = [
+        ("credits", "grant", "dmeo.myshopify.com", "500"),
+        ("credits", "adjust", "dmeo.myshopify.com", "-5", "--reason", "typo", "--key", "k"),
+        ("credits", "recompute", "dmeo.myshopify.com"),
+    ]
+    for command in commands:
+        refused = smslab(*command, cwd=tmp_path)
+        assert refused.returncode == 2, command
+        assert refused.stderr.strip().splitlines() == [
+            "smslab: no shop dmeo.myshopify.com in this database (check the domain; a new shop is "
+            "installed with `smslab shops install dmeo.myshopify.com`)"
+        ]
+    shops = sqlite3.connect(tmp_path / "var" / "smslab.db").execute("SELECT domain FROM shops").fetchall()
+    assert shops == [("demo.myshopify.com",)]
+
+
+def test_credits_adjust_deducts_once_per_key_and_never_below_zero_available(tmp_path: Path) -> None:
+    assert smslab("db", "upgrade", cwd=tmp_path).returncode == 0
+    assert smslab("shops", "install", "demo.myshopify.com", cwd=tmp_path).returncode == 0
+    assert (
+        smslab("credits", "grant", "demo.myshopify.com", "10", "--key", "seed", cwd=tmp_path).returncode == 0
+    )
+
+    def adjust(amount: str, key: str = "incident-7") -> subprocess.CompletedProcess[str]:
+        return smslab(
+            "credits", "adjust", "demo.myshopify.com", amount, "--reason", "double debit, campaign 3",
+            "--key", key, cwd=tmp_path,
+        )  # fmt: skip
+
+    first = adjust("-4")
+    assert (first.returncode, first.stdout.strip()) == (0, "adjusted by -4 credits; balance 6, available 6")
+    again = adjust("-4")
+    assert again.stdout.strip() == "already adjusted with this key by -4 credits; balance 6, available 6"
+    other_amount = adjust("-5")
+    assert other_amount.returncode == 2
+    assert "already recorded a correction of -4, not -5" in other_amount.stderr
+    too_much = adjust("-7", key="incident-8")
+    assert too_much.returncode == 2
+    assert "available credits never go below zero" in too_much.stderr
+    assert adjust("3", key="incident-9").stdout.strip() == "adjusted by +3 credits; balance 9, available 9"
+    database = sqlite3.connect(tmp_path / "var" / "smslab.db")
+    entries = database.execute("SELECT kind, amount, idempotency_key, note FROM credit_ledger ORDER BY id")
+    assert entries.fetchall() == [
+        ("adjustment", 10, "seed", "operator grant"),
+        ("correction", -4, "correction:incident-7", "double debit, campaign 3"),
+        ("correction", 3, "correction:incident-9", "double debit, campaign 3"),
+    ]
+    assert database.execute("SELECT balance, reserved FROM wallets").fetchall() == [(9, 0)]
 
 
 @pytest.mark.parametrize(

@@ -137,6 +137,33 @@ def test_library_log_lines_go_through_the_same_redaction() -> None:
     assert lines[1]["to"] == logs.REDACTED
 
 
+def test_saq_job_times_are_not_taken_for_phone_numbers() -> None:
+    """Found writing the personal-data alert: every SAQ job line (`queued: 1764639793166`) was masked
+    and counted as personal data found in text, so `smslab_log_redactions_total{kind="text"}` rose with
+    every job and an alert on it could never be quiet. A phone in a SAQ line is still masked and counted."""
+    from service.metrics import LOG_REDACTIONS
+
+    logs.configure_logging("info", "json", process="unit")
+    stream = io.StringIO()
+    handler = logging.getLogger().handlers[0]
+    assert isinstance(handler, logging.StreamHandler)
+    handler.setStream(stream)
+    text_redactions = LOG_REDACTIONS.labels(kind="text")
+    before = text_redactions._value.get()
+    try:
+        job = "Job<function: send_batch, key: send:1:0, scheduled: 1764639793, queued: 1764639793166>"
+        logging.getLogger("saq").info("Processing %s", job)
+        counted_for_job = text_redactions._value.get() - before
+        logging.getLogger("saq").info("Enqueuing job for %s", "12025550143")
+    finally:
+        handler.setStream(__import__("sys").stderr)
+    first, second = (json.loads(line)["event"] for line in stream.getvalue().splitlines())
+    assert first.endswith("scheduled: 2025-12-02T01:43:13.000Z, queued: 2025-12-02T01:43:13.166Z>")
+    assert counted_for_job == 0
+    assert second == f"Enqueuing job for {logs.REDACTED}"
+    assert text_redactions._value.get() - before == 1
+
+
 def test_without_log_redaction_personal_data_reaches_the_log() -> None:
     from service.settings import Settings, validate
 

@@ -104,7 +104,8 @@ ACCEPTED_RECIPIENT_STATUSES = (
 
 
 class LedgerKind(enum.StrEnum):
-    ADJUSTMENT = "adjustment"
+    ADJUSTMENT = "adjustment"  # an operator's grant (`smslab credits grant`)
+    CORRECTION = "correction"  # an operator's correction, plus or minus (`smslab credits adjust`)
     PURCHASE = "purchase"
     REFUND = "refund"
     DEBIT = "debit"
