@@ -22,7 +22,7 @@ from typing import Any
 
 import pandas as pd
 
-from chaos.checker.evidence import read_lines
+from chaos.checker.evidence import SNAPSHOT_TABLES, read_lines
 from chaos.checker.snapshot_io import COLUMNS, COLUMNS_FILE
 
 OUTCOMES = ("ok", "fail", "info")
@@ -36,21 +36,12 @@ RECIPIENT_STATES = (
     "failed",
     "cancelled",
 )
-# The reconciler's row, by kind: what it found, and what it did.
-RECONCILE_KINDS = (
-    "expired_leases",
-    "resolved_accepted",
-    "resolved_not_accepted",
-    "left_unresolved",
-    "gave_up",
-    "batches_requeued",
-    "campaigns_completed",
-    "counters_fixed",
-    "reservations_released",
-    "reservations_expired",
-    "reports_applied",
-    "keys_purged",
-    "stuck_campaigns",
+# The reconciler's row, by kind: what it found, and what it did (its counting columns, as the snapshot
+# declares them).
+RECONCILE_KINDS = tuple(
+    column
+    for column in SNAPSHOT_TABLES["reconcile_passes"].columns
+    if column not in ("id", "started_at", "duration_s", "process", "error")
 )
 LOCUST_HISTORY = "load_stats_history.csv"  # Locust's `--csv load --csv-full-history`
 LOCUST_STATS = "load_stats.csv"
