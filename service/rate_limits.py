@@ -61,6 +61,10 @@ DEFAULT_LIMITS = (
 DEFAULT_WEBHOOK_LIMIT = "5000/second"  # per provider, all shops together: a flood, not a busy hour
 _LIMIT = re.compile(r"^\s*(\d+)\s*/\s*(second|minute|hour)(?:\s+burst\s*=\s*(\d+))?\s*$")
 
+# For the lab's functional runs (the fuzzer, the test suite): every class a budget no run reaches, so a
+# 429 never stands in for the answer under test. Safeguard 9 stays on: every request still pays its check.
+UNREACHABLE_LIMITS = ",".join(f"{route_class.value}=100000/minute" for route_class in RouteClass)
+
 
 @dataclass(frozen=True)
 class Limit:

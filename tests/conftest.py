@@ -11,7 +11,7 @@ import pytest
 from service import failpoints
 from service.db import migrate
 from service.embedded_redis import free_port
-from service.rate_limits import RouteClass
+from service.rate_limits import UNREACHABLE_LIMITS
 from service.settings import Settings, validate
 from tests.support.api import Api, start_api
 from tests.support.infra import (
@@ -28,7 +28,7 @@ from tests.support.lab import Lab
 BACKENDS = ["sqlite", "postgresql"]
 # Tests of other things send bursts no merchant would (ten imports in a row): budgets they never reach.
 # Tests of the limits set their own (tests/test_rate_limits.py).
-UNREACHED_LIMITS = ",".join(f"{route_class.value}=100000/minute" for route_class in RouteClass)
+UNREACHED_LIMITS = UNREACHABLE_LIMITS
 
 
 @pytest.fixture(scope="session")

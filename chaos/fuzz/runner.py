@@ -32,6 +32,7 @@ from chaos.environment import Environment, RunFolder
 from chaos.fuzz import hooks
 from chaos.scenario import parse_scenario
 from service.contacts.upsert import upsert_contacts
+from service.rate_limits import UNREACHABLE_LIMITS
 from service.settings import Settings, settings_as_env
 from service.shops import install_shop
 from service.wallet.ledger import grant_credits
@@ -90,7 +91,9 @@ async def _world(environment: Environment, settings: Settings) -> None:
 async def run_fuzz(options: FuzzOptions) -> tuple[Path, dict[str, Any]]:
     folder = RunFolder.new(options.out_dir, "fuzz", options.seed)
     folder.create()
-    scenario = parse_scenario({"name": "fuzz", "services": {"workers": 1}})
+    # The fuzzer holds the API to its schema, so its bursts must not be answered 429 by the tenant limits
+    # (which tests/test_rate_limits.py holds to theirs).
+    scenario = parse_scenario({"name": "fuzz", "services": {"workers": 1, "rate_limits": UNREACHABLE_LIMITS}})
     environment = Environment(folder, scenario, options.seed, options.database_url)
     runs: list[FuzzRun] = []
     try:
