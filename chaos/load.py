@@ -5,9 +5,9 @@ providers, the nemesis from the seed, heal, settle, snapshot, check. Only the ch
 changes: the harness writes the world (`world.json`: shops, their contacts and customers, paid
 sessions, the lab's provider secrets), starts `locust -f loadtests/locustfile.py` with the scenario's
 `[load]` table as its options, and waits for it while the nemesis runs; its progress line reads Locust's
-own per-second figures (`load_stats_history.csv`). Afterwards each Locust process's enqueue history
+own per-second figures (`load_stats_history.csv`). Afterwards each Locust process's history of API calls
 (`load_history/locust-<pid>.jsonl`) is merged into `history.jsonl`, in time order with one index
-sequence, so I6 judges a load run as any other; the gate (`chaos/load_gate.py`) is judged with the
+sequence, so I6 and I9 judge a load run as any other; the gate (`chaos/load_gate.py`) is judged with the
 invariants by `chaos.checker.run.check_run`, from `load_stats.csv` and the scenario as run.
 """
 
@@ -26,9 +26,10 @@ from typing import Any
 
 import httpx
 
+from chaos.checker.load_run import HISTORY_DIR
 from chaos.client import Client
 from chaos.environment import ROOT, Services
-from chaos.harness import LabRun
+from chaos.harness import LabRun, isolation
 from chaos.history import History
 from chaos.nemesis import NemesisEvent
 from chaos.operations import CreateCampaign, Enqueue
@@ -40,7 +41,7 @@ from service.settings import Settings
 LOCUSTFILE = ROOT / "loadtests" / "locustfile.py"
 STAGES_FILE = ROOT / "loadtests" / "stages.py"
 WORLD = "world.json"
-HISTORY_DIR = "load_history"
+NOISY_USER = "NoisyTenantUser"
 LOCUST_LOG = (
     "locust.log"  # the load generator's log: beside logs/, which holds the service's (I8 reads those)
 )
@@ -140,6 +141,8 @@ def locust_argv(plan: LoadPlan, run_dir: Path, api_url: str) -> list[str]:
         f"{plan.think_s[0]:g},{plan.think_s[1]:g}",
         "--max-failure-ratio",
         f"{thresholds.max_failure_ratio:g}",
+        "--max-unreachable-ratio",
+        f"{thresholds.max_unreachable_ratio:g}",
         "--p95-ms",
         f"{thresholds.p95_ms:g}",
         "--p99-ms",
@@ -229,11 +232,16 @@ class LoadRun(LabRun):
     locust_exit: int | None = None
 
     def _after_world(self, workload: Workload, services: Services, settings: Settings) -> dict[str, Any]:
-        w = self.options.scenario.workload
+        scenario = self.options.scenario
+        w = scenario.workload
         noisy_phones = valid_phones(NOISY_PHONES, w.shops * (w.contacts_per_shop + w.customers_per_shop))
         document = world_document(workload, settings, services.api_url, services.simulator_url, noisy_phones)
         (self.run_dir / WORLD).write_text(json.dumps(document, indent=1))
-        return {"phones": sorted({*workload.phones(), *noisy_phones})}
+        # I9 judges Locust's noisy tenant as the lab's own: a run whose NoisyTenantUser left nothing in
+        # the history is unknown there, not "not exercised".
+        judged = isolation(scenario, settings)
+        judged["noisy_clients"] = int(NOISY_USER in scenario.load.weights)
+        return {"phones": sorted({*workload.phones(), *noisy_phones}), "isolation": judged}
 
     async def _drive(
         self, scenario: Scenario, services: Services, workload: Workload, history: History, deadline: float

@@ -19,14 +19,26 @@ from typing import Any
 
 NOISY_SUFFIX = " (noisy tenant)"
 STATS_CSV = "load_stats.csv"
+FAILURES_CSV = "load_failures.csv"
 AGGREGATED = "Aggregated"
+# Failures whose error names one of these got no answer because no API process was there: the port
+# refused the connection (a killed API, not yet back), or the connection was cut before any answer (the
+# process died under the request). A timeout is not among them: a live API that did not answer in time.
+UNREACHABLE = ("ConnectionRefusedError", "HTTPConnectionClosed")
+
+
+def unreachable(error: str) -> bool:
+    return any(name in error for name in UNREACHABLE)
 
 
 @dataclass(frozen=True)
 class Thresholds:
     """What a load run must reach; 0 switches a bound off."""
 
-    max_failure_ratio: float = 0.01  # failures / requests, over every request class
+    max_failure_ratio: float = 0.01  # failures but the unreachable / requests: 5xx, timeouts, bad 4xx
+    # Requests no API process was there to answer (refused, or cut as it died) / requests: only a
+    # scenario that kills the API may see any, while it restarts.
+    max_unreachable_ratio: float = 0.0
     p95_ms: float = 0.0  # each request class's 95th percentile
     p99_ms: float = 1000.0  # each request class's 99th percentile
     min_rps: float = 0.0  # requests per second over the whole run
@@ -93,9 +105,14 @@ def rows_from_csv(path: Path) -> tuple[list[StatRow], StatRow | None]:
     return rows, total
 
 
-def evaluate(rows: list[StatRow], total: StatRow | None, thresholds: Thresholds) -> GateResult:
+def evaluate(
+    rows: list[StatRow], total: StatRow | None, thresholds: Thresholds, unanswerable: int = 0
+) -> GateResult:
     """Each threshold against the figures; the gate passes only if every check does, and only if Locust
-    made any request at all (a load test that sent nothing passes nothing)."""
+    made any request at all (a load test that sent nothing passes nothing). `unanswerable`: how many of
+    the failures found no API process to answer them (Locust's error table: `UNREACHABLE`), judged
+    apart: that is what a killed API gives while it restarts, where a 5xx or a timeout is the service
+    failing under load."""
     result = GateResult(True)
 
     def check(what: str, value: float, bound: float, ok: bool, sentence: str) -> None:
@@ -106,15 +123,26 @@ def evaluate(rows: list[StatRow], total: StatRow | None, thresholds: Thresholds)
 
     requests = total.requests if total else sum(r.requests for r in rows)
     failures = total.failures if total else sum(r.failures for r in rows)
+    refused = min(unanswerable, failures)
     check("requests", requests, 1, requests >= 1, "Locust made no request")
-    ratio = failures / requests if requests else 0.0
+    ratio = (failures - refused) / requests if requests else 0.0
     bound = thresholds.max_failure_ratio
     check(
         "failure_ratio",
         ratio,
         bound,
         ratio <= bound,
-        f"failure ratio {ratio:.2%} above {bound:.2%} ({failures} of {requests} requests)",
+        f"failure ratio {ratio:.2%} above {bound:.2%} ({failures - refused} of {requests} requests: "
+        "5xx, timeouts, 4xx a correct client never earns)",
+    )
+    refused_ratio = refused / requests if requests else 0.0
+    check(
+        "unreachable_ratio",
+        refused_ratio,
+        thresholds.max_unreachable_ratio,
+        refused_ratio <= thresholds.max_unreachable_ratio,
+        f"unreachable {refused_ratio:.2%}, above {thresholds.max_unreachable_ratio:.2%} ({refused} of "
+        f"{requests} requests refused or cut before an answer: no API process there)",
     )
     rps = total.rps if total else sum(r.rps for r in rows)
     if thresholds.min_rps:
@@ -143,13 +171,26 @@ def evaluate(rows: list[StatRow], total: StatRow | None, thresholds: Thresholds)
     return result
 
 
+def unreachable_from_csv(path: Path) -> int:
+    """Locust's `_failures.csv`: how many failures found no API process to answer them."""
+    if not path.exists():
+        return 0
+    with path.open(newline="") as handle:
+        return sum(
+            int(_number(record.get("Occurrences")))
+            for record in csv.DictReader(handle)
+            if unreachable(record.get("Error") or "")
+        )
+
+
 def evaluate_folder(run_dir: Path, thresholds: Thresholds) -> GateResult:
-    """The gate from a run folder's `load_stats.csv`; a folder without one fails it."""
+    """The gate from a run folder's `load_stats.csv` (and `load_failures.csv`); a folder without the
+    first fails it."""
     path = run_dir / STATS_CSV
     if not path.exists():
         return GateResult(False, [], [f"no {STATS_CSV}: Locust did not finish its run"])
     rows, total = rows_from_csv(path)
-    return evaluate(rows, total, thresholds)
+    return evaluate(rows, total, thresholds, unreachable_from_csv(run_dir / FAILURES_CSV))
 
 
 def summary(run_dir: Path) -> list[dict[str, Any]]:

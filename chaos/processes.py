@@ -108,6 +108,8 @@ class ManagedProcess:
         for _ in range(4):  # the process itself, or up to three generations below it
             if answering == self.process.pid:
                 return True
+            if answering <= 1:  # reached init: an orphan (a killed API's surviving worker), not ours
+                return False
             try:
                 answering = int(Path(f"/proc/{answering}/stat").read_text().rsplit(")", 1)[1].split()[1])
             except (OSError, IndexError, ValueError):
@@ -129,11 +131,18 @@ class ManagedProcess:
             self.kill()
 
     def kill(self) -> None:
-        """SIGKILL: no shutdown hook runs, no transaction is finished, no job is handed back."""
+        """SIGKILL to the whole component: the process and every process it started (its session's
+        group: uvicorn's worker processes, Locust's), as when its host dies. No shutdown hook runs, no
+        transaction is finished, no job is handed back. Killing the parent alone would leave uvicorn's
+        workers serving on the inherited socket as orphans: the "killed" API would go on answering, and
+        its restart would fail to bind the port."""
+        if self.process is None:
+            return
+        group = self.process.pid  # started with start_new_session: its pid is its group's id
         if self.alive:
-            assert self.process is not None
             self.process.send_signal(signal.SIGKILL)
             self.process.wait()
+        kill_group(group)
 
     def restart(self, ready_timeout: float = 30.0) -> None:
         self.kill()
@@ -145,6 +154,37 @@ class ManagedProcess:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return ""
+
+
+def _group_members(group: int) -> list[int]:
+    """The live (not zombie) processes of a process group, from /proc."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if len(fields) > 2 and fields[0] != "Z" and int(fields[2]) == group:
+            members.append(int(entry.name))
+    return members
+
+
+def kill_group(group: int, timeout: float = 5.0) -> None:
+    """SIGKILL every process left in `group`, and wait (up to `timeout`) until none is running: the
+    sockets they held are closed, so a restart can bind the same port."""
+    if not sys.platform.startswith("linux"):
+        return
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            os.killpg(group, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            return
+        if not _group_members(group) or time.monotonic() > deadline:
+            return
+        time.sleep(0.02)
 
 
 def stop_all(processes: list[ManagedProcess], timeout: float = 10.0) -> None:

@@ -432,6 +432,7 @@ def _thresholds(table: Any) -> Thresholds:
         table,
         {
             "max_failure_ratio": lambda w, v: _float(w, v, 0.0, 1.0),
+            "max_unreachable_ratio": lambda w, v: _float(w, v, 0.0, 1.0),
             "p95_ms": _float,
             "p99_ms": _float,
             "min_rps": _float,

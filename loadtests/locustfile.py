@@ -47,11 +47,27 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `locust -f loadtests/locustfile.py` from a checkout
     sys.path.insert(0, str(ROOT))
 
-from chaos.load_gate import NOISY_SUFFIX, StatRow, Thresholds, evaluate  # noqa: E402
+from chaos.load_gate import NOISY_SUFFIX, StatRow, Thresholds, evaluate, unreachable  # noqa: E402
 
 EXPECTED_REFUSALS = {402, 409, 422}
+# Each API request class's operation name in the history (the lab's own where it has one: I9 holds every
+# one of them to the scenario's latency bound while a shop floods; `chaos/operations.py` API_OPERATIONS).
+OPERATIONS = {
+    ("POST", "/api/campaigns"): "create_campaign",
+    ("GET", "/api/campaigns/{id}"): "get_campaign",
+    ("GET", "/api/campaigns?limit={n}"): "list_campaigns",
+    ("POST", "/api/campaigns/{id}/cancel"): "cancel_campaign",
+    ("GET", "/api/wallet"): "wallet",
+    ("POST", "/api/billing/checkout"): "checkout",
+    ("POST", "/api/contacts"): "import_contacts",
+    ("GET", "/api/contacts?limit={n}"): "list_contacts",
+}
+# The route class each of the noisy tenant's operations counts against (service/*/api.py), as I9 needs it
+# to hold the served flood to its budget.
+NOISY_ROUTE_CLASSES = {"list_contacts": "reports", "import_contacts": "imports", "checkout": "billing"}
 RETRIES = 3  # an enqueue whose outcome is unknown is retried with the same Idempotency-Key
 DUPLICATE = 0.2  # probability that an enqueue is sent twice at once
+REFUSED_BACKOFF_S = (0.5, 4.0)  # the pause after a refused connection: doubling from 0.5 s up to 4 s
 
 world: dict[str, Any] = {}
 settings: dict[str, Any] = {"think_s": (0.0, 0.1)}
@@ -66,6 +82,7 @@ def _options(parser: Any) -> None:
     group.add_argument("--weights", default="", help="user class weights: MerchantUser=10,WebhookStormUser=2")
     group.add_argument("--think", default="0,0.1", help="a user's pause between tasks: LOW,HIGH seconds")
     group.add_argument("--max-failure-ratio", type=float, default=Thresholds.max_failure_ratio)
+    group.add_argument("--max-unreachable-ratio", type=float, default=Thresholds.max_unreachable_ratio)
     group.add_argument("--p95-ms", type=float, default=Thresholds.p95_ms, help="per request class; 0: off")
     group.add_argument("--p99-ms", type=float, default=Thresholds.p99_ms, help="per request class; 0: off")
     group.add_argument("--min-rps", type=float, default=Thresholds.min_rps)
@@ -96,11 +113,21 @@ def _gate(environment: Environment, **_kwargs: Any) -> None:
     if isinstance(environment.runner, WorkerRunner) or environment.parsed_options is None:
         return
     options = environment.parsed_options
-    thresholds = Thresholds(options.max_failure_ratio, options.p95_ms, options.p99_ms, options.min_rps)
+    thresholds = Thresholds(
+        options.max_failure_ratio,
+        options.max_unreachable_ratio,
+        options.p95_ms,
+        options.p99_ms,
+        options.min_rps,
+    )
+    refused = sum(
+        error.occurrences for error in environment.stats.errors.values() if unreachable(str(error.error))
+    )
     result = evaluate(
         [_row(entry) for entry in environment.stats.entries.values()],
         _row(environment.stats.total),
         thresholds,
+        refused,
     )
     environment.process_exit_code = 0 if result.passed else 1
     if options.gate_file:
@@ -160,6 +187,37 @@ def record(entry: dict[str, Any]) -> int:
     return index
 
 
+# The storm's webhook posts by provider and outcome, in this process: `2xx` (the service counted it as
+# applied or duplicate), `no_answer` (a timeout or a cut connection: it may have), `other` (a 4xx, 5xx or
+# 429: counted as rejected or failed, or refused before the handler). Written as `storm-<pid>.json` in
+# the history folder when the test stops, so the verdict's metrics observation counts them exactly.
+_storm: dict[str, dict[str, int]] = {}
+STORM_PROVIDERS = {
+    "/webhooks/mitto/dlr": "mitto",
+    "/webhooks/stripe": "stripe",
+    "/webhooks/shopify": "shopify",
+}
+
+
+def count_storm_post(name: str, status: int) -> None:
+    outcome = "2xx" if 200 <= status < 300 else "no_answer" if status == 0 else "other"
+    posts = _storm.setdefault(STORM_PROVIDERS.get(name, name), {})
+    posts[outcome] = posts.get(outcome, 0) + 1
+
+
+@events.test_stop.add_listener
+@events.quitting.add_listener
+def _write_storm_counts(**_kwargs: Any) -> None:
+    directory = settings.get("history_dir")
+    if not directory or not _storm:
+        return
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    path = Path(directory) / f"storm-{os.getpid()}.json"
+    scratch = path.with_suffix(".tmp")
+    scratch.write_text(json.dumps({"pid": os.getpid(), "posts": _storm}))
+    scratch.replace(path)
+
+
 def retry_after_ok(response: Any) -> bool:
     value = response.headers.get("Retry-After") if response.headers else None
     return isinstance(value, str) and value.isdigit() and int(value) >= 1
@@ -178,6 +236,13 @@ class LabUser(FastHttpUser):
     abstract = True
     network_timeout = 10.0
     connection_timeout = 5.0
+    backoff_s = 0.0  # the pause after the latest refused connection (0: the latest got an answer)
+    pause_s = 0.0  # the pause still to take after the latest call
+
+    def back_off(self) -> None:
+        if self.pause_s:
+            pause, self.pause_s = self.pause_s, 0.0
+            gevent.sleep(pause)
 
     def wait_time(self) -> float:
         low, high = settings["think_s"]
@@ -199,9 +264,73 @@ class LabUser(FastHttpUser):
     def simulator(self) -> str:
         return str(world["simulator_url"]).rstrip("/")
 
+    def call(
+        self,
+        method: str,
+        path: str,
+        name: str,
+        f: str,
+        value: dict[str, Any],
+        expected: set[int] | None = None,
+        **kw: Any,
+    ) -> tuple[int, Any, Any]:
+        """One API request, judged in Locust's table and recorded in the history as the lab's client
+        records its own (`chaos/client.py`): invoke, then ok (2xx), fail (4xx, with the 429's
+        Retry-After) or info (5xx, no answer), so I9 judges it. A request that Locust's stop cut short is
+        `info` with the error `interrupted`: the load generator gave up, not the service. Returns the
+        status, the JSON body of a 2xx, and the headers."""
+        op = record({"process": self.process, "type": "invoke", "f": f, "value": value})
+        answer: dict[str, Any] = {"error": "interrupted"}
+        kind = "info"
+        try:
+            with self.client.request(method, path, name=name, catch_response=True, **kw) as response:
+                self.judge(response, expected)
+                status = response.status_code
+                body = body_of(response) if 200 <= status < 300 else None
+                headers = response.headers
+                if status == 0:
+                    answer = {"error": type(getattr(response, "error", None)).__name__}
+                elif status < 300:
+                    kind, answer = "ok", {"status": status}
+                else:
+                    problem = body_of(response)
+                    kind = "info" if status >= 500 else "fail"
+                    answer = {
+                        "status": status,
+                        "problem": str(problem.get("type", "")).rsplit("/", 1)[-1]
+                        if isinstance(problem, dict)
+                        else None,
+                    }
+                    if status == 429:
+                        answer["retry_after"] = headers.get("Retry-After") if headers else None
+        except Exception as exc:
+            answer = {"error": type(exc).__name__}
+            raise
+        finally:
+            if op >= 0:
+                completion = {**value, **answer}
+                record({"process": self.process, "type": kind, "f": f, "op": op, "value": completion})
+        self.back_off()
+        return status, body, headers
+
     def judge(self, response: ResponseContextManager, expected: set[int] | None = None) -> None:
         """Locust's success or failure, by the module's rule."""
         status = response.status_code
+        if status == 0:
+            error = getattr(response, "error", None)
+            response.failure(f"no answer: {error!r}")
+            if isinstance(error, ConnectionRefusedError):
+                # Nobody listening (the API restarting): back off, doubling, as a careful client does
+                # (the lab's own, chaos/client.py, pauses too), rather than spin on refusals and take
+                # the CPU the API needs to start. Locust measured the request already: the pause is not
+                # in its response time.
+                # The pause is taken once the call is in the history (`back_off`): its answer's time
+                # there is when it came, not after the pause.
+                low, high = REFUSED_BACKOFF_S
+                self.backoff_s = min(high, max(low, 2 * self.backoff_s))
+                self.pause_s = random.uniform(0.5, 1.0) * self.backoff_s
+            return
+        self.backoff_s = 0.0  # an answer: somebody is listening again
         if 200 <= status < 300 or status in (expected or set()):
             response.success()
         elif status == 429:
@@ -209,8 +338,6 @@ class LabUser(FastHttpUser):
                 response.success()
             else:
                 response.failure("429 without a Retry-After of at least 1 s")
-        elif status == 0:
-            response.failure(f"no answer: {getattr(response, 'error', None)!r}")
         else:
             response.failure(f"{status}: {response.text[:200] if response.text else ''}")
 
@@ -230,11 +357,11 @@ class MerchantUser(LabUser):
 
     def _json(self, method: str, path: str, name: str, expected: set[int] | None = None, **kw: Any) -> Any:
         headers = {**self.auth(self.shop["domain"]), **kw.pop("headers", {})}
-        with self.client.request(
-            method, path, name=name, headers=headers, catch_response=True, **kw
-        ) as response:
-            self.judge(response, expected)
-            return body_of(response) if 200 <= response.status_code < 300 else None
+        f = OPERATIONS[(method, name)]
+        _status, body, _headers = self.call(
+            method, path, name, f, {"shop": self.shop["domain"]}, expected, headers=headers, **kw
+        )
+        return body
 
     def _draft(self) -> int | None:
         created = self._json(
@@ -269,37 +396,44 @@ class MerchantUser(LabUser):
             value["duplicate"] = True
         op = record({"process": self.process, "type": "invoke", "f": "enqueue", "value": value})
         headers = {**self.auth(self.shop["domain"]), "Idempotency-Key": key}
-        with self.client.post(
-            f"/api/campaigns/{campaign}/enqueue",
-            name="/api/campaigns/{id}/enqueue",
-            headers=headers,
-            catch_response=True,
-        ) as response:
-            self.judge(response, EXPECTED_REFUSALS)
-            status = response.status_code
-            body = body_of(response)
-            wait = 0.0
-            if status == 0:
-                kind = "info"
-                answer: dict[str, Any] = {"error": type(getattr(response, "error", None)).__name__}
-            elif status < 300:
-                kind, answer = "ok", {"status": status, "response": body}
-            else:
-                kind = "info" if status >= 500 else "fail"
-                problem = str(body.get("type", "")).rsplit("/", 1)[-1] if isinstance(body, dict) else None
-                answer = {"status": status, "problem": problem}
-                if status == 429:
-                    answer["retry_after"] = response.headers.get("Retry-After")
-                    wait = min(float(answer["retry_after"] or 1), 2.0) if retry_after_ok(response) else 1.0
-        record(
-            {
-                "process": self.process,
-                "type": kind,
-                "f": "enqueue",
-                "op": op,
-                "value": {**value, **answer},
-            }
-        )
+        kind, wait = "info", 0.0
+        answer: dict[str, Any] = {"error": "interrupted"}  # unless an answer comes
+        try:
+            with self.client.post(
+                f"/api/campaigns/{campaign}/enqueue",
+                name="/api/campaigns/{id}/enqueue",
+                headers=headers,
+                catch_response=True,
+            ) as response:
+                self.judge(response, EXPECTED_REFUSALS)
+                status = response.status_code
+                body = body_of(response)
+                if status == 0:
+                    answer = {"error": type(getattr(response, "error", None)).__name__}
+                elif status < 300:
+                    kind, answer = "ok", {"status": status, "response": body}
+                else:
+                    kind = "info" if status >= 500 else "fail"
+                    problem = str(body.get("type", "")).rsplit("/", 1)[-1] if isinstance(body, dict) else None
+                    answer = {"status": status, "problem": problem}
+                    if status == 429:
+                        answer["retry_after"] = response.headers.get("Retry-After")
+                        obeyed = retry_after_ok(response)
+                        wait = min(float(answer["retry_after"] or 1), 2.0) if obeyed else 1.0
+        except Exception as exc:
+            answer = {"error": type(exc).__name__}
+            raise
+        finally:
+            record(
+                {
+                    "process": self.process,
+                    "type": kind,
+                    "f": "enqueue",
+                    "op": op,
+                    "value": {**value, **answer},
+                }
+            )
+        self.back_off()
         return kind, wait
 
     @task(6)
@@ -360,14 +494,20 @@ class WebhookStormUser(LabUser):
     weight = 2
 
     def _post(self, path: str, name: str, body: bytes, headers: dict[str, str]) -> None:
-        with self.client.post(
-            path,
-            name=name,
-            data=body.decode(),
-            headers={"Content-Type": "application/json", **headers},
-            catch_response=True,
-        ) as response:
-            self.judge(response)
+        status = 0
+        try:
+            with self.client.post(
+                path,
+                name=name,
+                data=body.decode(),
+                headers={"Content-Type": "application/json", **headers},
+                catch_response=True,
+            ) as response:
+                status = response.status_code
+                self.judge(response)
+        finally:
+            count_storm_post(name, status)  # a post cut short by Locust's stop: no answer
+        self.back_off()
 
     def _at_once(self, copies: int, send: Any) -> None:
         gevent.joinall([gevent.spawn(send) for _ in range(copies)])
@@ -473,13 +613,15 @@ class NoisyTenantUser(LabUser):
         return 0.0
 
     def _hammer(self, method: str, path: str, name: str, **kw: Any) -> None:
-        noisy = world["noisy"]
-        headers = {**self.auth(noisy["shop"]), **kw.pop("headers", {})}
-        with self.client.request(
-            method, path, name=name + NOISY_SUFFIX, headers=headers, catch_response=True, **kw
-        ) as response:
-            self.judge(response)
-            wait = response.headers.get("Retry-After") if response.status_code == 429 else None
+        shop = world["noisy"]["shop"]
+        headers = {**self.auth(shop), **kw.pop("headers", {})}
+        f = OPERATIONS[(method, name)]
+        # In the history as the lab's own noisy tenant is (`chaos/operations.py` `flooding`): I9 judges it.
+        value = {"shop": shop, "flood": True, "route_class": NOISY_ROUTE_CLASSES[f]}
+        status, _body, answer_headers = self.call(
+            method, path, name + NOISY_SUFFIX, f, value, headers=headers, **kw
+        )
+        wait = answer_headers.get("Retry-After") if status == 429 and answer_headers else None
         if wait and wait.isdigit() and random.random() < 0.5:
             gevent.sleep(min(int(wait), 2))  # obeys, sometimes
 

@@ -75,6 +75,51 @@ def test_the_gate_fails_on_failures_and_slow_classes_but_not_on_the_noisy_tenant
     assert evaluate([], None, thresholds).why == ["Locust made no request"]
 
 
+def test_the_gate_holds_unreachable_requests_apart_from_5xx_and_timeouts() -> None:
+    rows = [StatRow("GET", "/api/wallet", 1000, 60, 50.0, 10, 20, 30)]
+    # 60 failures, 50 of them refused or cut while no API process was there: 1% left, within 1%.
+    killing = Thresholds(max_failure_ratio=0.01, max_unreachable_ratio=0.1, p99_ms=0)
+    assert evaluate(rows, None, killing, unanswerable=50).passed
+    # The same 50 in a scenario that never kills the API: the gate fails, naming them.
+    strict = Thresholds(max_failure_ratio=0.01, p99_ms=0)
+    result = evaluate(rows, None, strict, unanswerable=50)
+    assert not result.passed
+    assert any(why.startswith("unreachable 5.00%") for why in result.why)
+    # 5xx and timeouts are never excused by a kill: 60 of them is 6%.
+    assert not evaluate(rows, None, killing, unanswerable=0).passed
+
+
+def test_the_metrics_observation_counts_the_storms_posts_exactly(tmp_path: Path) -> None:
+    from chaos.checker.load_run import storm_deliveries
+    from chaos.checker.observations import DeliveryTally, metrics_against_truth
+    from chaos.checker.snapshot_io import load_saved_snapshot
+
+    folder = tmp_path / "load_history"
+    folder.mkdir()
+    (folder / "storm-1.json").write_text(json.dumps({"posts": {"mitto": {"2xx": 70, "no_answer": 2}}}))
+    (folder / "storm-2.json").write_text(json.dumps({"posts": {"mitto": {"2xx": 30, "other": 5}}}))
+    storm = storm_deliveries(tmp_path)
+    assert storm == DeliveryTally({"mitto": 100}, {"mitto": 2})
+    samples = {'smslab_webhook_events_total{outcome="applied",provider="mitto"}': 0.0}
+
+    def observed(counted: float) -> dict[str, Any]:
+        samples['smslab_webhook_events_total{outcome="applied",provider="mitto"}'] = counted
+        line = json.dumps({"t": 1.0, "samples": {k.replace('"', ""): v for k, v in samples.items()}})
+        (tmp_path / "metrics.jsonl").write_text(line + "\n")
+        (tmp_path / "database").mkdir(exist_ok=True)
+        result = metrics_against_truth(
+            tmp_path, [], load_saved_snapshot(tmp_path / "database"), DeliveryTally({"mitto": 900}), storm
+        )
+        row: dict[str, Any] = result["comparisons"][-1]
+        assert row["of_which_load"] == {"answered": 100, "unanswered": 2}
+        return row
+
+    assert observed(1000)["agrees"]  # the providers' 900 and the storm's 100
+    assert observed(1002)["agrees"]  # the storm's 2 without an answer may have been counted
+    assert not observed(1003)["agrees"]
+    assert not observed(999)["agrees"]
+
+
 def test_each_locust_processs_history_merges_into_one_index_sequence(tmp_path: Path) -> None:
     folder = tmp_path / "load_history"
     folder.mkdir()
@@ -179,9 +224,20 @@ async def test_the_users_drive_a_live_api_and_record_every_enqueue(
     assert any(name.startswith("POST /webhooks/") for name in rows)
     (history_file,) = (tmp_path / "load_history").glob("locust-*.jsonl")
     entries = [json.loads(line) for line in history_file.read_text().splitlines()]
-    accepted = [e for e in entries if e["type"] == "ok" and e["value"]["status"] == 202]
+    accepted = [
+        e for e in entries if e["f"] == "enqueue" and e["type"] == "ok" and e["value"]["status"] == 202
+    ]
     assert accepted
     assert all({"shop", "campaign", "key", "response"} <= set(e["value"]) for e in accepted)
+    # Every API call is in the history too, the noisy tenant's marked as a flood with its route class
+    # (what I9 judges), and each storm post counted by provider (what the metrics observation adds).
+    assert {"create_campaign", "wallet", "get_campaign"} <= {e["f"] for e in entries}
+    flood = [e for e in entries if e["type"] == "invoke" and e["value"].get("flood")]
+    assert flood
+    assert {e["value"]["route_class"] for e in flood} <= {"reports", "imports", "billing"}
+    (storm_file,) = (tmp_path / "load_history").glob("storm-*.json")
+    posts = json.loads(storm_file.read_text())["posts"]
+    assert sum(posts.get("mitto", {}).values()) + sum(posts.get("shopify", {}).values()) > 0
 
 
 @pytest.mark.webhooks_to_api

@@ -153,3 +153,33 @@ def test_the_control_api_answers_loopback_only_unless_given_a_token() -> None:
     assert not allowed(request("10.1.2.3"), None)
     assert not allowed(request("10.1.2.3", "wrong"), "s3cret-token")
     assert allowed(request("10.1.2.3", "s3cret-token"), "s3cret-token")
+
+
+def test_a_kill_takes_the_whole_process_group_and_an_orphan_is_not_ready(tmp_path: Path) -> None:
+    """`kill_api` with `api_workers = 2`: SIGKILL to uvicorn's supervisor alone left its two workers
+    serving the port as orphans (the killed API went on answering, and its restart could not bind). A
+    kill now takes the process and everything it started; and an answer from an orphan (whose parent is
+    init) is never taken as the restarted process's."""
+    from chaos.processes import ManagedProcess
+
+    script = (
+        "import subprocess, sys, time; "
+        "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); time.sleep(60)"
+    )
+    process = ManagedProcess("parent", [sys.executable, "-c", script], tmp_path / "parent.log")
+    process.start()
+    assert process.pid is not None
+    deadline = time.monotonic() + 10
+    while not _descendants(process.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    (child,) = _descendants(process.pid)
+    process.kill()
+    assert not _alive({child})
+    orphaned = ManagedProcess("again", [sys.executable, "-c", "pass"], tmp_path / "again.log")
+    orphaned.process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(5)"])
+    try:
+        assert not orphaned._answered_by_this("1")  # init answers: not this process
+        assert orphaned._answered_by_this(str(orphaned.process.pid))
+    finally:
+        orphaned.process.kill()
+        orphaned.process.wait()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import subprocess
 from collections.abc import AsyncIterator
@@ -328,3 +329,49 @@ def test_i9_without_a_flood_has_nothing_to_judge_and_says_so() -> None:
     alone = History()
     alone.flood(0.0, 0.1, 429)
     assert i9_tenant_isolation.check(alone.entries, ISOLATION).valid == "unknown"  # nobody to starve
+
+
+def test_i9_excuses_calls_inside_the_nemesiss_windows_on_the_apis_path(tmp_path: Path) -> None:
+    """The API killed while the noisy tenant floods: the calls it cut or refused, and the slow ones as it
+    came back, are the nemesis's doing, not the flood's; a starved call well outside is still caught."""
+    history = isolated_run()
+    history.call("enqueue", BETA, 3.5, 1.0, None)  # cut as the API died at 4.0 s (logged at 4.2 s)
+    history.call("create_campaign", BETA, 5.0, 0.1, None)  # refused while it was down
+    history.call(  # the flood's own, refused too
+        "list_contacts", "noisy.myshopify.com", 5.2, 0.01, None, flood=True, route_class="reports"
+    )
+    history.call("enqueue", BETA, 7.0, 3.0, 202)  # slow while it caught up (restarted at 6.0 s)
+    history.call("enqueue", BETA, 9.6, 2.5, 202)  # 3.6 s after the restart, still within RECOVERY_S
+    (tmp_path / "nemesis.jsonl").write_text(
+        "\n".join(
+            json.dumps(entry)
+            for entry in (
+                {"t": 2.2, "planned_at": 2.0, "action": "kill_api", "target": "api", "phase": "start"},
+                {
+                    "t": 3.0,
+                    "planned_at": 1.0,
+                    "action": "kill_worker",
+                    "target": "worker-0",
+                    "phase": "start",
+                },
+                {"t": 4.0, "planned_at": 2.0, "action": "kill_api", "target": "api", "phase": "end"},
+            )
+        )
+        + "\n"
+    )
+    manifest = {"clock": {"history_started_at": 100.0, "chaos_started_at": 102.0}}  # chaos t + 2 s
+    windows = i9_tenant_isolation.disruptions(tmp_path, manifest)
+    assert [(w["action"], w["from"], w["to"]) for w in windows] == [("kill_api", 4.2, 6.0)]
+    result = i9_tenant_isolation.check(history.entries, ISOLATION, windows)
+    assert result.valid is True, result.witnesses
+    assert result.counts["others_excused_by_nemesis"] == 4
+    assert result.counts["flood_excused_by_nemesis"] == 1
+    history.call("enqueue", BETA, 14.0, 2.5, 202)  # 8 s after the restart: the flood's doing again
+    history.flood(16.0, 0.05, 429)
+    late = i9_tenant_isolation.check(history.entries, ISOLATION, windows)
+    assert late.valid is False
+    assert [w["history_time"] for w in late.witnesses if w["kind"] == "starved"] == [14.0]
+    # A call the load generator cut short as it stopped is nobody's answer.
+    stopped = isolated_run()
+    stopped.call("enqueue", BETA, 9.0, 0.1, None, error="interrupted")
+    assert i9_tenant_isolation.check(stopped.entries, ISOLATION).valid is True

@@ -15,14 +15,24 @@ The limits come from the run's manifest (the service's settings), the same wheth
 was on: with it off, the flood is served as it comes, and both the others' latency and the budget show
 it. Safeguard: the tenant rate limits (9).
 
+The nemesis's faults on what the API needs to answer (the API killed or crashed, Redis restarted, the
+database's connections cut, a toxic on the database's or Redis's proxy) are not the flooding tenant's
+doing: a call of any shop that overlapped such a fault's window (from the fault until it was undone, plus
+`RECOVERY_S` for the restarted process to catch up) is excused from `starved` and `flood_unanswered`, and
+the flood's calls served while Redis was down (the limiter's `allow` policy serves them unlimited) from
+`over_limit`; the counts say how many were excused. A call the load generator itself cut short as it
+stopped (`interrupted` in the history) is nobody's answer and is left out likewise.
+
 A run without a flood has nothing to judge here: valid, with a note saying so. A run whose scenario has
 a noisy tenant that never flooded, or whose flood overlapped no other shop's request, is unknown.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
 from chaos.checker.result import CheckResult
@@ -32,6 +42,57 @@ from chaos.operations import API_OPERATIONS
 ID = "I9"
 TITLE = "one tenant cannot starve another"
 SLACK = 1  # one request of slack on the budget: the server's clock and the client's are not one
+RECOVERY_S = 5.0  # after a fault is undone: the restarted process starts and works off its backlog
+LEAD_S = 1.0  # before a fault's logged time: the nemesis logs an action once it is done (a kill's victims
+# see their connections cut a moment before the line is written)
+# Nemesis actions that take away what the API answers with; a toxic only on these proxies (the providers'
+# proxy slows the workers' sends, not the API).
+DISRUPTING = ("kill_api", "restart_redis", "cut_db_connections")
+DISRUPTED_PROXIES = ("db", "redis")
+INTERRUPTED = "interrupted"  # the load generator's own stop cut the call short (loadtests/locustfile.py)
+
+
+def disruptions(run_dir: Path, manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """The nemesis's faults on the API's path, as windows on the history's clock (seconds since it
+    started): `nemesis.jsonl`'s times count from the chaos phase's start, which the manifest's `clock`
+    places on the wall clock beside the history's."""
+    path = run_dir / "nemesis.jsonl"
+    if not path.exists():
+        return []
+    clock = manifest.get("clock") or {}
+    offset = float(clock.get("chaos_started_at", 0) or 0) - float(clock.get("history_started_at", 0) or 0)
+    opened: dict[tuple[Any, ...], float] = {}
+    windows: list[dict[str, Any]] = []
+    for line in path.read_text().splitlines():
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        action, target, at = event.get("action"), event.get("target"), float(event.get("t", 0))
+        disrupting = (
+            action in DISRUPTING
+            or (action == "crash" and target == "api")
+            or (action == "toxic" and target in DISRUPTED_PROXIES)
+        )
+        if not disrupting:
+            continue
+        key = (action, target, event.get("planned_at"))
+        if event.get("phase") == "end":
+            start = opened.pop(key, at)
+            windows.append({"action": action, "target": target, "from": start + offset, "to": at + offset})
+        elif action in ("crash", "cut_db_connections"):  # nothing to undo: over when it happened
+            # A crash is seen up to a supervisor's poll after the process died.
+            windows.append({"action": action, "target": target, "from": at + offset - 1, "to": at + offset})
+        else:
+            opened[key] = at
+    for (action, target, _planned), start in opened.items():  # never undone within the chaos phase
+        windows.append({"action": action, "target": target, "from": start + offset, "to": math.inf})
+    return sorted(windows, key=lambda w: w["from"])
+
+
+def _overlaps(call: dict[str, Any], windows: list[dict[str, Any]], recovery_s: float) -> bool:
+    end = call["answered_at"] if call["answered_at"] is not None else math.inf
+    return any(call["invoked_at"] <= w["to"] + recovery_s and end >= w["from"] - LEAD_S for w in windows)
 
 
 def _calls(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -91,11 +152,20 @@ def _ms(seconds: float) -> int:
     return round(seconds * 1000)
 
 
-def check(history: list[dict[str, Any]], isolation: dict[str, Any] | None) -> CheckResult:
-    """`isolation`: the manifest's `isolation` entry (latency bound, noisy clients, the limits)."""
+def check(
+    history: list[dict[str, Any]],
+    isolation: dict[str, Any] | None,
+    windows: list[dict[str, Any]] | None = None,
+) -> CheckResult:
+    """`isolation`: the manifest's `isolation` entry (latency bound, noisy clients, the limits);
+    `windows`: the nemesis's faults on the API's path (`disruptions`), whose calls are excused."""
     result = CheckResult(ID, TITLE, True)
     isolation = isolation or {}
-    calls = _calls(history)
+    windows = windows or []
+    every_call = _calls(history)
+    calls = [c for c in every_call if c["error"] != INTERRUPTED]
+    if len(calls) < len(every_call):
+        result.counts["interrupted_by_load_stop"] = len(every_call) - len(calls)
     flood = [c for c in calls if c["flood"]]
     result.counts["flood_requests"] = len(flood)
     if not flood:
@@ -133,9 +203,14 @@ def check(history: list[dict[str, Any]], isolation: dict[str, Any] | None) -> Ch
         )
         result.counts["others_max_ms"] = _ms(latencies[-1])
     starved = 0
+    excused = 0
     for call in others:
         took = None if call["answered_at"] is None else call["answered_at"] - call["invoked_at"]
         why = None
+        late = call["kind"] == INFO or (took is not None and took > bound_s)
+        if late and windows and _overlaps(call, windows, RECOVERY_S):
+            excused += 1
+            continue
         if call["kind"] == INFO:
             why = f"answered {call['status']}" if call["status"] else f"no answer ({call['error']})"
         elif took is not None and took > bound_s:
@@ -157,7 +232,14 @@ def check(history: list[dict[str, Any]], isolation: dict[str, Any] | None) -> Ch
             }
         )
     result.counts["others_starved"] = starved
-    unanswered = [c for c in flood if c["kind"] == INFO]
+    if windows:
+        result.counts["nemesis_windows"] = len(windows)
+        result.counts["others_excused_by_nemesis"] = excused
+    unanswered = [c for c in flood if c["kind"] == INFO and not _overlaps(c, windows, RECOVERY_S)]
+    if windows:
+        result.counts["flood_excused_by_nemesis"] = sum(1 for c in flood if c["kind"] == INFO) - len(
+            unanswered
+        )
     for call in unanswered:
         result.witness(
             {
@@ -183,7 +265,9 @@ def check(history: list[dict[str, Any]], isolation: dict[str, Any] | None) -> Ch
             }
         )
     result.counts["no_retry_after"] = len(bad_retry)
-    result.counts["over_limit"] = _over_limit(result, flood, isolation.get("rate_limits") or {})
+    redis_down = [w for w in windows if w["action"] == "restart_redis" or w["target"] == "redis"]
+    budgeted = [c for c in flood if not _overlaps(c, redis_down, RECOVERY_S)]
+    result.counts["over_limit"] = _over_limit(result, budgeted, isolation.get("rate_limits") or {})
     if starved or unanswered or bad_retry or result.counts["over_limit"]:
         result.valid = False
     elif not others:

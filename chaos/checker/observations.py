@@ -62,10 +62,11 @@ def metrics_against_truth(
     acceptances: list[Acceptance],
     snapshot: DatabaseSnapshot,
     deliveries: DeliveryTally | None,
-    outside: dict[str, int] | None = None,
+    outside: DeliveryTally | None = None,
 ) -> dict[str, Any]:
-    """`outside`: webhook posts by provider that no provider's ledger holds (a load run's webhook storm),
-    which the service's counters may include on top of the providers' own deliveries."""
+    """`outside`: webhook posts by provider that no provider's ledger holds (a load run's webhook storm,
+    as its Locust processes counted them): those answered 2xx are added to the truth, exactly, and those
+    that got no answer (the service may have counted them) to the leeway, as the providers' own are."""
     scrape = last_scrape(run_dir)
     if scrape is None:
         return {"available": False, "why": "no scrape of /metrics in the run folder (metrics.jsonl)"}
@@ -77,19 +78,24 @@ def metrics_against_truth(
         _compare("credits debited", _total(samples, "smslab_credits_debited_total"), credits),
     ]
     if deliveries is not None:
-        for provider in sorted(deliveries.answered):
+        extra = outside or DeliveryTally()
+        for provider in sorted({*deliveries.answered, *extra.answered}):
             counted = sum(
                 _total(samples, "smslab_webhook_events_total", provider=provider, outcome=outcome)
                 for outcome in ("applied", "duplicate")
             )
-            rows.append(
-                _compare(
-                    f"{provider} webhook deliveries answered 2xx",
-                    counted,
-                    deliveries.answered[provider],
-                    deliveries.unanswered.get(provider, 0) + (outside or {}).get(provider, 0),
-                )
+            row = _compare(
+                f"{provider} webhook deliveries answered 2xx",
+                counted,
+                deliveries.answered.get(provider, 0) + extra.answered.get(provider, 0),
+                deliveries.unanswered.get(provider, 0) + extra.unanswered.get(provider, 0),
             )
+            if provider in extra.answered or provider in extra.unanswered:
+                row["of_which_load"] = {
+                    "answered": extra.answered.get(provider, 0),
+                    "unanswered": extra.unanswered.get(provider, 0),
+                }
+            rows.append(row)
     return {
         "available": True,
         "scraped_at": scrape["t"],

@@ -208,7 +208,11 @@ def _check(
         guarded(
             i9_tenant_isolation.ID,
             i9_tenant_isolation.TITLE,
-            lambda: i9_tenant_isolation.check(history, manifest.get("isolation")),
+            lambda: i9_tenant_isolation.check(
+                history,
+                manifest.get("isolation"),
+                i9_tenant_isolation.disruptions(run_dir, manifest),
+            ),
         ),
     ]
     payments, states, delivery_attempts, tally = delivery_invariants()
