@@ -457,21 +457,22 @@ def test_a_run_whose_faults_never_fired_is_unknown_with_the_reason(run_dir: Path
     rules = [{"id": "r1", "target": "mitto.send", "kind": "accept_then_lose", "probability": 0.1, "fired": 0}]
     (run_dir / "simulator" / "fault_rules.json").write_text(json.dumps(rules))
     (run_dir / "simulator" / "counters.json").write_text(
-        json.dumps({"endpoints": {"mitto.send": {"requests": 60}}})
+        json.dumps({"endpoints": {"mitto.send": {"requests": 120}}})
     )
     verdict = check_run(run_dir)
     assert verdict["valid"] == "unknown"
     assert verdict["unknown_because"] == [
         "1 planned nemesis event(s) did not fire: kill_worker at 3 s",
-        "fault rule r1 (accept_then_lose on mitto.send) never fired, though expected 6 times "
-        "(60 requests x 0.1)",
+        "fault rule r1 (accept_then_lose on mitto.send) never fired, though expected 12 times "
+        "(120 requests x 0.1)",
     ]
     rule = verdict["coverage"]["faults"]["provider_rules"][0]
-    assert (rule["requests_seen"], rule["expected"], rule["fired"]) == (60, 6.0, 0)
+    assert (rule["requests_seen"], rule["expected"], rule["fired"]) == (120, 12.0, 0)
 
 
-def test_a_rule_expected_to_fire_less_than_three_times_may_stay_silent(run_dir: Path) -> None:
-    rules = [{"id": "r1", "target": "mitto.send", "kind": "status", "probability": 0.02, "fired": 0}]
+def test_a_rule_expected_to_fire_less_than_ten_times_may_stay_silent(run_dir: Path) -> None:
+    """Expected 7.2 times, zero fires happen by chance alone once in 1,300 runs: not a shortfall."""
+    rules = [{"id": "r1", "target": "mitto.send", "kind": "status", "probability": 0.12, "fired": 0}]
     (run_dir / "simulator" / "fault_rules.json").write_text(json.dumps(rules))
     (run_dir / "simulator" / "counters.json").write_text(
         json.dumps({"endpoints": {"mitto.send": {"requests": 60}}})
