@@ -95,6 +95,25 @@ def _overlaps(call: dict[str, Any], windows: list[dict[str, Any]], recovery_s: f
     return any(call["invoked_at"] <= w["to"] + recovery_s and end >= w["from"] - LEAD_S for w in windows)
 
 
+def _call(start: dict[str, Any], end: dict[str, Any] | None) -> dict[str, Any]:
+    """One API call from its invocation and its completion (None: never answered, as a timeout)."""
+    answer = end["value"] if end is not None else {"error": "never answered"}
+    return {
+        "index": start["index"],
+        "process": start["process"],
+        "f": start["f"],
+        "shop": start["value"].get("shop"),
+        "flood": bool(start["value"].get("flood")),
+        "route_class": start["value"].get("route_class"),
+        "invoked_at": start["time"],
+        "answered_at": end["time"] if end is not None else None,
+        "kind": end["type"] if end is not None else INFO,
+        "status": answer.get("status"),
+        "error": answer.get("error"),
+        "retry_after": answer.get("retry_after"),
+    }
+
+
 def _calls(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Each API call, its invocation paired with its completion (a call never completed is unanswered)."""
     invoked: dict[int, dict[str, Any]] = {}
@@ -105,40 +124,8 @@ def _calls(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if entry["type"] == INVOKE:
             invoked[entry["index"]] = entry
         elif entry["type"] in (OK, FAIL, INFO) and entry.get("op") in invoked:
-            start = invoked.pop(entry["op"])
-            calls.append(
-                {
-                    "index": start["index"],
-                    "process": start["process"],
-                    "f": start["f"],
-                    "shop": start["value"].get("shop"),
-                    "flood": bool(start["value"].get("flood")),
-                    "route_class": start["value"].get("route_class"),
-                    "invoked_at": start["time"],
-                    "answered_at": entry["time"],
-                    "kind": entry["type"],
-                    "status": entry["value"].get("status"),
-                    "error": entry["value"].get("error"),
-                    "retry_after": entry["value"].get("retry_after"),
-                }
-            )
-    for start in invoked.values():  # the run ended while it waited: as unanswered as a timeout
-        calls.append(
-            {
-                "index": start["index"],
-                "process": start["process"],
-                "f": start["f"],
-                "shop": start["value"].get("shop"),
-                "flood": bool(start["value"].get("flood")),
-                "route_class": start["value"].get("route_class"),
-                "invoked_at": start["time"],
-                "answered_at": None,
-                "kind": INFO,
-                "status": None,
-                "error": "never answered",
-                "retry_after": None,
-            }
-        )
+            calls.append(_call(invoked.pop(entry["op"]), entry))
+    calls += [_call(start, None) for start in invoked.values()]  # the run ended while it waited
     return sorted(calls, key=lambda c: c["invoked_at"])
 
 
