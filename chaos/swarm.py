@@ -356,14 +356,11 @@ def kinds_of(scenario: Scenario) -> set[str]:
         elif isinstance(target, str) and isinstance(kind, str):
             found.add(f"{target.split('.')[0].replace('mitto', 'dlr')}_{kind}")
     points = f"{scenario.services.worker_failpoints},{scenario.services.api_failpoints}"
+    # A failpoint kind's point is the one its draw arms (any draw: the point does not vary).
     names = {
-        "send.after_provider_accepted": "crash_after_provider_accepted",
-        "send.between_record_and_debit": "crash_between_record_and_debit",
-        "send.after_claim": "crash_after_claim",
-        "reconcile.after_lookup": "crash_after_lookup",
-        "enqueue.after_recipients": "crash_in_enqueue",
-        "enqueue.before_commit": "stall_before_enqueue_commit",
-        "webhook.after_duplicate_check": "stall_in_webhook",
+        str(kind.draw(random.Random(0), 10.0)[1]).split("=")[0]: kind.name
+        for kind in FAULT_KINDS
+        if kind.family == "failpoint"
     }
     found |= {names[p.split("=")[0]] for p in points.split(",") if p.split("=")[0] in names}
     return found & set(KINDS_BY_NAME)
