@@ -16,12 +16,11 @@ from service.settings import Settings, validate
 from tests.support.api import Api, start_api
 from tests.support.infra import (
     POSTGRES_URL,
-    REQUIRE_POSTGRES,
     RedisForTests,
     SimulatorProcess,
     create_schema,
     drop_schema,
-    postgres_available,
+    postgres_or_skip,
 )
 from tests.support.lab import Lab
 
@@ -51,12 +50,7 @@ async def database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncItera
     if request.param == "sqlite":
         yield {"url": f"sqlite+aiosqlite:///{tmp_path / 'service.db'}", "schema": None}
         return
-    if not await postgres_available():
-        if REQUIRE_POSTGRES:
-            pytest.fail(
-                f"PostgreSQL required (SMSLAB_TEST_REQUIRE_POSTGRES) but not reachable at {POSTGRES_URL}"
-            )
-        pytest.skip(f"PostgreSQL not reachable at {POSTGRES_URL}")
+    await postgres_or_skip()
     schema = await create_schema()
     try:
         yield {"url": POSTGRES_URL, "schema": schema}

@@ -19,7 +19,7 @@ from chaos.matrix import load_matrix, plan_runs
 from chaos.nemesis import plan
 from chaos.scenario import SCENARIOS_DIR, ScenarioError, load_scenario, parse_scenario
 from service import safeguards
-from tests.support.infra import POSTGRES_URL, REQUIRE_POSTGRES, ROOT, plain_postgres_url, postgres_available
+from tests.support.infra import POSTGRES_URL, ROOT, plain_postgres_url, postgres_or_skip
 
 TINY = """
 name = "tiny"
@@ -231,10 +231,7 @@ def test_an_unknown_scenario_is_one_clear_line(tmp_path: Path) -> None:
 
 
 async def test_a_run_on_postgresql_gets_a_fresh_schema_and_drops_it(tmp_path: Path) -> None:
-    if not await postgres_available():
-        if REQUIRE_POSTGRES:
-            pytest.fail(f"PostgreSQL required but not reachable at {POSTGRES_URL}")
-        pytest.skip(f"PostgreSQL not reachable at {POSTGRES_URL}")
+    await postgres_or_skip()
     scenario = tomllib.loads(TINY)
     scenario["nemesis"].append({"action": "cut_db_connections", "at_s": 2.5})
     scenario["backend"] = "postgresql"

@@ -42,12 +42,9 @@ async def test_a_transaction_left_idle_by_a_vanished_client_is_ended_and_its_loc
 
     from service.db.session import create_engine
     from service.settings import Settings, validate
-    from tests.support.infra import POSTGRES_URL, REQUIRE_POSTGRES, postgres_available
+    from tests.support.infra import POSTGRES_URL, postgres_or_skip
 
-    if not await postgres_available():
-        if REQUIRE_POSTGRES:
-            pytest.fail(f"PostgreSQL required but not reachable at {POSTGRES_URL}")
-        pytest.skip(f"PostgreSQL not reachable at {POSTGRES_URL}")
+    await postgres_or_skip()
     settings = validate(Settings(database_url=POSTGRES_URL, database_idle_transaction_timeout_seconds=0.5))
     engine = create_engine(settings, "test")
     try:

@@ -23,6 +23,7 @@ from typing import Any
 
 import asyncpg
 import httpx
+import pytest
 import redis
 
 from chaos.processes import ManagedProcess
@@ -72,6 +73,17 @@ async def postgres_available() -> bool:
             await connection.close()
             _postgres_ok = True
     return _postgres_ok
+
+
+async def postgres_or_skip() -> None:
+    """A PostgreSQL half of a test without a server: skipped, or failed where PostgreSQL is required
+    (SMSLAB_TEST_REQUIRE_POSTGRES, as CI runs the suite)."""
+    if not await postgres_available():
+        if REQUIRE_POSTGRES:
+            pytest.fail(
+                f"PostgreSQL required (SMSLAB_TEST_REQUIRE_POSTGRES) but not reachable at {POSTGRES_URL}"
+            )
+        pytest.skip(f"PostgreSQL not reachable at {POSTGRES_URL}")
 
 
 async def create_schema() -> str:
