@@ -138,6 +138,12 @@ def run(coro: object) -> None:
     asyncio.run(coro)  # type: ignore[arg-type]
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU of one process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def cpu_seconds_by_component() -> dict[str, float]:
     """CPU seconds used so far by each kind of process on this machine (Linux /proc), for attribution."""
     ticks = os.sysconf("SC_CLK_TCK")

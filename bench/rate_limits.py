@@ -24,7 +24,16 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench.common import ROOT, bench_settings, fresh_database, load_shop, ratio, redis_url
+from bench.common import (
+    ROOT,
+    bench_settings,
+    cpu_seconds_by_component,
+    fresh_database,
+    load_shop,
+    process_cpu_seconds,
+    ratio,
+    redis_url,
+)
 from bench.loadgen import Call, LoadResult, interleaved, merge, percentile, run_calls
 from chaos.processes import ManagedProcess
 from service.auth import issue_session_token
@@ -70,6 +79,9 @@ async def bench(backend: str, args: argparse.Namespace) -> dict[str, Any]:
                 name: start_api(s, tmp / f"api-{i}.log") for i, (name, s) in enumerate(variants.items())
             }
             results: dict[str, list[LoadResult]] = {name: [] for name in VARIANTS}
+            # CPU seconds spent during each variant's turns: its API process, and the machine's
+            # PostgreSQL and Redis (shared by the turns in order, so each turn's delta is its own).
+            cpu: dict[str, dict[str, float]] = {name: {} for name in VARIANTS}
             try:
 
                 def calls(count: int) -> list[Call]:
@@ -82,10 +94,18 @@ async def bench(backend: str, args: argparse.Namespace) -> dict[str, Any]:
                 for name in VARIANTS:  # warm-up (and the refused variant's one allowed request)
                     await run_calls("lean", "127.0.0.1", processes[name][1], calls(300), args.concurrency)
                 for name in order:
-                    port = processes[name][1]
+                    process, port = processes[name]
+                    assert process.pid is not None
+                    api_before, others_before = process_cpu_seconds(process.pid), cpu_seconds_by_component()
                     results[name].append(
                         await run_calls("lean", "127.0.0.1", port, calls(args.requests), args.concurrency)
                     )
+                    others_after = cpu_seconds_by_component()
+                    spent = cpu[name]
+                    spent["api"] = spent.get("api", 0.0) + process_cpu_seconds(process.pid) - api_before
+                    for component in ("postgresql", "redis"):
+                        delta = others_after.get(component, 0.0) - others_before.get(component, 0.0)
+                        spent[component] = spent.get(component, 0.0) + delta
             finally:
                 for process, _port in processes.values():
                     process.stop()
@@ -97,6 +117,9 @@ async def bench(backend: str, args: argparse.Namespace) -> dict[str, Any]:
             "p50": statistics.median(merged.latencies_ms),
             "p99": percentile(merged.latencies_ms, 0.99),
             "statuses": dict(sorted(merged.statuses.items())),
+            "cpu_ms_per_request": {
+                component: seconds * 1000 / merged.requests for component, seconds in cpu[name].items()
+            },
         }
     return {"backend": backend, "rows": rows}
 
@@ -116,13 +139,17 @@ def main() -> None:
         f"\nrate limits: GET /api/wallet, {args.requests} requests per turn, {args.rounds} turns each, "
         f"{args.concurrency} in flight, one API process per variant"
     )
-    print(f"{'backend':<11} {'variant':<11} {'requests/s':>10} {'p50 ms':>8} {'p99 ms':>8}   statuses")
+    print(
+        f"{'backend':<11} {'variant':<11} {'requests/s':>10} {'p50 ms':>8} {'p99 ms':>8} "
+        f"{'API cpu ms':>10} {'db cpu ms':>9} {'redis cpu ms':>12}   statuses"
+    )
     for result in results:
         rows = result["rows"]
         for name, row in rows.items():
+            cpu = row["cpu_ms_per_request"]
             print(
-                f"{result['backend']:<11} {name:<11} {row['rate']:>10.0f} {row['p50']:>8.1f} {row['p99']:>8.1f}"
-                f"   {row['statuses']}"
+                f"{result['backend']:<11} {name:<11} {row['rate']:>10.0f} {row['p50']:>8.1f} {row['p99']:>8.1f} "
+                f"{cpu['api']:>10.3f} {cpu['postgresql']:>9.3f} {cpu['redis']:>12.3f}   {row['statuses']}"
             )
         on, off, refused = rows["limits on"], rows["limits off"], rows["refused"]
         share = on["rate"] / off["rate"]

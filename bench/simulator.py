@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import json
 import multiprocessing
-import os
 import socket
 import statistics
 import sys
@@ -28,7 +27,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.common import ROOT, ratio
+from bench.common import ROOT, process_cpu_seconds, ratio
 from bench.loadgen import LoadResult, cpu_now, interleaved, merge, percentile, request_bytes, run_load
 from chaos.processes import ManagedProcess
 from service.embedded_redis import free_port
@@ -106,12 +105,6 @@ class ReceiverProcess:
     def stop(self) -> None:
         self.process.terminate()
         self.process.join(5)
-
-
-def process_cpu_seconds(pid: int) -> float:
-    """User + system CPU of one process so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def start_simulator(

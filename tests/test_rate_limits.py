@@ -26,7 +26,7 @@ from service.app import create_app
 from service.auth import is_public
 from service.db.models import Campaign, EnqueueRequest
 from service.embedded_redis import EmbeddedRedis
-from service.rate_limits import RouteClass, parse_limit, parse_limits, rate_class_of
+from service.rate_limits import RateLimiter, RouteClass, parse_limit, parse_limits, rate_class_of
 from service.settings import Settings, validate
 from tests.support.api import Api, problem, start_api
 from tests.support.lab import Lab
@@ -213,6 +213,52 @@ async def test_redis_down_follows_the_policy(lab: Lab, tmp_path: Path, policy: s
         assert [a.status_code for a in answers] == [503] * 5
         assert answers[0].headers["Retry-After"] == "1"
         assert problem(answers[0])["type"].endswith("/rate-limiter-unavailable")
+
+
+# --- the limiter's batched round trips -----------------------------------------------------------------
+async def test_checks_asked_together_share_a_round_trip_and_each_bucket_admits_exactly_its_burst(
+    tmp_path: Path,
+) -> None:
+    """Sixty requests at once over three shops, burst 10 each: one pipeline carries many checks, and
+    the decisions are those of sixty checks one by one (each script is atomic on the server)."""
+    redis = EmbeddedRedis(tmp_path / "redis")
+    limit = parse_limit("10/hour burst=10")
+    limiter = RateLimiter(redis.start(), {"general": limit}, parse_limit("5000/second"))
+    try:
+        decisions = await asyncio.gather(
+            *(limiter.for_shop(f"shop{n % 3}.myshopify.com", "general") for n in range(60))
+        )
+    finally:
+        await limiter.close()
+        redis.stop()
+    assert all(d is not None for d in decisions)
+    allowed = [n % 3 for n, d in enumerate(decisions) if d is not None and d.allowed]
+    assert sorted(allowed) == [0] * 10 + [1] * 10 + [2] * 10
+    assert sorted(d.remaining for d in decisions if d is not None and d.allowed) == sorted(
+        list(range(10)) * 3
+    )
+    assert limiter.checks == 60
+    assert limiter.round_trips < 10, limiter.round_trips  # batched: not one round trip per check
+
+
+async def test_a_redis_that_lost_the_script_is_given_it_again_and_no_check_is_lost(tmp_path: Path) -> None:
+    """A Redis restarted or flushed forgets loaded scripts: every check of the batch that met
+    NOSCRIPT is run again after loading it, rather than answered as Redis unavailable."""
+    redis = EmbeddedRedis(tmp_path / "redis")
+    url = redis.start()
+    limiter = RateLimiter(url, {"general": parse_limit("100/hour")}, parse_limit("5000/second"))
+    try:
+        first = await limiter.for_shop(ALPHA, "general")
+        await limiter._redis.script_flush()
+        again = await asyncio.gather(*(limiter.for_shop(ALPHA, "general") for _ in range(5)))
+    finally:
+        await limiter.close()
+        redis.stop()
+    assert first is not None
+    assert first.allowed
+    assert [d is not None and d.allowed for d in again] == [True] * 5
+    assert [d.remaining for d in again if d is not None] == [98, 97, 96, 95, 94]
+    assert limiter.unavailable == 0
 
 
 # --- I9 from histories ---------------------------------------------------------------------------------

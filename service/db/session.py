@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from service.settings import Settings
 
 SQLITE_BUSY_TIMEOUT_SECONDS = 30
+SQLITE_POOL_SIZE = 10  # one writer at a time whatever the count; as many as PostgreSQL's old steady pool
 READ_ONLY = "smslab_read_only"  # the execution option `read_only` sets (and SQLite's BEGIN reads)
 
 
@@ -38,7 +39,14 @@ def application_name(settings: Settings, role: str) -> str:
     return f"{settings.database_application_name}-{role}"
 
 
-def create_engine(settings: Settings, role: str = "service", pool_size: int = 10) -> AsyncEngine:
+def create_engine(settings: Settings, role: str = "service", pool_size: int | None = None) -> AsyncEngine:
+    """One process's engine: a fixed pool of `SMSLAB_DATABASE_POOL_SIZE` connections (SQLite:
+    `SQLITE_POOL_SIZE`), each opened on first need and then kept. (`pool_size`: a tool's own small pool.)
+
+    No overflow: SQLAlchemy closes an overflow connection as soon as it is returned to a full pool, so
+    with requests in flight around the pool's size every burst opened and closed connections (for
+    asyncpg a TCP connect, an SSL probe, start-up and type set-up each time). With the rate limiter's
+    extra await per request, that churn was most of what the limiter appeared to cost."""
     url = make_url(settings.database_url)
     if url.get_backend_name() == "sqlite":
         return _sqlite_engine(settings.database_url)
@@ -56,8 +64,9 @@ def create_engine(settings: Settings, role: str = "service", pool_size: int = 10
         server_settings["search_path"] = settings.database_schema
     return create_async_engine(
         settings.database_url,
-        pool_size=pool_size,
-        max_overflow=pool_size,
+        pool_size=pool_size or settings.database_pool_size,
+        # A short-lived tool's explicit small pool keeps its overflow (it may hold two at once).
+        max_overflow=pool_size or 0,
         # No pre-ping: it costs a round trip per checkout. When the server drops connections (restart,
         # terminated backends), the first statement that fails invalidates the whole pool, that request
         # gets a 503 or its job a retry, and the next checkout connects afresh.
@@ -72,7 +81,10 @@ def _sqlite_engine(database_url: str) -> AsyncEngine:
     if database and database != ":memory:":
         Path(database).parent.mkdir(parents=True, exist_ok=True)
     engine = create_async_engine(
-        database_url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS}, pool_size=5, max_overflow=5
+        database_url,
+        connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS},
+        pool_size=SQLITE_POOL_SIZE,
+        max_overflow=0,  # a new aiosqlite connection is a thread and four PRAGMAs: kept, not churned
     )
 
     @event.listens_for(engine.sync_engine, "connect")
