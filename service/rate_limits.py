@@ -208,8 +208,8 @@ class RateLimiter:
         # Short timeouts: a limiter that waits for a dead Redis would make every request wait.
         self._redis = aioredis.from_url(redis_url, socket_timeout=0.25, socket_connect_timeout=0.25)
         self._script = self._redis.register_script(_GCRA)
+        # Checks waiting for the next pipeline; non-empty exactly while a flush is scheduled.
         self._waiting: list[tuple[str, int, int, asyncio.Future[list[int]]]] = []
-        self._flush_scheduled = False
         self._flushes: set[asyncio.Task[None]] = set()
         self._last_complaint = 0.0
         self.unavailable = 0  # times Redis could not be asked (exported as a metric)
@@ -237,12 +237,12 @@ class RateLimiter:
     async def _evaluate(self, key: str, interval_us: int, tolerance_us: int) -> list[int]:
         """The GCRA script for one bucket, sent with every other check this event-loop turn asked for
         in one pipeline. Each script still runs atomically on the server, so batching changes no
-        decision; it saves a round trip, a pool checkout and a socket write per request (the limiter's
-        cost under many requests in flight was mostly the client's per-command work, not Redis's)."""
+        decision; under many requests in flight it saves a pool checkout, a socket write and a wake-up
+        per request."""
         future: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
+        first = not self._waiting
         self._waiting.append((key, interval_us, tolerance_us, future))
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
+        if first:
             flush = asyncio.create_task(self._flush())
             self._flushes.add(flush)
             flush.add_done_callback(self._flushes.discard)
@@ -250,7 +250,6 @@ class RateLimiter:
 
     async def _flush(self) -> None:
         batch, self._waiting = self._waiting, []
-        self._flush_scheduled = False
         try:
             results = await self._run_batch([(key, i, t) for key, i, t, _ in batch])
         except BaseException as error:  # Redis down, or cancelled at shutdown: every waiter learns it
