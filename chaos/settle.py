@@ -27,6 +27,7 @@ from service.db.models import (
     PendingDeliveryReport,
     RecipientStatus,
 )
+from service.db.session import read_only
 from service.embedded_redis import EmbeddedRedis
 
 
@@ -63,6 +64,10 @@ async def settle(
     async with httpx.AsyncClient(base_url=services.simulator_url, timeout=5) as sim:
         while True:
             async with sessions() as session, session.begin():
+                # Read-only: a deferred BEGIN on SQLite. The poll must neither queue behind the service's
+                # writers (a BEGIN IMMEDIATE here once starved for the whole busy timeout and failed the
+                # run) nor hold the write lock the pipeline needs to settle.
+                await read_only(session)
                 sending = await session.scalar(
                     select(func.count())
                     .select_from(Campaign)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 import jwt
+from sqlalchemy import text
 
 from service.db import migrate
 from tests.support.api import Api, problem
@@ -261,6 +263,30 @@ async def test_health_full_reports_each_dependency(api: Api) -> None:
     assert checks["database"]["revision"] == migrate.head_revision()
     # No worker runs in this test: the pipeline cannot make progress, and health says so.
     assert (response.status_code, checks["workers"]) == (503, {"ok": False, "alive": 0})
+
+
+async def test_health_full_answers_while_another_transaction_holds_the_write_lock(api: Api, lab: Lab) -> None:
+    """A writer holding SQLite's write lock (PostgreSQL: an open write transaction) must not hold up the
+    database check: it reads, so it never queues behind the writer for the busy timeout."""
+    shop_id = await lab.shop(SHOP)
+    answered = asyncio.Event()
+    async with lab.sessions() as session, session.begin():
+        await session.execute(
+            text("UPDATE wallets SET balance = balance WHERE shop_id = :shop"), {"shop": shop_id}
+        )
+
+        async def probe() -> dict[str, object]:
+            try:
+                return (await api.anonymous().get("/health/full", timeout=40)).json()["checks"]["database"]
+            finally:
+                answered.set()
+
+        probing = asyncio.create_task(probe())
+        # The writer lets go only once the check answered, or after far longer than its 2 s timeout.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(answered.wait(), 20)
+    database = await probing
+    assert database["ok"] is True, database
 
 
 async def test_logs_carry_request_ids_and_no_personal_data_or_secrets(api: Api, lab: Lab) -> None:

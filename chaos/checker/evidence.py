@@ -27,6 +27,7 @@ from service.db.models import (
     ReconcilePass,
     Wallet,
 )
+from service.db.session import read_only
 from service.sending.references import parse_reference
 from simulator.delivery import DELIVERIES_LEDGER
 from simulator.ledger import read_ledger
@@ -325,9 +326,11 @@ def snapshot_of(tables: Mapping[str, list[Row]]) -> DatabaseSnapshot:
 
 
 async def load_snapshot(session: AsyncSession) -> DatabaseSnapshot:
-    """One consistent read of everything the invariants need (one transaction)."""
+    """One consistent read of everything the invariants need (one transaction; read-only, so on SQLite
+    a WAL snapshot that neither waits for nor blocks a writer still running)."""
     tables: dict[str, list[Row]] = {}
     async with session.begin():
+        await read_only(session)
         for table, spec in SNAPSHOT_TABLES.items():
             statement = select(*(getattr(spec.model, name) for name in spec.columns))
             if spec.where is not None:

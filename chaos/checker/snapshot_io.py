@@ -28,6 +28,7 @@ from chaos.checker.evidence import (
     snapshot_of,
 )
 from service.db.models import CampaignRecipient, Contact, PendingDeliveryReport, PrivacyRequest, WebhookEvent
+from service.db.session import read_only
 
 # The column order of each saved table's rows, as `evidence.SNAPSHOT_TABLES` declares it.
 COLUMNS: dict[str, tuple[str, ...]] = {table: spec.columns for table, spec in SNAPSHOT_TABLES.items()}
@@ -44,6 +45,7 @@ async def personal_data(session: AsyncSession) -> list[list[Any]]:
     """Every stored value that may hold personal data, as [table, column, row id, text]."""
     rows: list[list[Any]] = []
     async with session.begin():
+        await read_only(session)
         for contact in await session.execute(
             select(Contact.id, Contact.phone_e164, Contact.email, Contact.first_name)
         ):
@@ -64,6 +66,7 @@ async def service_counts(session: AsyncSession) -> dict[str, Any]:
     refused, reports kept early, stale updates...), recipients sent again, reports still kept. Shown in a
     verdict's coverage beside ground truth, never as evidence for an invariant."""
     async with session.begin():
+        await read_only(session)
         outcomes = await session.execute(
             select(WebhookEvent.provider, WebhookEvent.outcome, func.count()).group_by(
                 WebhookEvent.provider, WebhookEvent.outcome
