@@ -312,6 +312,9 @@ def test_log_scan_finds_national_phones_unusual_emails_and_customer_names(tmp_pa
         '{"event": "x", "email": "ada@b\\u00fccher.de"}',  # as JSON logs write a non-ASCII domain
         "Ada Lovelace wrote in",
         '{"event": "x", "other": "(303) 555-0100", "date": "2026-12-01", "uuid": "123e4567-e89b-12d3"}',
+        # A hex request id whose digits happen to spell the phone's national number is not a phone.
+        '{"event": "request", "request_id": "df300ea52d2c2025550143f5febe6cc"}',
+        '{"event": "request", "request_id": "2025550143df300ea52d2cf5febe6cc"}',
     ]
     log.write_text("\n".join(lines) + "\n", encoding="utf-8")
     result = CheckResult("I8", "", True)
