@@ -4,16 +4,19 @@ alone, makes exactly its invariant fail, with a witness that points at it."""
 from __future__ import annotations
 
 import json
+import random
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from chaos.checker import i6_one_enqueue, i8_no_pii
+from chaos.checker import i6_one_enqueue, i7_delivery_state, i8_no_pii
+from chaos.checker.evidence import DeliveryOutcome, iter_lines, load_acceptances
 from chaos.checker.result import CheckResult
 from chaos.checker.run import VERDICT, check_run
 from chaos.checker.synthetic import SECRETS, phone, write_synthetic_run
+from service.sending.references import parse_reference
 
 SHOP = "shop-1.myshopify.com"
 
@@ -272,6 +275,79 @@ def test_a_torn_last_line_is_left_out_not_fatal(run_dir: Path) -> None:
     with (run_dir / "simulator" / "mitto_accepted.jsonl").open("a") as handle:
         handle.write('{"seq": 1, "reference": "c1-r1", "message_id": "torn')
     assert check_run(run_dir)["valid"] is True
+
+
+@pytest.mark.parametrize(
+    "odd",
+    ["c007-r1", "made-up", "c1-r1\n", ""],
+    ids=["leading-zero", "not-ours", "newline-inside", "empty"],
+)
+def test_acceptances_name_their_recipients_whatever_else_the_ledger_holds(tmp_path: Path, odd: str) -> None:
+    """References are parsed a block at a time by a fast path; one reference it cannot take sends the
+    block down the one-by-one rule (`parse_reference`), with the same answer for every other one."""
+    lines = [
+        {"reference": f"c{c}-r{r}", "message_id": f"m{c}-{r}", "to": phone(r), "t": 1.0}
+        for c, r in [(1, 1), (1, 2), (12, 340)]
+    ]
+    lines.insert(1, {"reference": odd, "message_id": "m-odd", "to": phone(9), "t": 1.0})
+    (tmp_path / "mitto_accepted.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    named = [(a.reference, a.campaign_id, a.recipient_id) for a in load_acceptances(tmp_path)]
+    assert [n for n in named if n[0] != odd] == [("c1-r1", 1, 1), ("c1-r2", 1, 2), ("c12-r340", 12, 340)]
+    assert named[1][1:] == (parse_reference(odd) or (None, None))
+
+
+def test_a_ledger_read_a_block_at_a_time_yields_every_whole_line_once(tmp_path: Path) -> None:
+    ledger = tmp_path / "ledger.jsonl"
+    ledger.write_text(
+        "".join(json.dumps({"n": n, "pad": "x" * (n % 7)}) + "\n" for n in range(50)) + '{"n": 5'
+    )
+    for block_bytes in (1, 7, 64, 1 << 20):
+        blocks = list(iter_lines(ledger, dict[str, Any], block_bytes))
+        assert [row["n"] for block in blocks for row in block] == list(range(50)), block_bytes
+
+
+def _heard_by_the_rules(
+    deliveries: list[DeliveryOutcome],
+) -> tuple[dict[str, str], set[str], dict[str, set[str]]]:
+    """I7's rules written plainly, one delivery at a time, to hold the block-wise version to."""
+    heard: dict[str, str] = {}
+    states: dict[str, set[str]] = {}
+    maybe: dict[str, set[str]] = {}
+    for d in deliveries:
+        state = i7_delivery_state.FINAL_STATE.get(d.type or "")
+        if state is None or d.provider != "mitto" or d.message is None:
+            continue
+        if d.acknowledged:
+            heard[d.message] = state
+            states.setdefault(d.message, set()).add(state)
+        elif d.may_have_taken_effect:
+            maybe.setdefault(d.message, set()).add(state)
+    return heard, {m for m, s in states.items() if len(s) > 1}, maybe
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_what_the_service_heard_does_not_depend_on_where_the_ledger_is_cut(seed: int) -> None:
+    rng = random.Random(seed)
+    types = ["dlr.Delivered", "dlr.Expired", "dlr.Failed", "dlr.Rejected", "dlr.Sent", None]
+    deliveries = [
+        DeliveryOutcome(
+            provider=rng.choice(["mitto", "mitto", "mitto", "stripe"]),
+            acknowledged=rng.random() < 0.7,
+            type=rng.choice(types),
+            message=rng.choice([f"m{n}" for n in range(8)]),
+            status=rng.choice([None, 200, 503]),
+            error=rng.choice([None, "ConnectionRefusedError", "ReadTimeout"]),
+        )
+        for _ in range(rng.randint(0, 60))
+    ]
+    for d in deliveries:  # the ledger's own shape: only Mitto's deliveries carry dlr types and messages
+        if d.provider != "mitto":
+            d.type, d.message = "checkout.session.completed", None
+    cuts = sorted(rng.sample(range(len(deliveries) + 1), k=min(3, len(deliveries) + 1)))
+    heard = i7_delivery_state.HeardReports()
+    for start, end in zip([0, *cuts], [*cuts, len(deliveries)], strict=True):
+        heard.add(deliveries[start:end])
+    assert (heard.heard, heard.contested, heard.maybe_applied) == _heard_by_the_rules(deliveries)
 
 
 def test_log_scan_finds_each_kind_and_only_real_ones(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -118,11 +119,7 @@ class Causes:
     # --- per kind of witness -------------------------------------------------------------------------
     def erased_customer(self, customer: Any) -> dict[str, Any]:
         """The merchant's erasure request for the customer, and what became of Shopify's delivery of it."""
-        requests = [
-            e
-            for e in self.history
-            if e.get("f") == "redact" and e.get("type") == OK and e["value"].get("customer") == customer
-        ]
+        requests = _erasure_requests(self.history, customer)
         causes: dict[str, Any] = {
             "erasure_requested": [
                 {
@@ -132,8 +129,7 @@ class Causes:
                 for e in requests
             ]
         }
-        event_ids = [str((e["value"].get("response") or {}).get("event_id")) for e in requests]
-        attempts = [a for event in event_ids for a in self.by_event.get(event, [])]
+        attempts = [a for event in _erasure_events(requests) for a in self.by_event.get(event, [])]
         causes["deliveries"] = self._deliveries(attempts)
         return self._with_nemesis(causes, [a.t for a in attempts])
 
@@ -151,6 +147,39 @@ class Causes:
     def history_moment(self, history_time: float) -> dict[str, Any]:
         """A moment of the history (seconds since it started): the nemesis events around it."""
         return self.moments([self.timeline.history_started_at + history_time])
+
+
+def _erasure_requests(history: list[dict[str, Any]], customer: Any) -> list[dict[str, Any]]:
+    return [
+        e
+        for e in history
+        if e.get("f") == "redact" and e.get("type") == OK and e["value"].get("customer") == customer
+    ]
+
+
+def _erasure_events(requests: list[dict[str, Any]]) -> list[str]:
+    return [str((e["value"].get("response") or {}).get("event_id")) for e in requests]
+
+
+def concerned(results: list[CheckResult], history: list[dict[str, Any]]) -> Callable[[DeliveryAttempt], bool]:
+    """Whether a delivery concerns a witness of a violated invariant (the ones `attach` looks up), so
+    that only those are kept from a ledger of millions."""
+    events: set[str] = set()
+    objects: set[str] = set()
+    messages: set[str] = set()
+    for result in results:
+        if result.valid is True:
+            continue
+        for witness in result.witnesses:
+            if "erased_customer" in witness:
+                events.update(_erasure_events(_erasure_requests(history, witness["erased_customer"])))
+            elif "session" in witness:
+                objects.add(str(witness["session"]))
+            elif "refund" in witness:
+                objects.add(str(witness["refund"]))
+            elif "message_id" in witness:
+                messages.add(str(witness["message_id"]))
+    return lambda d: d.event in events or d.object in objects or d.message in messages
 
 
 def _iso(value: Any) -> float | None:

@@ -10,8 +10,9 @@ import operator
 import re
 from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 from sqlalchemy import ColumnElement, select
@@ -22,8 +23,10 @@ from service.db.models import (
     BillingTransaction,
     Campaign,
     CampaignRecipient,
+    CampaignStatus,
     CreditLedgerEntry,
     CreditReservation,
+    RecipientStatus,
     ReconcilePass,
     Wallet,
 )
@@ -34,11 +37,11 @@ from simulator.ledger import read_ledger
 from simulator.mitto import ACCEPTED_LEDGER, DLR_LEDGER
 from simulator.stripe import STRIPE_LEDGER
 
-_REFERENCES = re.compile(r"^c(\d+)-r(\d+)$", re.MULTILINE)
 
-
-class Acceptance(msgspec.Struct):
-    """One message the provider really accepted (a line of the fake Mitto's ledger)."""
+class Acceptance(msgspec.Struct, gc=False):
+    """One message the provider really accepted (a line of the fake Mitto's ledger). (`gc=False`: a
+    million of these are never part of a cycle; untracked, they cost 16 bytes less each and the cyclic
+    collector never walks them.)"""
 
     reference: str
     message_id: str
@@ -63,21 +66,58 @@ def read_lines(path: Path, kind: Any) -> list[Any]:
     return list(msgspec.json.Decoder(kind).decode_lines(data[: end + 1]))
 
 
+BLOCK_BYTES = 16 * 1024 * 1024
+
+
+def iter_lines(path: Path, kind: Any, block_bytes: int = BLOCK_BYTES) -> Iterator[list[Any]]:
+    """A JSON-lines file decoded a block of lines at a time, for a ledger too big to hold decoded (two
+    million webhook deliveries decode to about a gigabyte); a torn last line is left out, as above."""
+    if not path.exists():
+        return
+    decoder = msgspec.json.Decoder(kind)
+    carry = b""
+    with path.open("rb") as handle:
+        while block := handle.read(block_bytes):
+            if carry:
+                block = carry + block
+            end = block.rfind(b"\n") + 1
+            carry = block[end:]
+            if end:
+                yield decoder.decode_lines(memoryview(block)[:end])
+
+
 def load_acceptances(simulator_data_dir: Path) -> list[Acceptance]:
-    acceptances: list[Acceptance] = read_lines(simulator_data_dir / ACCEPTED_LEDGER, Acceptance)
-    # `parse_reference`'s rule (c{campaign}-r{recipient}), applied to all references in one regex pass
-    # (a million calls add up); if any reference is not ours, one by one.
+    """The provider's acceptances, decoded a block at a time (the file is never held whole beside them),
+    each with the campaign and recipient its reference names."""
+    acceptances: list[Acceptance] = []
+    for block in iter_lines(simulator_data_dir / ACCEPTED_LEDGER, Acceptance):
+        _name_recipients(block)
+        acceptances += block
+    return acceptances
+
+
+_OUR_REFERENCES = re.compile(r"(?:c\d+-r\d+\n)*c\d+-r\d+")
+
+
+def _name_recipients(acceptances: list[Acceptance]) -> None:
+    """`parse_reference`'s rule (c{campaign}-r{recipient}) for a block at once: when every reference is
+    one of ours, the joined references become one JSON array of pairs, decoded in C (a million
+    `int()` calls and regex matches cost more than the rest of loading); otherwise one by one."""
     joined = "\n".join(a.reference for a in acceptances)
-    pairs = _REFERENCES.findall(joined)
-    if len(pairs) == len(acceptances) and joined.count("\n") == len(acceptances) - 1:
-        for acceptance, (campaign, recipient) in zip(acceptances, pairs, strict=True):
-            acceptance.campaign_id, acceptance.recipient_id = int(campaign), int(recipient)
-        return acceptances
+    if acceptances and _OUR_REFERENCES.fullmatch(joined):
+        as_json = "[[" + joined.replace("\n", "],[").replace("-r", ",").replace("c", "") + "]]"
+        try:
+            pairs = msgspec.json.decode(as_json, type=list[tuple[int, int]])
+        except msgspec.DecodeError:  # e.g. a leading zero, which JSON forbids and int() reads
+            pairs = []
+        if len(pairs) == len(acceptances):
+            for acceptance, (campaign, recipient) in zip(acceptances, pairs, strict=True):
+                acceptance.campaign_id, acceptance.recipient_id = campaign, recipient
+            return
     for acceptance in acceptances:
         parsed = parse_reference(acceptance.reference)
         if parsed is not None:
             acceptance.campaign_id, acceptance.recipient_id = parsed
-    return acceptances
 
 
 @dataclass(frozen=True)
@@ -117,18 +157,30 @@ def load_stripe_truth(simulator_data_dir: Path) -> StripeTruth:
     return truth
 
 
-class DeliveryAttempt(msgspec.Struct):
-    """One attempt to deliver a webhook (a line of `webhook_deliveries.jsonl`)."""
+class DeliveryOutcome(msgspec.Struct, gc=False):
+    """What became of one attempt to deliver a webhook: the part of a line of `webhook_deliveries.jsonl`
+    that I5, I7 and the tally read (decoding only these fields is a third cheaper over millions)."""
 
     provider: str
-    attempt: int
     acknowledged: bool
-    t: float
-    event: str | None = None
     type: str | None = None  # Mitto's: "dlr.<status>"
     message: str | None = None  # Mitto's: the message id
     status: int | None = None  # the service's answer; None when none came
     error: str | None = None  # why none came
+
+    @property
+    def may_have_taken_effect(self) -> bool:
+        """Unanswered after reaching the service (a reset, a timeout, the service killed mid-request):
+        the effect may have committed. A refused connection never reached it; an answer is definite."""
+        return not self.acknowledged and self.status is None and self.error != "ConnectionRefusedError"
+
+
+class DeliveryAttempt(DeliveryOutcome, kw_only=True, gc=False):
+    """One attempt to deliver a webhook, whole (a line of `webhook_deliveries.jsonl`)."""
+
+    attempt: int
+    t: float
+    event: str | None = None
     gave_up: bool = False  # the provider's last attempt: its retry schedule (and horizon) ran out
     object: str | None = None  # Stripe's: the object the event is about (a session, a charge)
     shop: str | None = None  # Shopify's: the shop domain
@@ -138,18 +190,22 @@ class DeliveryAttempt(msgspec.Struct):
     def at(self) -> float:
         return self.t
 
-    @property
-    def may_have_taken_effect(self) -> bool:
-        """Unanswered after reaching the service (a reset, a timeout, the service killed mid-request):
-        the effect may have committed. A refused connection never reached it; an answer is definite."""
-        return not self.acknowledged and self.status is None and self.error != "ConnectionRefusedError"
-
 
 def load_delivery_attempts(simulator_data_dir: Path) -> list[DeliveryAttempt]:
     return read_lines(simulator_data_dir / DELIVERIES_LEDGER, DeliveryAttempt)
 
 
-class ProviderReport(msgspec.Struct):
+def iter_delivery_attempts(simulator_data_dir: Path) -> Iterator[list[DeliveryAttempt]]:
+    """The delivery ledger a block at a time (see `iter_lines`)."""
+    return iter_lines(simulator_data_dir / DELIVERIES_LEDGER, DeliveryAttempt)
+
+
+def iter_delivery_outcomes(simulator_data_dir: Path) -> Iterator[list[DeliveryOutcome]]:
+    """The delivery ledger a block at a time, only what became of each attempt."""
+    return iter_lines(simulator_data_dir / DELIVERIES_LEDGER, DeliveryOutcome)
+
+
+class ProviderReport(msgspec.Struct, gc=False):
     """A delivery report as the fake Mitto generated it, in the order it happened."""
 
     message_id: str
@@ -165,11 +221,16 @@ def load_reports(simulator_data_dir: Path) -> list[ProviderReport]:
     return read_lines(simulator_data_dir / DLR_LEDGER, ProviderReport)
 
 
+def iter_reports(simulator_data_dir: Path) -> Iterator[list[ProviderReport]]:
+    """The provider's report ledger a block at a time, in the order it made them."""
+    return iter_lines(simulator_data_dir / DLR_LEDGER, ProviderReport)
+
+
 # A row: a dict, or a Record. (Typed as Any: mypy has no spelling for "anything with __getitem__ and get".)
 Row = Any
 
 
-class Record(msgspec.Struct, array_like=True):
+class Record(msgspec.Struct, array_like=True, gc=False):
     """A saved database row that reads like the dict a live snapshot holds (`row["status"]`)."""
 
     def __getitem__(self, name: str) -> Any:
@@ -226,12 +287,27 @@ class DatabaseSnapshot:
 @dataclass(frozen=True)
 class SnapshotTable:
     """One table of the snapshot: the model it is read from, its columns (in the order a saved row holds
-    them), the column `DatabaseSnapshot` keys its rows by (None: a list), and which rows it takes."""
+    them), the column `DatabaseSnapshot` keys its rows by (None: a list), and which rows it takes.
+
+    `types`: a column's type when a saved row is decoded (any JSON value otherwise); a `Literal` makes
+    every row share one string object per value, instead of a million copies of `"delivered"`.
+    `report_only`: the last columns, saved for a run's report (its timelines) and never read by an
+    invariant; the checker leaves them undecoded (three timestamps are a third of a recipient row)."""
 
     model: type[Any]
     columns: tuple[str, ...]
     key: str | None = None
     where: ColumnElement[bool] | None = None
+    types: Mapping[str, Any] = field(default_factory=dict)
+    report_only: int = 0
+
+    def checked_columns(self) -> tuple[str, ...]:
+        return self.columns[: len(self.columns) - self.report_only]
+
+
+def _values(enum: type[Enum]) -> Any:
+    """`Literal` of an enum's values: how a saved row's status decodes (one shared string per value)."""
+    return Literal[tuple(member.value for member in enum)]
 
 
 # The snapshot's tables, declared once: the live read (`load_snapshot`) selects these columns, and the
@@ -252,6 +328,7 @@ SNAPSHOT_TABLES: dict[str, SnapshotTable] = {
             "last_activity_at",
         ),
         key="id",
+        types={"status": _values(CampaignStatus)},
     ),
     "recipients": SnapshotTable(
         CampaignRecipient,
@@ -269,6 +346,8 @@ SNAPSHOT_TABLES: dict[str, SnapshotTable] = {
             "status_updated_at",
         ),
         key="id",
+        types={"id": int, "campaign_id": int, "status": _values(RecipientStatus), "attempts": int},
+        report_only=3,
     ),
     "ledger": SnapshotTable(
         CreditLedgerEntry,

@@ -7,6 +7,7 @@ made up a second reference. Safeguards: claim before send (3), resolve ambiguous
 
 from __future__ import annotations
 
+import operator
 from collections import Counter, defaultdict
 
 from chaos.checker.evidence import Acceptance, DatabaseSnapshot
@@ -16,19 +17,31 @@ ID = "I1"
 TITLE = "at most one provider acceptance per campaign recipient"
 
 
+_REFERENCE = operator.attrgetter("reference")
+_CAMPAIGN = operator.attrgetter("campaign_id")
+_TO = operator.attrgetter("to")
+
+
+def _triples(acceptances: list[Acceptance]) -> set[tuple[int | None, str, str]]:
+    return {(a.campaign_id, a.to, a.reference) for a in acceptances}
+
+
 def check(acceptances: list[Acceptance], snapshot: DatabaseSnapshot) -> CheckResult:
     result = CheckResult(ID, TITLE, True)
-    per_reference = Counter(a.reference for a in acceptances)
+    per_reference = Counter(map(_REFERENCE, acceptances))
     doubled = {reference for reference, n in per_reference.items() if n > 1}
     recipients = snapshot.recipients
-    # Whole-list passes (comprehensions, set and Counter builds run in C per element); the per-item
-    # Python work happens only for the few acceptances a violation involves.
-    phone_references = {(a.campaign_id, a.to, a.reference) for a in acceptances}
-    phones = {(a.campaign_id, a.to) for a in acceptances}
+    # Whole-list passes (maps of attribute getters, set and Counter builds run in C per element); the
+    # per-item Python work happens only for the few acceptances a violation involves.
+    phones = set(zip(map(_CAMPAIGN, acceptances), map(_TO, acceptances), strict=True))
+    # Some phone of a campaign went out under two references? With no reference doubled, every
+    # acceptance has a reference of its own, so that is exactly "fewer phones than acceptances"; only
+    # otherwise are the (campaign, phone, reference) triples built to tell.
+    phone_references = _triples(acceptances) if doubled else None
     other_references: dict[tuple[int | None, str], set[str]] = defaultdict(set)
-    if len(phones) != len(phone_references):  # some phone of a campaign went out under two references
+    if len(phones) != (len(acceptances) if phone_references is None else len(phone_references)):
         by_phone: dict[tuple[int | None, str], set[str]] = defaultdict(set)
-        for campaign_id, phone, reference in phone_references:
+        for campaign_id, phone, reference in phone_references or _triples(acceptances):
             by_phone[(campaign_id, phone)].add(reference)
         other_references.update((key, refs) for key, refs in by_phone.items() if len(refs) > 1)
     unexpected = sum(1 for a in acceptances if a.recipient_id is None or a.recipient_id not in recipients)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from chaos.checker.evidence import DatabaseSnapshot, DeliveryAttempt, StripeTruth
+from chaos.checker.evidence import DatabaseSnapshot, StripeTruth
 from chaos.checker.result import CheckResult
 from service.db.models import LedgerKind
 
@@ -26,7 +26,9 @@ def _key_subject(key: str, prefix: str) -> str | None:
     return key[len(prefix) :].split(":delivery:")[0]
 
 
-def check(truth: StripeTruth, snapshot: DatabaseSnapshot, deliveries: list[DeliveryAttempt]) -> CheckResult:
+def check(truth: StripeTruth, snapshot: DatabaseSnapshot, stripe_acknowledged: bool) -> CheckResult:
+    """`stripe_acknowledged`: whether the service acknowledged any Stripe event at all (without that,
+    a missing credit may be the lab's unreachable service, not a missing safeguard)."""
     result = CheckResult(ID, TITLE, True)
     credited: dict[str, list[int]] = defaultdict(list)
     deducted: dict[str, list[int]] = defaultdict(list)
@@ -36,7 +38,7 @@ def check(truth: StripeTruth, snapshot: DatabaseSnapshot, deliveries: list[Deliv
             credited[session].append(int(entry["amount"]))
         elif entry["kind"] == LedgerKind.REFUND.value and (refund_key := _key_subject(key, "refund:")):
             deducted[refund_key].append(-int(entry["amount"]))
-    acknowledged_stripe = any(d.provider == "stripe" and d.acknowledged for d in deliveries)
+    acknowledged_stripe = stripe_acknowledged
     counts = {
         "payments": len(truth.payments),
         "payments_credited_once": 0,

@@ -9,12 +9,15 @@ never changes the verdict: the invariants are proven from ground truth, and this
 
 from __future__ import annotations
 
+import operator
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import compress
 from pathlib import Path
 from typing import Any
 
-from chaos.checker.evidence import Acceptance, DatabaseSnapshot, DeliveryAttempt
+from chaos.checker.evidence import Acceptance, DatabaseSnapshot, DeliveryOutcome
 from chaos.metrics_scrape import last_scrape
 
 
@@ -27,10 +30,24 @@ class DeliveryTally:
     unanswered: dict[str, int] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, deliveries: list[DeliveryAttempt]) -> DeliveryTally:
-        answered = Counter(a.provider for a in deliveries if a.acknowledged)
-        unanswered = Counter(a.provider for a in deliveries if a.may_have_taken_effect)
-        return cls(dict(answered), dict(unanswered))
+    def of(cls, deliveries: Sequence[DeliveryOutcome]) -> DeliveryTally:
+        tally = cls()
+        tally.add(deliveries)
+        return tally
+
+    def add(self, deliveries: Sequence[DeliveryOutcome]) -> None:
+        """Count the next block of the delivery ledger in (the acknowledged ones counted in C: most are)."""
+        answered = Counter(compress(map(_PROVIDER, deliveries), map(_ACKNOWLEDGED, deliveries)))
+        unacknowledged = [a for a in deliveries if not a.acknowledged]
+        unanswered = Counter(a.provider for a in unacknowledged if a.may_have_taken_effect)
+        for provider, count in answered.items():
+            self.answered[provider] = self.answered.get(provider, 0) + count
+        for provider, count in unanswered.items():
+            self.unanswered[provider] = self.unanswered.get(provider, 0) + count
+
+
+_PROVIDER = operator.attrgetter("provider")
+_ACKNOWLEDGED = operator.attrgetter("acknowledged")
 
 
 def _total(samples: dict[str, float], name: str, **labels: str) -> float:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import random
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,10 @@ class _Writer:
     def close(self) -> None:
         self.flush()
         self.handle.close()
+
+
+def _iso(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).isoformat()
 
 
 def write_synthetic_run(
@@ -161,9 +166,9 @@ def write_synthetic_run(
                             "timestamp": "2026-11-28T13:00:00.000000Z",
                         }
                     )
-                recipients.write(
-                    [r, campaign_id, phone(r), FINAL_STATE[final], message_id, 1, None, None, None, None]
-                )
+                # claimed_at, sent_at, status_updated_at: as `save_snapshot` writes them (ISO strings).
+                when = [_iso(t - 0.05), _iso(t), _iso(t + 1.0)]
+                recipients.write([r, campaign_id, phone(r), FINAL_STATE[final], message_id, 1, None, *when])
             ledger_rows.append(
                 [
                     len(ledger_rows) + 1,
