@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from typing import Any
 
 import jwt
 from sqlalchemy import text
@@ -277,7 +278,8 @@ async def test_health_full_answers_while_another_transaction_holds_the_write_loc
 
         async def probe() -> dict[str, object]:
             try:
-                return (await api.anonymous().get("/health/full", timeout=40)).json()["checks"]["database"]
+                report: dict[str, Any] = (await api.anonymous().get("/health/full", timeout=40)).json()
+                return dict(report["checks"]["database"])
             finally:
                 answered.set()
 
