@@ -144,6 +144,14 @@ def process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def peak_rss_mb(pid: int) -> float:
+    """A live process's peak resident memory so far (Linux /proc: VmHWM), in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
 def cpu_seconds_by_component() -> dict[str, float]:
     """CPU seconds used so far by each kind of process on this machine (Linux /proc), for attribution."""
     ticks = os.sysconf("SC_CLK_TCK")
