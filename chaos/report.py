@@ -216,8 +216,14 @@ def coverage_lines(verdict: dict[str, Any]) -> list[str]:
     if metrics.get("available"):
         rows = metrics.get("comparisons", [])
         wrong = [r for r in rows if not r.get("agrees")]
+        lost = [r for r in rows if r.get("agrees") and r.get("off_by", 0) < 0]
         lines.append(
             f"observed: the service's metrics agree with ground truth ({len(rows)} counters)"
+            + "".join(
+                f"; {r['what']} {r['metric']:g} vs {r['truth']:g}, within what {r['lost_because']} can "
+                "leave uncounted"
+                for r in lost
+            )
             if not wrong
             else "observed: the service's METRICS DISAGREE with ground truth: "
             + "; ".join(f"{r['what']} {r['metric']:g} vs {r['truth']:g}" for r in wrong)

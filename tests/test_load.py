@@ -120,6 +120,52 @@ def test_the_metrics_observation_counts_the_storms_posts_exactly(tmp_path: Path)
     assert not observed(999)["agrees"]
 
 
+def test_sends_a_killed_worker_never_counted_are_excused_only_as_far_as_its_deaths_reach(
+    tmp_path: Path,
+) -> None:
+    """A worker counts a batch just after committing it: a SIGKILL in between loses that increment, and
+    each death can lose at most the batches it had in flight. Without a death the count must be exact."""
+    from chaos.checker.evidence import Acceptance
+    from chaos.checker.observations import metrics_against_truth
+    from chaos.checker.snapshot_io import load_saved_snapshot
+
+    (tmp_path / "database").mkdir()
+    (tmp_path / "scenario.toml").write_text(
+        'name = "kills"\nseed = 1\n[services]\nworker_concurrency = 2\nbatch_size = 5\n'
+    )
+    acceptances = [Acceptance(f"c1-r{n}", f"m{n}", "+12025550143", 1.0, 1, n) for n in range(100)]
+
+    def messages_sent(counted: float) -> dict[str, Any]:
+        sample = {"smslab_messages_sent_total": counted, "smslab_credits_debited_total": counted}
+        (tmp_path / "metrics.jsonl").write_text(json.dumps({"t": 1.0, "samples": sample}) + "\n")
+        result = metrics_against_truth(
+            tmp_path, acceptances, load_saved_snapshot(tmp_path / "database"), None
+        )
+        row: dict[str, Any] = result["comparisons"][0]
+        return row
+
+    assert messages_sent(100)["agrees"]
+    assert not messages_sent(99)["agrees"]  # no worker died: nothing may go uncounted
+    deaths = [
+        {
+            "t": 1.0,
+            "action": "kill_worker",
+            "target": "worker-0",
+            "phase": "start",
+            "outcome": "SIGKILL pid 7",
+        },
+        {"t": 1.5, "action": "kill_worker", "target": "worker-0", "phase": "end", "outcome": "restarted"},
+        {"t": 2.0, "action": "crash", "target": "worker-1", "phase": "start", "outcome": "exited -9"},
+        {"t": 3.0, "action": "kill_api", "target": "api", "phase": "start", "outcome": "SIGKILL pid 8"},
+    ]
+    (tmp_path / "nemesis.jsonl").write_text("".join(json.dumps(e) + "\n" for e in deaths))
+    within = messages_sent(80)  # two worker deaths x 2 batches x 5 messages
+    assert (within["agrees"], within["off_by"], within["may_be_lost"]) == (True, -20, 20)
+    assert within["lost_because"].startswith("2 worker deaths")
+    assert not messages_sent(79)["agrees"]
+    assert not messages_sent(101)["agrees"]  # counting more than was sent is never excused
+
+
 def test_each_locust_processs_history_merges_into_one_index_sequence(tmp_path: Path) -> None:
     folder = tmp_path / "load_history"
     folder.mkdir()

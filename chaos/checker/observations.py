@@ -9,6 +9,7 @@ never changes the verdict: the invariants are proven from ground truth, and this
 
 from __future__ import annotations
 
+import json
 import operator
 from collections import Counter
 from collections.abc import Sequence
@@ -17,6 +18,7 @@ from itertools import compress
 from pathlib import Path
 from typing import Any
 
+from chaos.checker.coverage import load_scenario_as_run
 from chaos.checker.evidence import Acceptance, DatabaseSnapshot, DeliveryOutcome
 from chaos.metrics_scrape import last_scrape
 
@@ -63,15 +65,53 @@ def _total(samples: dict[str, float], name: str, **labels: str) -> float:
     return total
 
 
-def _compare(what: str, reported: float, truth: float, leeway: float = 0) -> dict[str, Any]:
-    """`leeway`: how far above the truth the metric may honestly be (events the truth cannot see)."""
+def _compare(
+    what: str, reported: float, truth: float, leeway: float = 0, lost: float = 0, lost_why: str = ""
+) -> dict[str, Any]:
+    """`leeway`: how far above the truth the metric may honestly be (events the truth cannot see);
+    `lost`: how far below it (counts a killed process never made, `lost_why` says whose)."""
     entry: dict[str, Any] = {"what": what, "metric": round(reported, 3), "truth": round(truth, 3)}
     if leeway:
         entry["leeway"] = leeway
-    entry["agrees"] = truth - 0.5 < reported < truth + leeway + 0.5
-    if not entry["agrees"]:
+    if lost:
+        entry["may_be_lost"] = lost
+        entry["lost_because"] = lost_why
+    entry["agrees"] = truth - lost - 0.5 < reported < truth + leeway + 0.5
+    if not entry["agrees"] or reported < truth - 0.5:
         entry["off_by"] = round(reported - truth, 3)
     return entry
+
+
+def worker_deaths(run_dir: Path) -> int:
+    """Worker processes that died mid-run: SIGKILLed by the nemesis, or by a failpoint (a crash)."""
+    path = run_dir / "nemesis.jsonl"
+    if not path.exists():
+        return 0
+    deaths = 0
+    for line in path.read_text().splitlines():
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if event.get("phase") != "start" or not str(event.get("target", "")).startswith("worker"):
+            continue
+        killed = event.get("action") == "kill_worker" and str(event.get("outcome", "")).startswith("SIGKILL")
+        deaths += killed or event.get("action") == "crash"
+    return deaths
+
+
+def _lost_to_deaths(run_dir: Path) -> tuple[int, str]:
+    """The most messages a run's worker deaths can have left uncounted. A worker counts a batch's sends
+    just after committing them (never before: a rolled-back send must not count), so a SIGKILL between
+    the commit and the count loses that batch's increment; each death loses at most the batches it had in
+    flight. In a run without deaths the counters must match exactly."""
+    deaths = worker_deaths(run_dir)
+    scenario = load_scenario_as_run(run_dir)
+    if not deaths or scenario is None:
+        return 0, ""
+    services = scenario.services
+    in_flight = services.worker_concurrency * services.batch_size
+    return deaths * in_flight, f"{deaths} worker deaths, each with up to {in_flight} messages in flight"
 
 
 def metrics_against_truth(
@@ -90,9 +130,25 @@ def metrics_against_truth(
     samples: dict[str, float] = scrape["samples"]
     segments = {c["id"]: int(c["segments"] or 1) for c in snapshot.campaigns.values()}
     credits = sum(segments.get(a.campaign_id or -1, 1) for a in acceptances)
+    lost, lost_why = _lost_to_deaths(run_dir)
+    most_segments = max(segments.values(), default=1)
     rows = [
-        _compare("messages sent", _total(samples, "smslab_messages_sent_total"), len(acceptances)),
-        _compare("credits debited", _total(samples, "smslab_credits_debited_total"), credits),
+        _compare(
+            "messages sent",
+            _total(samples, "smslab_messages_sent_total"),
+            len(acceptances),
+            0,
+            lost,
+            lost_why,
+        ),
+        _compare(
+            "credits debited",
+            _total(samples, "smslab_credits_debited_total"),
+            credits,
+            0,
+            lost * most_segments,
+            lost_why,
+        ),
     ]
     if deliveries is not None:
         extra = outside or DeliveryTally()
