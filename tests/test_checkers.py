@@ -296,6 +296,19 @@ def test_acceptances_name_their_recipients_whatever_else_the_ledger_holds(tmp_pa
     assert named[1][1:] == (parse_reference(odd) or (None, None))
 
 
+def test_a_saved_status_the_checker_does_not_know_is_judged_not_fatal(run_dir: Path) -> None:
+    """Statuses decode as the service's known values (one shared string each); a row with another one
+    (the provider's own casing, stored as it came) must still reach I7, as a wrong final state."""
+    recipients = run_dir / "database" / "recipients.jsonl"
+    saved = rows(recipients)
+    saved[3][3] = "Delivered"
+    write_rows(recipients, saved)
+    verdict = check_run(run_dir)
+    i7 = next(i for i in verdict["invariants"] if i["id"] == "I7")
+    assert (i7["valid"], i7["counts"]["wrong_final_state"]) == (False, 1)
+    assert i7["witnesses"][0]["recorded"] == "Delivered"
+
+
 def test_a_ledger_read_a_block_at_a_time_yields_every_whole_line_once(tmp_path: Path) -> None:
     ledger = tmp_path / "ledger.jsonl"
     ledger.write_text(
@@ -334,7 +347,7 @@ def test_what_the_service_heard_does_not_depend_on_where_the_ledger_is_cut(seed:
             provider=rng.choice(["mitto", "mitto", "mitto", "stripe"]),
             acknowledged=rng.random() < 0.7,
             type=rng.choice(types),
-            message=rng.choice([f"m{n}" for n in range(8)]),
+            message=rng.choice([f"m{n}" for n in range(8)] + ["", None]),
             status=rng.choice([None, 200, 503]),
             error=rng.choice([None, "ConnectionRefusedError", "ReadTimeout"]),
         )

@@ -39,8 +39,7 @@ FINAL_STATE = {f"dlr.{status}": state.value for status, state in FINAL_STATUSES.
 _MESSAGE = operator.attrgetter("message")
 _TYPE = operator.attrgetter("type")
 _ACKNOWLEDGED = operator.attrgetter("acknowledged")
-_HAS_MESSAGE = operator.itemgetter(0)  # (message, state) pairs: filter() keeps those with each one
-_HAS_STATE = operator.itemgetter(1)
+_HAS_STATE = operator.itemgetter(1)  # of (message, state) pairs: filter() keeps those with a state
 
 
 @dataclass
@@ -61,11 +60,13 @@ class HeardReports:
         # Python frame per delivery. Only Mitto's types are `dlr.*`, so a state names a Mitto report.
         pairs = zip(map(_MESSAGE, deliveries), map(FINAL_STATE.get, map(_TYPE, deliveries)), strict=True)
         acknowledged = compress(pairs, map(_ACKNOWLEDGED, deliveries))
-        finals: list[tuple[str, str]] = list(filter(_HAS_MESSAGE, filter(_HAS_STATE, acknowledged)))  # type: ignore[arg-type]
+        finals: list[tuple[str, str]] = list(filter(_HAS_STATE, acknowledged))  # type: ignore[arg-type]
         latest = dict(finals)
+        latest.pop(None, None)  # type: ignore[call-overload]  # a report without a message id
         if len(set(finals)) != len(latest):
             seen: dict[str, str] = {}
             self.contested |= {m for m, state in finals if seen.setdefault(m, state) != state}
+            self.contested.discard(None)
         if self.heard:
             earlier = self.heard.get
             self.contested |= {m for m, state in latest.items() if earlier(m, state) != state}
