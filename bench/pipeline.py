@@ -172,6 +172,11 @@ async def bare_send(loaded: Loaded, campaign_id: int, batches: int) -> float:
     return time.perf_counter() - started
 
 
+def report_key(settings: Settings) -> str:
+    """How the reports below name a backend: its URL's scheme (`postgresql+asyncpg`)."""
+    return settings.database_url.split(":")[0]
+
+
 CPU_REPORT: dict[str, tuple[float, dict[str, float]]] = {}
 # Peak resident memory (MB) of each kind of process over a backend's run: a campaign of any size must
 # go through without a process that holds all its recipients.
@@ -220,13 +225,12 @@ async def measure_send(
                 elapsed = time.perf_counter() - started
                 cpu_after = cpu_seconds_by_component()
                 used = {k: cpu_after.get(k, 0.0) - cpu_before.get(k, 0.0) for k in cpu_after}
-                CPU_REPORT[settings.database_url.split(":")[0]] = (elapsed, used)
+                CPU_REPORT[report_key(settings)] = (elapsed, used)
                 return elapsed
             await asyncio.sleep(0.1)
     finally:
         await queue.disconnect()
-        backend = settings.database_url.split(":")[0]
-        MEMORY_REPORT.setdefault(backend, {})["worker (largest)"] = max(
+        MEMORY_REPORT.setdefault(report_key(settings), {})["worker (largest)"] = max(
             (peak_rss_mb(p.pid) for p in processes if p.poll() is None), default=0.0
         )
         for process in processes:
@@ -316,9 +320,8 @@ async def bench_backend(backend: str, args: argparse.Namespace) -> dict[str, Any
                     )
                     await loaded.engine.dispose()
                 if simulator.pid is not None:
-                    key = settings.database_url.split(":")[0]  # as measure_send keys its reports
-                    MEMORY_REPORT.setdefault(key, {})["simulator (the provider's state)"] = peak_rss_mb(
-                        simulator.pid
+                    MEMORY_REPORT.setdefault(report_key(settings), {})["simulator (the provider's state)"] = (
+                        peak_rss_mb(simulator.pid)
                     )
                 alone = await fake_mitto_alone(
                     base_url(simulator), args.recipients, args.workers * args.concurrency

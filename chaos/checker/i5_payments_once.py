@@ -38,7 +38,6 @@ def check(truth: StripeTruth, snapshot: DatabaseSnapshot, stripe_acknowledged: b
             credited[session].append(int(entry["amount"]))
         elif entry["kind"] == LedgerKind.REFUND.value and (refund_key := _key_subject(key, "refund:")):
             deducted[refund_key].append(-int(entry["amount"]))
-    acknowledged_stripe = stripe_acknowledged
     counts = {
         "payments": len(truth.payments),
         "payments_credited_once": 0,
@@ -97,7 +96,7 @@ def check(truth: StripeTruth, snapshot: DatabaseSnapshot, stripe_acknowledged: b
     elif missing:
         # Missing effects are violations only if the service acknowledged Stripe's events at all;
         # otherwise the lab could not reach it and cannot tell.
-        result.valid = False if acknowledged_stripe else "unknown"
-        if not acknowledged_stripe:
+        result.valid = False if stripe_acknowledged else "unknown"
+        if not stripe_acknowledged:
             result.note = "no Stripe event was ever acknowledged by the service"
     return result

@@ -110,7 +110,7 @@ def check_delivery_invariants(
 ) -> tuple[CheckResult, CheckResult, int, DeliveryTally]:
     """I5 and I7, from the webhook delivery ledger and the provider ledgers; the number of deliveries and
     their tally by provider. The ledger is read a block at a time and only what the invariants need is
-    kept: what was heard of each message, and Stripe's few deliveries."""
+    kept: what was heard of each message, and the tally (I5 asks it whether Stripe was ever answered)."""
     snapshot = load_saved_snapshot(database_dir, PAYMENT_TABLES)
     heard = i7_delivery_state.HeardReports()
     tally = DeliveryTally()

@@ -129,7 +129,7 @@ def load_saved_snapshot(directory: Path, tables: Iterable[str] = COLUMNS) -> Dat
     wanted = set(tables)
     return snapshot_of(
         {
-            table: [row for block in iter_saved_rows(directory, table) for row in block]
+            table: read_lines(directory / f"{table}.jsonl", RECORD_TYPES[table], LOOSE_RECORD_TYPES[table])
             if table in wanted
             else []
             for table in COLUMNS
