@@ -24,6 +24,7 @@ are successes in Locust's table: the service answered as it must.
 from __future__ import annotations
 
 import base64
+import csv
 import hashlib
 import hmac
 import itertools
@@ -42,6 +43,7 @@ from locust import FastHttpUser, events, task
 from locust.contrib.fasthttp import ResponseContextManager
 from locust.env import Environment
 from locust.runners import WorkerRunner
+from locust.stats import PERCENTILES_TO_REPORT, StatsCSV
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `locust -f loadtests/locustfile.py` from a checkout
@@ -92,6 +94,7 @@ def _options(parser: Any) -> None:
 
 @events.init.add_listener
 def _init(environment: Environment, **_kwargs: Any) -> None:
+    settings["environment"] = environment
     options = environment.parsed_options
     if options is None:
         return
@@ -134,6 +137,30 @@ def _gate(environment: Environment, **_kwargs: Any) -> None:
         Path(options.gate_file).write_text(json.dumps(result.as_dict(), indent=1))
     verdict = "passed" if result.passed else "FAILED: " + "; ".join(result.why)
     print(f"load gate {verdict}", file=sys.stderr, flush=True)
+
+
+@events.quit.add_listener
+def _write_final_csv(**_kwargs: Any) -> None:
+    """Locust writes its CSV files once a second and not at exit, so the last second's requests (longer
+    if the process was starved of CPU) would be missing from `load_stats.csv`, which `smslab load` judges
+    and reports: after the runner stopped, the final figures replace each file whole."""
+    environment = settings.get("environment")
+    if environment is None or isinstance(environment.runner, WorkerRunner):
+        return
+    prefix = getattr(environment.parsed_options, "csv_prefix", None)
+    if not prefix:
+        return
+    tables = StatsCSV(environment, PERCENTILES_TO_REPORT)
+    for suffix, write in (
+        ("stats", tables.requests_csv),
+        ("failures", tables.failures_csv),
+        ("exceptions", tables.exceptions_csv),
+    ):
+        path = Path(f"{prefix}_{suffix}.csv")
+        scratch = path.with_suffix(".final")
+        with scratch.open("w", newline="") as handle:
+            write(csv.writer(handle))
+        scratch.replace(path)  # Locust's own handle keeps the old file, whatever it still flushes
 
 
 def _row(entry: Any) -> StatRow:

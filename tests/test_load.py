@@ -7,9 +7,12 @@ from __future__ import annotations
 import csv
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -237,16 +240,51 @@ async def _world(lab: Lab, api: Api, path: Path) -> Path:
     return path
 
 
-def _locust(
-    world: Path, out: Path, host: str, *classes: str, seconds: int = 4, users: int = 4
-) -> subprocess.CompletedProcess[str]:
-    argv = [
+def _locust_argv(
+    world: Path, out: Path, host: str, classes: tuple[str, ...], seconds: int, users: int
+) -> list[str]:
+    return [
         sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--host", host,
         "-u", str(users), "-r", str(users), "-t", f"{seconds}s", "-s", "5",
         "--csv", str(out / "load"), "--world", str(world), "--history-dir", str(out / "load_history"),
         "--gate-file", str(out / "load_gate.json"), "--p99-ms", "0", "--think", "0,0.05", *classes,
     ]  # fmt: skip
+
+
+def _locust(
+    world: Path, out: Path, host: str, *classes: str, seconds: int = 4, users: int = 4
+) -> subprocess.CompletedProcess[str]:
+    argv = _locust_argv(world, out, host, classes, seconds, users)
     return subprocess.run(argv, capture_output=True, text=True, timeout=120, cwd=ROOT, check=False)
+
+
+def _history_entries(out: Path) -> list[dict[str, Any]]:
+    entries = []
+    for path in (out / "load_history").glob("locust-*.jsonl"):
+        text = path.read_text()
+        complete = text[: text.rfind("\n") + 1]  # a line still being written has no newline yet
+        entries += [json.loads(line) for line in complete.splitlines()]
+    return entries
+
+
+def _locust_until(
+    world: Path, out: Path, host: str, *classes: str, until: Callable[[list[dict[str, Any]]], bool]
+) -> subprocess.CompletedProcess[str]:
+    """Locust runs until its history shows what the test is about (on a starved machine three seconds
+    may hold no enqueue at all), then is stopped as an operator stops it: SIGTERM, and Locust's own
+    shutdown (the gate, the final CSV files)."""
+    argv = _locust_argv(world, out, host, classes, seconds=90, users=4)
+    with subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT
+    ) as locust:
+        deadline = time.monotonic() + 80
+        while locust.poll() is None and time.monotonic() < deadline:
+            if until(_history_entries(out)):
+                break
+            time.sleep(0.2)
+        locust.send_signal(signal.SIGTERM)
+        stdout, stderr = locust.communicate(timeout=60)
+        return subprocess.CompletedProcess(argv, locust.returncode, stdout, stderr)
 
 
 def _rows(out: Path) -> dict[str, dict[str, str]]:
@@ -298,14 +336,28 @@ async def test_the_gate_fails_locusts_exit_code_on_a_5xx(lab: Lab, api: Api, tmp
     )
     try:
         host = f"http://127.0.0.1:{broken.argv[broken.argv.index('--port') + 1]}"
-        done = _locust(world, tmp_path, host, "MerchantUser", seconds=3)
+        done = _locust_until(
+            world,
+            tmp_path,
+            host,
+            "MerchantUser",
+            until=lambda entries: any(
+                e["f"] == "enqueue" and e["type"] == "info" and e["value"].get("status") == 500
+                for e in entries
+            ),
+        )
     finally:
         broken.stop()
     gate = json.loads((tmp_path / "load_gate.json").read_text())
-    assert done.returncode == 1
+    assert done.returncode == 1, done.stderr[-3000:]
     assert not gate["passed"]
     assert any(check["check"] == "failure_ratio" and not check["passed"] for check in gate["checks"])
-    assert int(_rows(tmp_path)["POST /api/campaigns/{id}/enqueue"]["Failure Count"]) > 0
+    rows = _rows(tmp_path)
+    assert int(rows["POST /api/campaigns/{id}/enqueue"]["Failure Count"]) > 0
+    # The CSV files are final: every request the gate counted is in them (Locust itself writes them once
+    # a second, never at exit)
+    requests = next(check["value"] for check in gate["checks"] if check["check"] == "requests")
+    assert int(rows["Aggregated"]["Request Count"]) >= requests
 
 
 # --- `smslab load` end to end ----------------------------------------------------------------------------
