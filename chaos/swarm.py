@@ -97,12 +97,13 @@ def _toxic(proxy: str, toxic: str, rng: _P, duration: float, attributes: dict[st
     }
 
 
-# Where a drawn fault goes in the scenario document.
-NEMESIS, FAULTS, WORKER_FAILPOINTS, API_FAILPOINTS = (
+# Where a drawn fault goes in the scenario document (WORKLOAD: a patch merged into its workload table).
+NEMESIS, FAULTS, WORKER_FAILPOINTS, API_FAILPOINTS, WORKLOAD = (
     "nemesis",
     "faults",
     "worker_failpoints",
     "api_failpoints",
+    "workload",
 )
 
 Draw = Callable[[_P, float], tuple[str, Any]]
@@ -113,7 +114,7 @@ class FaultKind:
     """One kind of fault a swarm run may switch on, drawn within the bounds its draw function states."""
 
     name: str
-    family: str  # nemesis | toxic | provider | failpoint
+    family: str  # nemesis | toxic | provider | failpoint | workload
     draw: Draw  # (generator, chaos duration) -> (where it goes, the rule or spec)
     postgresql_only: bool = False
 
@@ -326,6 +327,19 @@ FAULT_KINDS: tuple[FaultKind, ...] = (
         "stall_in_webhook",
         "failpoint",
         lambda r, d: (API_FAILPOINTS, f"webhook.after_duplicate_check=sleep:0.2@{_p(r, 0.1, 0.3)}"),
+    ),  # Hostile workload shapes: what the clients do, not what breaks under them. Every enqueue (or most)
+    # sent twice at once and retried with the same key, which only the idempotency key absorbs (I6); and
+    # shops that run out of credits mid-run with no purchases, so enqueues are refused half-way (402)
+    # and only the enqueue's single transaction keeps their credits whole (I4).
+    FaultKind(
+        "enqueue_duplicates",
+        "workload",
+        lambda r, d: (WORKLOAD, {"duplicate_enqueue": _p(r, 0.5, 1.0)}),
+    ),
+    FaultKind(
+        "credit_shortage",
+        "workload",
+        lambda r, d: (WORKLOAD, {"credits_per_shop": r.randint(150, 600), "mix": {"buy": 0}}),
     ),
 )
 KINDS_BY_NAME = {kind.name: kind for kind in FAULT_KINDS}
@@ -355,6 +369,11 @@ def kinds_of(scenario: Scenario) -> set[str]:
             found.add("mitto_lookup_503")
         elif isinstance(target, str) and isinstance(kind, str):
             found.add(f"{target.split('.')[0].replace('mitto', 'dlr')}_{kind}")
+    workload = scenario.workload
+    if workload.duplicate_enqueue >= 0.5:
+        found.add("enqueue_duplicates")
+    if workload.credits_per_shop < 1000 and not dict(workload.mix).get("buy"):
+        found.add("credit_shortage")
     points = f"{scenario.services.worker_failpoints},{scenario.services.api_failpoints}"
     # A failpoint kind's point is the one its draw arms (any draw: the point does not vary).
     names = {
@@ -415,6 +434,12 @@ def draw_run(
             nemesis.append(item)
         elif where == FAULTS:
             faults.append(item)
+        elif where == WORKLOAD:
+            for key, value in item.items():
+                if isinstance(value, dict):
+                    workload.setdefault(key, {}).update(value)
+                else:
+                    workload[key] = value
         else:
             points[where].append(item)
     document["nemesis"] = nemesis

@@ -103,6 +103,21 @@ def test_always_kinds_safeguards_off_and_short_reach_every_run() -> None:
         assert run.scenario.workload.duration_s <= 6
 
 
+def test_workload_kinds_reshape_the_clients_and_keep_the_bases_other_settings() -> None:
+    base = load_scenario("quick")
+    plain = draw_run(1, 5, base, False, ())
+    drawn = draw_run(1, 5, base, False, (), ("enqueue_duplicates", "credit_shortage"))
+    workload = drawn.scenario.workload
+    assert 0.5 <= workload.duplicate_enqueue <= 1.0
+    assert 150 <= workload.credits_per_shop <= 600
+    assert dict(workload.mix)["buy"] == 0
+    # The rest of the base's mix stays as the base wrote it
+    others = {k: v for k, v in dict(workload.mix).items() if k != "buy"}
+    assert others == {k: v for k, v in dict(plain.scenario.workload.mix).items() if k != "buy"}
+    assert {"enqueue_duplicates", "credit_shortage"} <= kinds_of(drawn.scenario)
+    assert not {"enqueue_duplicates", "credit_shortage"} & kinds_of(base)
+
+
 def test_a_base_scenarios_own_faults_are_named_in_the_swarms_terms() -> None:
     assert kinds_of(load_scenario("quick")) == {
         "kill_worker",
