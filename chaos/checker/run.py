@@ -166,9 +166,7 @@ def check_run(run_dir: Path) -> dict[str, Any]:
     # Every process's log, the lab's own redis-server's too (it is a process of the run as well).
     logs = sorted((run_dir / "logs").glob("*.log")) + sorted((run_dir / "redis").glob("*.log"))
     big = _folder_bytes([*logs, simulator_dir / DELIVERIES_LEDGER]) > PARALLEL_BYTES
-    pool = (
-        ProcessPoolExecutor(max_workers=2, mp_context=multiprocessing.get_context("spawn")) if big else None
-    )
+    pool = ProcessPoolExecutor(max_workers=2, mp_context=_process_context()) if big else None
     try:
         log_scan = _in_background(
             pool,
