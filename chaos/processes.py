@@ -17,6 +17,7 @@ from pathlib import Path
 
 import httpx
 
+from service.failpoints import STREAM_ENV
 from service.lifetime import bound_to_this_process
 from service.settings import Settings
 
@@ -59,7 +60,9 @@ class ManagedProcess:
         try:
             self.process = subprocess.Popen(
                 bound_to_this_process(self.argv),
-                env={**os.environ, **self.env},
+                # Each start draws its own failpoint sequence (service/failpoints.py: a restart that
+                # drew its predecessor's would die on the same hit)
+                env={**os.environ, **self.env, STREAM_ENV: f"{self.name}:{self.starts}"},
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,

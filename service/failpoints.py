@@ -8,13 +8,21 @@ points are inert unless armed, and arming them from the environment is refused o
 Spec (`SMSLAB_FAILPOINTS`): comma-separated `point=action[@probability][*count]`, where action is
 `raise` (a `SimulatedCrash`, which no handler of ours catches), `kill` (SIGKILL to this very process, as
 the OOM killer or `kill -9` would) or `sleep:SECONDS` (a stall, e.g. a GC pause longer than a lease).
-`@0.1` fires on one hit in ten at random (drawn from `SMSLAB_FAILPOINT_SEED`, so a run replays);
-`*count` limits how many hits fire; without either, every hit fires.
+`@0.1` fires on one hit in ten at random; `*count` limits how many hits fire in one process; without
+either, every hit fires.
+
+The random draws come from `SMSLAB_FAILPOINT_SEED` and the process's own stream (`SMSLAB_FAILPOINT_STREAM`,
+which the lab sets to the process's name and start number, plus the process id in a worker process that
+a server forked or spawned itself, as uvicorn's are): the same run draws the same sequence in the same
+process start, and each process and each restart draws its own. One shared sequence made a crash loop of
+`kill@P`: a restarted process drew what its killed predecessor drew, died on the same hit, and so did
+every restart after it (an API that never finished one enqueue, whatever P said).
 """
 
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import os
 import random
 import signal
@@ -90,11 +98,22 @@ def parse_spec(spec: str) -> dict[str, _Armed]:
     return armed
 
 
-def configure(spec: str, seed: int = 0) -> None:
+STREAM_ENV = "SMSLAB_FAILPOINT_STREAM"  # the setting `failpoint_stream`
+
+
+def process_stream(named: str) -> str:
+    """This process's draw stream: what the lab named it (`api:2`, its third start), and its pid when it
+    is a server's own worker (all of them inherit one name)."""
+    if multiprocessing.parent_process() is not None:
+        return f"{named}:pid{os.getpid()}"
+    return named
+
+
+def configure(spec: str, seed: int = 0, stream: str = "") -> None:
     """Arm points from a spec (called once at process start from settings)."""
     _armed.clear()
     _armed.update(parse_spec(spec))
-    _rng.seed(f"failpoints:{seed}")
+    _rng.seed(f"failpoints:{seed}:{stream}")
 
 
 @contextmanager

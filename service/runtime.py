@@ -33,7 +33,9 @@ class Runtime:
 
     @classmethod
     def build(cls, settings: Settings, redis_url: str, role: str) -> Runtime:
-        failpoints.configure(settings.failpoints, settings.failpoint_seed)
+        failpoints.configure(
+            settings.failpoints, settings.failpoint_seed, failpoints.process_stream(settings.failpoint_stream)
+        )
         logs.register_secrets(
             [
                 settings.mitto_api_key,

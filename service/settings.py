@@ -108,6 +108,7 @@ class Settings:
     safeguards_off: frozenset[str] = field(default_factory=frozenset)
     failpoints: str = ""
     failpoint_seed: int = 0
+    failpoint_stream: str = ""  # which process start this is (the lab sets it): see service/failpoints.py
 
     @property
     def is_sqlite(self) -> bool:
@@ -335,6 +336,7 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "safeguards_off": _name_set,
     "failpoints": lambda _n, raw: raw.strip(),
     "failpoint_seed": _whole_number,
+    "failpoint_stream": lambda _n, raw: raw.strip(),
 }
 
 

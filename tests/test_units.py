@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import json
 import logging
+import sys
+from pathlib import Path
 
 import pytest
 import structlog
@@ -206,6 +208,42 @@ async def test_an_armed_failpoint_fires_only_as_often_as_asked() -> None:
             await failpoints.hit("send.after_claim")
         await failpoints.hit("send.after_claim")  # spent
     await failpoints.hit("send.after_claim")  # disarmed
+
+
+async def test_each_process_start_draws_its_own_failpoint_sequence() -> None:
+    """A restarted process must not draw what its killed predecessor drew: it would die on the same hit,
+    and so would every restart after it (a crash loop instead of a fault at the asked probability)."""
+
+    async def fired(stream: str) -> list[bool]:
+        failpoints.configure("send.after_claim=raise@0.3", seed=7, stream=stream)
+        outcomes = []
+        for _ in range(40):
+            try:
+                await failpoints.hit("send.after_claim")
+                outcomes.append(False)
+            except failpoints.SimulatedCrash:
+                outcomes.append(True)
+        return outcomes
+
+    try:
+        first, again, restarted = await fired("api:0"), await fired("api:0"), await fired("api:1")
+        assert first == again  # the same run's same process start replays
+        assert first != restarted
+        assert 0 < sum(restarted) < 40
+    finally:
+        failpoints.configure("")
+
+
+def test_the_lab_names_each_process_start_for_its_failpoint_stream(tmp_path: Path) -> None:
+    from chaos.processes import ManagedProcess
+
+    script = "import os, sys; print(os.environ['SMSLAB_FAILPOINT_STREAM'], flush=True)"
+    process = ManagedProcess("worker-1", [sys.executable, "-c", script], tmp_path / "worker.log")
+    for _ in range(2):
+        process.start()
+        assert process.process is not None
+        process.process.wait(30)
+    assert (tmp_path / "worker.log").read_text().split() == ["worker-1:0", "worker-1:1"]
 
 
 def test_cron_expressions_for_intervals() -> None:
