@@ -11,8 +11,16 @@ from typing import Any
 
 import pytest
 
-from chaos.checker import i6_one_enqueue, i7_delivery_state, i8_no_pii
-from chaos.checker.evidence import DeliveryOutcome, iter_lines, load_acceptances
+from chaos.checker import i5_payments_once, i6_one_enqueue, i7_delivery_state, i8_no_pii
+from chaos.checker.evidence import (
+    DatabaseSnapshot,
+    DeliveryOutcome,
+    Payment,
+    Refund,
+    StripeTruth,
+    iter_lines,
+    load_acceptances,
+)
 from chaos.checker.result import CheckResult
 from chaos.checker.run import VERDICT, check_run
 from chaos.checker.synthetic import SECRETS, phone, write_synthetic_run
@@ -173,6 +181,56 @@ def test_i5_a_payment_credited_twice(run_dir: Path) -> None:
     )
     item = only_invalid(run_dir)
     assert (item["id"], item["counts"]["payments_credited_more_than_once"]) == ("I5", 1)
+
+
+def _refunds_judged(records: list[dict[str, Any]], deductions: list[tuple[str, int]]) -> CheckResult:
+    """I5 on one paid session (1,000 credits for $10.00) refunded $5.00 as `re_1`, with these refund
+    records and these ledger deductions (key, credits)."""
+    payment = Payment("cs_1", "ch_1", 1000, 1000)
+    truth = StripeTruth({"cs_1": payment}, [Refund("re_1", "ch_1", 500)], {"ch_1": payment})
+    snapshot = DatabaseSnapshot()
+    snapshot.ledger = [
+        {"kind": "purchase", "amount": 1000, "idempotency_key": "purchase:cs_1"},
+        *({"kind": "refund", "amount": -credits, "idempotency_key": key} for key, credits in deductions),
+    ]
+    snapshot.refunds = {str(r["refund_id"]): r for r in records}
+    return i5_payments_once.check(truth, snapshot, stripe_acknowledged=True)
+
+
+def _refund_record(key: str, deducted: int, shortfall: int = 0) -> dict[str, Any]:
+    return {"refund_id": key, "credits": 500, "deducted": deducted, "shortfall": shortfall, "applied": True}
+
+
+def test_i5_a_refund_is_judged_by_what_was_taken_whatever_key_its_record_is_under() -> None:
+    # As the unsafe variant stores it (one record per delivery, under the delivery's key), taken once:
+    # deducted once, not "missing" (the record is found by its refund)
+    once = _refunds_judged(
+        [_refund_record("re_1:delivery:a", 500)], [("refund:re_1:delivery:a:delivery:b", 500)]
+    )
+    assert once.valid is True
+    assert once.counts["refunds_deducted_once"] == 1
+    # Two deliveries applied it: taken twice, or taken once and flagged short the second time
+    twice = _refunds_judged(
+        [_refund_record("re_1:delivery:a", 500), _refund_record("re_1:delivery:b", 500)],
+        [("refund:re_1:delivery:a", 500), ("refund:re_1:delivery:b", 500)],
+    )
+    short = _refunds_judged(
+        [_refund_record("re_1:delivery:a", 500), _refund_record("re_1:delivery:b", 0, shortfall=500)],
+        [("refund:re_1:delivery:a", 500)],
+    )
+    for doubled in (twice, short):
+        assert doubled.valid is False
+        assert doubled.counts["refunds_deducted_more_than_once"] == 1
+        assert doubled.witnesses[0]["why"] == "applied by more than one delivery"
+    # Never applied: missing, and the witness says so
+    missing = _refunds_judged([], [])
+    assert missing.valid is False
+    assert missing.counts["refunds_missing"] == 1
+    assert missing.witnesses[0]["why"].startswith("no record of the refund")
+    # The safe variant's own key, partly taken and the rest flagged: once
+    flagged = _refunds_judged([_refund_record("re_1", 200, shortfall=300)], [("refund:re_1", 200)])
+    assert flagged.valid is True
+    assert flagged.counts["refund_shortfalls_flagged"] == 1
 
 
 def test_i7_a_final_state_overwritten_by_a_late_report(run_dir: Path) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from chaos.checker.evidence import DatabaseSnapshot, StripeTruth
+from chaos.checker.evidence import DatabaseSnapshot, Row, StripeTruth
 from chaos.checker.result import CheckResult
 from service.db.models import LedgerKind
 
@@ -64,17 +64,29 @@ def check(truth: StripeTruth, snapshot: DatabaseSnapshot, stripe_acknowledged: b
         result.witness(
             {"session": session_id, "purchased_credits": payment.credits, "ledger_entries": entries}
         )
+    # A refund's records by the refund they are for: the unsafe variant stores one per delivery, under
+    # the delivery's own key (`re_...:delivery:...`), so a record is found by its refund, not its key.
+    records: dict[str, list[Row]] = defaultdict(list)
+    for row in snapshot.refunds.values():
+        records[str(row["refund_id"]).split(":delivery:")[0]].append(row)
     for refund in truth.refunds:
         paid = truth.charges.get(refund.charge_id)
         expected = paid.credits * refund.amount_cents // max(1, paid.amount_cents) if paid else 0
         entries = deducted.get(refund.refund_id, [])
-        record = snapshot.refunds.get(refund.refund_id)
-        shortfall = int(record["shortfall"]) if record else 0
+        kept = records.get(refund.refund_id, [])
+        applied = [row for row in kept if row.get("applied")]
+        shortfall = sum(int(row["shortfall"]) for row in applied)
         counts["refund_shortfalls_flagged"] += 1 if shortfall else 0
-        if len(entries) > 1:
+        if len(entries) > 1 or len(applied) > 1:
+            # Taken twice, or taken once and then again as a shortfall (nothing was left the second time)
             counts["refunds_deducted_more_than_once"] += 1
-        elif record is None or sum(entries) + shortfall != expected:
+            why = "applied by more than one delivery"
+        elif not kept:
             counts["refunds_missing"] += 1
+            why = "no record of the refund: the service never applied it"
+        elif sum(entries) + shortfall != expected:
+            counts["refunds_missing"] += 1
+            why = "deducted and flagged short add up to less or more than the refund's credits"
         else:
             counts["refunds_deducted_once"] += 1
             continue
@@ -84,7 +96,9 @@ def check(truth: StripeTruth, snapshot: DatabaseSnapshot, stripe_acknowledged: b
                 "expected_credits": expected,
                 "ledger_deductions": entries,
                 "recorded_shortfall": shortfall,
-                "recorded": record is not None,
+                "records": len(kept),
+                "applied_records": len(applied),
+                "why": why,
             }
         )
     result.counts = counts
