@@ -443,6 +443,8 @@ def draw_run(
         else:
             points[where].append(item)
     document["nemesis"] = nemesis
+    if postgresql and any(k.postgresql_only for k in chosen):
+        document["backend"] = "postgresql"  # what the database faults need (they cut connections)
     document.setdefault("simulator", {})["faults"] = faults
     services = document.setdefault("services", {})
     services.update({name: ",".join(specs) for name, specs in points.items()})

@@ -91,6 +91,14 @@ def test_postgresql_runs_draw_database_faults_too() -> None:
     base = load_scenario("db_cuts")
     kinds = {k for i in range(1, 60) for k in draw_run(i, run_seed(3, i), base, True, ()).kinds}
     assert {"cut_db_connections", "db_latency"} <= kinds
+    # From any base: a database fault drawn on a base written for either backend still makes a valid
+    # scenario (it once killed a whole PostgreSQL swarm at its fifth run: "needs backend = postgresql")
+    bases = base_scenarios((), postgresql=True)
+    for index in range(1, 121):
+        run = draw_run(index, run_seed(11, index), bases[index % len(bases)], True, ())
+        reread = parse_scenario(tomllib.loads(run.scenario.as_toml()))
+        if {"cut_db_connections", "db_latency"} & set(run.kinds):
+            assert reread.backend == "postgresql"
     assert [s.name for s in base_scenarios((), postgresql=False)].count("db_cuts") == 0
 
 
