@@ -17,9 +17,8 @@ from pathlib import Path
 
 import httpx
 
-from service.failpoints import STREAM_ENV
 from service.lifetime import bound_to_this_process
-from service.settings import Settings
+from service.settings import Settings, env_name
 
 
 def smslab_argv(*args: str) -> list[str]:
@@ -62,7 +61,7 @@ class ManagedProcess:
                 bound_to_this_process(self.argv),
                 # Each start draws its own failpoint sequence (service/failpoints.py: a restart that
                 # drew its predecessor's would die on the same hit)
-                env={**os.environ, **self.env, STREAM_ENV: f"{self.name}:{self.starts}"},
+                env={**os.environ, **self.env, env_name("failpoint_stream"): f"{self.name}:{self.starts}"},
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,

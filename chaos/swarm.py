@@ -327,7 +327,8 @@ FAULT_KINDS: tuple[FaultKind, ...] = (
         "stall_in_webhook",
         "failpoint",
         lambda r, d: (API_FAILPOINTS, f"webhook.after_duplicate_check=sleep:0.2@{_p(r, 0.1, 0.3)}"),
-    ),  # Hostile workload shapes: what the clients do, not what breaks under them. Every enqueue (or most)
+    ),
+    # Hostile workload shapes: what the clients do, not what breaks under them. Every enqueue (or most)
     # sent twice at once and retried with the same key, which only the idempotency key absorbs (I6); and
     # shops that run out of credits mid-run with no purchases, so enqueues are refused half-way (402)
     # and only the enqueue's single transaction keeps their credits whole (I4).

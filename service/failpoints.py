@@ -98,9 +98,6 @@ def parse_spec(spec: str) -> dict[str, _Armed]:
     return armed
 
 
-STREAM_ENV = "SMSLAB_FAILPOINT_STREAM"  # the setting `failpoint_stream`
-
-
 def process_stream(named: str) -> str:
     """This process's draw stream: what the lab named it (`api:2`, its third start), and its pid when it
     is a server's own worker (all of them inherit one name)."""
