@@ -544,6 +544,39 @@ def test_i6_violations(history: list[dict[str, Any]], count: str) -> None:
     assert result.witnesses
 
 
+def test_i6_with_enqueues_sent_and_none_decided_is_unknown_not_valid() -> None:
+    """A matrix run with enqueue_idempotency off once read "I6 valid": all its enqueues went unanswered."""
+    history = [
+        enqueue(0, "invoke", "k1"),
+        enqueue(1, "invoke", "k1", duplicate=True),
+        enqueue(2, "info", "k1", error="ReadTimeout"),
+        enqueue(3, "fail", "k1", duplicate=True, status=409, problem="idempotency-key-in-flight"),
+        enqueue(4, "invoke", "k1"),
+        enqueue(5, "fail", "k1", status=429, problem="rate-limited"),
+    ]
+    result = i6_one_enqueue.check(history)
+    assert result.valid == "unknown"
+    assert "3 enqueue(s) sent and none decided" in (result.note or "")
+    assert (result.counts["enqueue_attempts"], result.counts["enqueue_outcomes_decided"]) == (3, 0)
+    # one decided answer is something to judge; no enqueue at all is nothing to doubt
+    assert i6_one_enqueue.check([*history, enqueue(6, "ok", "k1", **ACCEPTED)]).valid is True
+    assert i6_one_enqueue.check([]).valid is True
+
+
+def test_an_undecided_invariant_gives_its_reason_in_the_verdict(run_dir: Path) -> None:
+    lines = (run_dir / "history.jsonl").read_text().splitlines()
+    kept = []
+    for line in lines:
+        entry = json.loads(line)
+        if entry.get("f") == "enqueue" and entry["type"] != "invoke":
+            entry = {**entry, "type": "info", "value": {**entry["value"], "error": "ReadTimeout"}}
+        kept.append(json.dumps(entry))
+    (run_dir / "history.jsonl").write_text("\n".join(kept) + "\n")
+    verdict = check_run(run_dir)
+    assert verdict["valid"] == "unknown"
+    assert [r for r in verdict["unknown_because"] if r.startswith("I6: ")], verdict["unknown_because"]
+
+
 def test_i6_in_a_whole_run_folder(run_dir: Path) -> None:
     # The synthetic run enqueued campaign 1 (shop 1) with key enqueue-1; a retry was then run again.
     append(

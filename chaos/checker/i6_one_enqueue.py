@@ -9,6 +9,11 @@ A 409 `idempotency-key-in-flight` (the first request still running), a 429 `rate
 before the key was claimed, so a retry with it may well succeed) and outcomes that are unknown
 (timeouts, 5xx) are not violations. Order does not matter: with the key stored, no request with it can
 ever be refused for a reason its twin did not meet. Safeguard: the idempotent enqueue (1).
+
+Enqueues were sent but not one was decided (every answer a timeout, a cut connection, a 5xx, a 429 or an
+in-flight 409): then nothing was judged, and I6 is unknown, not valid. A CI matrix run once passed
+`enqueue_idempotency` off as "I6 valid" because a SQLite-held lock and API kills left all 60 enqueues of
+its six seconds unanswered.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from collections import defaultdict
 from typing import Any
 
 from chaos.checker.result import CheckResult
-from chaos.history import FAIL, OK
+from chaos.history import FAIL, INVOKE, OK
 
 ID = "I6"
 TITLE = "one enqueue per campaign; same key, same response"
@@ -31,10 +36,18 @@ def check(history: list[dict[str, Any]]) -> CheckResult:
     by_key: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     winners: dict[tuple[str, int], set[str]] = defaultdict(set)
     enqueue_ops = 0
+    attempts = 0
+    decided = 0
     for entry in history:
-        if entry.get("f") != "enqueue" or entry["type"] not in (OK, FAIL):
+        if entry.get("f") != "enqueue":
+            continue
+        if entry["type"] == INVOKE:
+            attempts += 1
+        if entry["type"] not in (OK, FAIL):
             continue
         enqueue_ops += 1
+        if entry["type"] == OK or entry["value"].get("problem") not in NOT_A_DECISION:
+            decided += 1
         value = entry["value"]
         by_key[(value["shop"], value["key"])].append(entry)
         if entry["type"] == OK and value.get("status") == 202:
@@ -72,11 +85,19 @@ def check(history: list[dict[str, Any]]) -> CheckResult:
             }
         )
     result.counts = {
+        "enqueue_attempts": attempts,
         "enqueue_outcomes": enqueue_ops,
+        "enqueue_outcomes_decided": decided,
         "keys": len(by_key),
         "campaigns_enqueued": len(winners),
         "campaigns_with_two_winners": two_winners,
         "keys_answered_differently": answered_differently,
     }
     result.valid = not two_winners and not answered_differently
+    if result.valid and attempts and not decided:
+        result.valid = "unknown"
+        result.note = (
+            f"{attempts} enqueue(s) sent and none decided (timed out, cut off, 5xx, 429 or in flight): "
+            "nothing to judge"
+        )
     return result

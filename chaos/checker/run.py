@@ -254,7 +254,9 @@ def _check(
     if load_run.is_load_run(manifest):
         coverage["shortfalls"].extend(load_run.shortfalls(run_dir, manifest, history))
     valid = compose(results)
-    unknown_because = [*missing, *coverage["shortfalls"]] if valid is not False else []
+    # an invariant that had nothing to judge says so itself (its note); evidence missing says it for all
+    undecided = [f"{r.id}: {r.note}" for r in results if r.valid == "unknown" and r.note and not missing]
+    unknown_because = [*missing, *undecided, *coverage["shortfalls"]] if valid is not False else []
     if valid is True and unknown_because:
         valid = "unknown"  # every invariant held, but the run did not do enough for that to count
     verdict = {
