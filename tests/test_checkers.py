@@ -91,6 +91,7 @@ def test_i1_a_double_send(run_dir: Path) -> None:
     assert item["counts"]["extra_acceptances"] == 1
     assert item["witnesses"][0]["reference"] == first["reference"]
     assert item["witnesses"][0]["message_ids"] == [first["message_id"], "msg-again"]
+    assert "a double send (see I1)" in results["I3"]["witnesses"][0]["why"]  # not a lost debit
 
 
 def test_i1_the_same_phone_under_a_made_up_second_reference(run_dir: Path) -> None:
@@ -128,6 +129,22 @@ def test_i3_a_double_debit(run_dir: Path) -> None:
     item = only_invalid(run_dir)
     assert (item["id"], item["counts"]["credits_overcharged"]) == ("I3", 1)
     assert item["witnesses"][0]["campaign_id"] == debit[4]
+    assert item["witnesses"][0]["why"] == "1 credit(s) debited for no accepted message: a double debit"
+
+
+def test_i3_a_debit_lost_after_the_send(run_dir: Path) -> None:
+    database = run_dir / "database"
+    ledger = rows(database / "ledger.jsonl")
+    debit = next(row for row in ledger if row[3] == "debit")
+    edit_rows(database / "ledger.jsonl", lambda items: items.remove(debit))
+    edit_rows(
+        database / "wallets.jsonl",
+        lambda items: [row.__setitem__(1, row[1] - debit[2]) for row in items if row[0] == debit[1]],
+    )
+    item = only_invalid(run_dir)
+    assert (item["id"], item["counts"]["credits_undercharged"]) == ("I3", -debit[2])
+    why = item["witnesses"][0]["why"]
+    assert why.startswith(f"{-debit[2]} credit(s) of messages accepted once were never debited"), why
 
 
 def test_i4_a_balance_that_is_not_its_ledger(run_dir: Path) -> None:
@@ -327,6 +344,21 @@ def test_a_shortfall_in_a_run_that_did_not_settle_is_unknown_but_an_overcharge_i
     ledger = rows(run_dir / "database" / "ledger.jsonl")
     append(run_dir / "database" / "ledger.jsonl", [len(ledger) + 1, 1, -5, "debit", 1, 5, "debit:x"])
     assert verdicts(run_dir)["I3"]["valid"] is False  # charged for more than was sent: no wait fixes that
+
+
+def test_a_debit_missing_when_nothing_was_left_in_flight_is_lost_not_unknown(run_dir: Path) -> None:
+    """Unsettled only by queued webhooks: no send was unfinished, so no debit was still coming."""
+    manifest = json.loads((run_dir / "run.json").read_text())
+    quiescence = {"reached": False, "bound_s": 30, "still_sending_campaigns": 0, "deliveries_pending": 1218}
+    manifest["quiescence"] = {**quiescence, "still_unsettled_recipients": 0, "delivery_reports_parked": 0}
+    (run_dir / "run.json").write_text(json.dumps(manifest))
+    accepted = run_dir / "simulator" / "mitto_accepted.jsonl"
+    extra = {**rows(accepted)[0], "message_id": "m-new", "reference": "c1-r99999", "to": "+12025550199"}
+    append(accepted, extra)
+    assert verdicts(run_dir)["I3"]["valid"] is False
+    manifest["quiescence"]["still_unsettled_recipients"] = 3  # a send unfinished: its debit may come
+    (run_dir / "run.json").write_text(json.dumps(manifest))
+    assert verdicts(run_dir)["I3"]["valid"] == "unknown"
 
 
 def test_a_torn_last_line_is_left_out_not_fatal(run_dir: Path) -> None:

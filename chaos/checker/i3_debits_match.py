@@ -3,6 +3,9 @@
 Ground truth: the fake Mitto's ledger on one side, the service's credit ledger on the other. Both
 directions are violations: an overcharge (a double debit) and an undercharge (a message sent and never
 paid for, e.g. a debit lost between two transactions). Safeguard: debit with the result, once (5).
+Each witness says which it was: an undercharge made of second acceptances of recipients already paid for
+is a double send (I1 says so too) that the service never knew it made, not a lost debit; the rest of it is
+messages sent and recorded whose debit never came. (A seed-profile swarm's I3 failure was all the first.)
 """
 
 from __future__ import annotations
@@ -23,6 +26,10 @@ def check(acceptances: list[Acceptance], snapshot: DatabaseSnapshot) -> CheckRes
     counted = Counter(a.campaign_id for a in acceptances)
     counted.pop(None, None)  # a reference this service never made: I1 counts those
     accepted: Counter[int] = cast("Counter[int]", counted)
+    reached: dict[int, set[int | None]] = defaultdict(set)  # the distinct recipients each campaign reached
+    for acceptance in acceptances:
+        if acceptance.campaign_id is not None:
+            reached[acceptance.campaign_id].add(acceptance.recipient_id)
     debited: dict[int, int] = defaultdict(int)
     debit_entries: Counter[int] = Counter()
     for entry in snapshot.ledger:
@@ -44,15 +51,18 @@ def check(acceptances: list[Acceptance], snapshot: DatabaseSnapshot) -> CheckRes
         else:
             under += 1
             under_credits += expected - actual
+        extra = accepted.get(campaign_id, 0) - len(reached.get(campaign_id, ()))
         result.witness(
             {
                 "campaign_id": campaign_id,
                 "accepted_messages": accepted.get(campaign_id, 0),
+                "recipients_reached": len(reached.get(campaign_id, ())),
                 "segments": segments,
                 "expected_debit": expected,
                 "debited": actual,
                 "debit_entries": debit_entries.get(campaign_id, 0),
                 "difference": actual - expected,
+                "why": _why(actual - expected, extra * segments),
             }
         )
     result.counts = {
@@ -66,3 +76,20 @@ def check(acceptances: list[Acceptance], snapshot: DatabaseSnapshot) -> CheckRes
     }
     result.valid = over == 0 and under == 0
     return result
+
+
+def _why(difference: int, double_sent_credits: int) -> str:
+    """What the difference is made of, as far as the two ledgers tell."""
+    if difference > 0:
+        return f"{difference} credit(s) debited for no accepted message: a double debit"
+    short = -difference
+    if double_sent_credits >= short:
+        return (
+            f"the {short} credit(s) not debited are second acceptances of recipients already paid for: a "
+            "double send (see I1) the service never recorded, not a lost debit"
+        )
+    lost = short - double_sent_credits
+    why = f"{lost} credit(s) of messages accepted once were never debited: a debit lost after the send"
+    if double_sent_credits:
+        why += f"; {double_sent_credits} more are double sends (see I1)"
+    return why
