@@ -286,6 +286,25 @@ def test_i7_a_final_report_applied_but_never_acknowledged(run_dir: Path, error: 
     item = verdicts(run_dir)["I7"]
     assert item["valid"] is valid
     assert item["counts"]["final_applied_without_acknowledgement"] == (1 if valid else 0)
+    assert item["counts"]["final_state_no_delivery_brought"] == (0 if valid else 1)
+
+
+def test_i7_a_final_state_no_delivery_brought_may_be_in_flight_when_reports_were_still_queued(
+    run_dir: Path,
+) -> None:
+    deliveries = run_dir / "simulator" / "webhook_deliveries.jsonl"
+    edit_rows(
+        deliveries,
+        lambda items: mitto_deliveries(items)[1].update(
+            acknowledged=False, status=None, error="ConnectionRefusedError"
+        ),
+    )
+    manifest = json.loads((run_dir / "run.json").read_text())
+    manifest["quiescence"] = {"reached": False, "bound_s": 30, "deliveries_pending": 40}
+    (run_dir / "run.json").write_text(json.dumps(manifest))
+    item = verdicts(run_dir)["I7"]
+    assert item["valid"] == "unknown"
+    assert "no acknowledged delivery brought" in item["witnesses"][0]["why"]
 
 
 def test_i7_two_final_reports_heard_the_providers_last_one_counts(run_dir: Path) -> None:

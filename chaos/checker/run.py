@@ -64,7 +64,7 @@ IN_FLIGHT_EXPLAINS = {
         ("still_sending_campaigns", "still_unsettled_recipients"),
     ),
     "I7": (
-        "regressed_or_missing_final",
+        "regressed_or_missing_final",  # and final_state_no_delivery_brought: its delivery still queued
         ("wrong_final_state",),
         ("still_unsettled_recipients", "deliveries_pending", "delivery_reports_parked"),
     ),
