@@ -12,8 +12,10 @@ from typing import Any
 import pytest
 
 from chaos.checker import i5_payments_once, i6_one_enqueue, i7_delivery_state, i8_no_pii
+from chaos.checker.causes import Causes, attach, concerned
 from chaos.checker.evidence import (
     DatabaseSnapshot,
+    DeliveryAttempt,
     DeliveryOutcome,
     Payment,
     Refund,
@@ -239,6 +241,15 @@ def test_i5_a_refund_is_judged_by_what_was_taken_whatever_key_its_record_is_unde
         assert doubled.valid is False
         assert doubled.counts["refunds_deducted_more_than_once"] == 1
         assert doubled.witnesses[0]["why"] == "applied by more than one delivery"
+        assert doubled.witnesses[0]["charge"] == "ch_1"  # what Stripe's refund events are about
+    # ... so its causes are the charge's deliveries (a refund id is in no delivery of the ledger)
+    delivery = DeliveryAttempt(
+        provider="stripe", acknowledged=True, type="charge.refunded", status=200, attempt=1, t=5.0,
+        event="evt_1", object="ch_1", delivery=1,
+    )  # fmt: skip
+    assert concerned([twice], [])(delivery)
+    attach([twice], Causes.of(Path("/nonexistent"), {}, [delivery], []))
+    assert twice.witnesses[0]["causes"]["deliveries"][0]["type"] == "charge.refunded"
     # Never applied: missing, and the witness says so
     missing = _refunds_judged([], [])
     assert missing.valid is False

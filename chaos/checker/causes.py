@@ -175,8 +175,8 @@ def concerned(results: list[CheckResult], history: list[dict[str, Any]]) -> Call
                 events.update(_erasure_events(_erasure_requests(history, witness["erased_customer"])))
             elif "session" in witness:
                 objects.add(str(witness["session"]))
-            elif "refund" in witness:
-                objects.add(str(witness["refund"]))
+            elif "refund" in witness:  # Stripe's refund events are about the charge
+                objects.add(str(witness.get("charge") or witness["refund"]))
             elif "message_id" in witness:
                 messages.add(str(witness["message_id"]))
     return lambda d: d.event in events or d.object in objects or d.message in messages
@@ -207,7 +207,7 @@ def attach(results: list[CheckResult], causes: Causes) -> None:
             elif "session" in witness:
                 found = causes.payment(str(witness["session"]))
             elif "refund" in witness:
-                found = causes.payment(str(witness["refund"]))
+                found = causes.payment(str(witness.get("charge") or witness["refund"]))
             elif "message_id" in witness:
                 found = causes.message(str(witness["message_id"]))
             elif "accepted_at" in witness:

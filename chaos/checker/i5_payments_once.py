@@ -93,6 +93,7 @@ def check(truth: StripeTruth, snapshot: DatabaseSnapshot, stripe_acknowledged: b
         result.witness(
             {
                 "refund": refund.refund_id,
+                "charge": refund.charge_id,
                 "expected_credits": expected,
                 "ledger_deductions": entries,
                 "recorded_shortfall": shortfall,
