@@ -117,6 +117,33 @@ def test_i2_a_campaign_left_sending(run_dir: Path) -> None:
     assert results["I2"]["valid"] is False
     assert results["I2"]["counts"]["campaigns_not_terminal"] == 1
     assert results["I2"]["counts"]["recipients_pending"] == 1
+    assert results["I2"]["witnesses"][0]["why"].startswith("1 recipient(s) never sent")
+
+
+def test_i4_a_campaign_sending_without_its_reservation_shows_its_enqueues_answers(run_dir: Path) -> None:
+    """An enqueue refused half-way (402 after the status change, safeguard 2 off) left it sending."""
+    database = run_dir / "database"
+    campaigns = rows(database / "campaigns.jsonl")
+    campaign = campaigns[0][0]
+    edit_rows(database / "reservations.jsonl", lambda items: items.clear())
+    edit_rows(database / "campaigns.jsonl", lambda items: items[0].__setitem__(2, "sending"))
+    refused = {
+        "shop": SHOP,
+        "campaign": campaign,
+        "key": "k9",
+        "status": 402,
+        "problem": "insufficient-credits",
+    }
+    append(
+        run_dir / "history.jsonl",
+        {"index": 9000, "type": "fail", "f": "enqueue", "process": "c", "value": refused},
+    )
+    item = verdicts(run_dir)["I4"]
+    witness = next(w for w in item["witnesses"] if "enqueued_campaign_without_reservation" in w)
+    assert witness["why"].startswith("moved to sending, yet no reservation was ever written")
+    assert {"history_index": 9000, "type": "fail", "status": 402, "problem": "insufficient-credits"} in (
+        witness["causes"]["enqueue_answers"]
+    )
 
 
 def test_i3_a_double_debit(run_dir: Path) -> None:

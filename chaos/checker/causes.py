@@ -141,6 +141,26 @@ class Causes:
         attempts = self.by_message.get(message_id, [])
         return self._with_nemesis({"deliveries": self._deliveries(attempts)}, [a.t for a in attempts])
 
+    def enqueues(self, campaign_id: int) -> dict[str, Any]:
+        """The merchant's enqueues of the campaign, each with its answer, and the nemesis around them."""
+        answers = [
+            e
+            for e in self.history
+            if e.get("f") == "enqueue"
+            and e.get("type") != "invoke"
+            and e["value"].get("campaign") == campaign_id
+        ]
+        keep = ("status", "problem", "error", "duplicate")
+        causes: dict[str, Any] = {
+            "enqueue_answers": [
+                {"history_index": e.get("index"), "type": e.get("type")}
+                | {k: e["value"][k] for k in keep if e["value"].get(k) is not None}
+                for e in answers[:10]
+            ]
+        }
+        started = self.timeline.history_started_at
+        return self._with_nemesis(causes, [started + float(e.get("time", 0)) for e in answers])
+
     def moments(self, moments: list[float]) -> dict[str, Any]:
         return self._with_nemesis({}, moments)
 
@@ -212,6 +232,8 @@ def attach(results: list[CheckResult], causes: Causes) -> None:
                 found = causes.message(str(witness["message_id"]))
             elif "accepted_at" in witness:
                 found = causes.moments([float(t) for t in witness["accepted_at"]])
+            elif "enqueued_campaign_without_reservation" in witness:
+                found = causes.enqueues(int(witness["enqueued_campaign_without_reservation"]))
             elif "history_time" in witness:
                 found = causes.history_moment(float(witness["history_time"]))
             elif "last_activity_at" in witness:

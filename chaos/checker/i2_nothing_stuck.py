@@ -27,15 +27,18 @@ def check(snapshot: DatabaseSnapshot) -> CheckResult:
         for row, status in zip(recipient_rows, column(recipient_rows, "status"), strict=True)
         if status in UNSETTLED_RECIPIENT
     ]
+    unsettled: dict[int, Counter[str]] = {}
+    for row in stuck_recipients:
+        unsettled.setdefault(row["campaign_id"], Counter())[row["status"]] += 1
     for campaign in stuck_campaigns:
+        left = unsettled.get(campaign["id"], Counter())
         result.witness(
             {
                 "campaign_id": campaign["id"],
                 "status": campaign["status"],
                 "last_activity_at": str(campaign["last_activity_at"]),
-                "unsettled_recipients": sum(
-                    1 for r in stuck_recipients if r["campaign_id"] == campaign["id"]
-                ),
+                "unsettled_recipients": sum(left.values()),
+                "why": _why(left),
             }
         )
     by_status = Counter(r["status"] for r in stuck_recipients)
@@ -56,3 +59,19 @@ def check(snapshot: DatabaseSnapshot) -> CheckResult:
     }
     result.valid = not stuck_campaigns and not stuck_recipients
     return result
+
+
+def _why(left: Counter[str]) -> str:
+    """What holds the campaign: which of its recipients, and what only the reconciler would do for them."""
+    reasons = []
+    if left[RecipientStatus.SENDING.value]:
+        reasons.append(
+            f"{left[RecipientStatus.SENDING.value]} recipient(s) claimed for sending and never resolved (the "
+            "send's answer lost, or its worker died; looking them up is the reconciler's job)"
+        )
+    if left[RecipientStatus.PENDING.value]:
+        reasons.append(
+            f"{left[RecipientStatus.PENDING.value]} recipient(s) never sent (their batch's job lost or never "
+            "queued; queueing it again is the reconciler's job)"
+        )
+    return "; ".join(reasons) or "every recipient is final, yet nothing marked the campaign completed"

@@ -83,7 +83,12 @@ def check(snapshot: DatabaseSnapshot) -> CheckResult:
         result.witness({"live_reservation_on_finished_campaign": reservation})
     for campaign in sending_without_reservation:
         result.witness(
-            {"enqueued_campaign_without_reservation": campaign["id"], "status": campaign["status"]}
+            {
+                "enqueued_campaign_without_reservation": campaign["id"],
+                "status": campaign["status"],
+                "why": "moved to sending, yet no reservation was ever written: an enqueue stopped half-way "
+                "and what it had done stayed (see its answers)",
+            }
         )
     result.counts = {
         "shops": len(snapshot.wallets),
