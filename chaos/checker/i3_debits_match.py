@@ -62,6 +62,7 @@ def check(acceptances: list[Acceptance], snapshot: DatabaseSnapshot) -> CheckRes
                 "debited": actual,
                 "debit_entries": debit_entries.get(campaign_id, 0),
                 "difference": actual - expected,
+                "kind": _kind(actual - expected, extra * segments),
                 "why": _why(actual - expected, extra * segments),
             }
         )
@@ -76,6 +77,13 @@ def check(acceptances: list[Acceptance], snapshot: DatabaseSnapshot) -> CheckRes
     }
     result.valid = over == 0 and under == 0
     return result
+
+
+def _kind(difference: int, double_sent_credits: int) -> str:
+    """The witness's kind, which `smslab shrink` keeps: a double debit, a double send, or a lost debit."""
+    if difference > 0:
+        return "double_debit"
+    return "double_send" if double_sent_credits >= -difference else "lost_debit"
 
 
 def _why(difference: int, double_sent_credits: int) -> str:
