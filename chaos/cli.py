@@ -2,7 +2,8 @@
 
 Service: `db upgrade`, `api`, `worker`, `token`, `shops install`, `credits grant|adjust|recompute`;
 simulator: `simulator`; together: `up`.
-Lab: `run`, `load`, `world`, `check`, `report`, `replay`, `matrix`, `fuzz`, `swarm`, `shrink`, `regressions`.
+Lab: `run`, `load`, `world`, `check`, `report`, `replay`, `matrix`, `fuzz`, `swarm`, `shrink`, `regressions`,
+`seed-gaps`.
 """
 
 from __future__ import annotations
@@ -449,17 +450,25 @@ def shrink(
         None, help="Keep the result in chaos/regressions/NAME.toml (every safeguard on; must then hold)."
     ),
     fixed_by: str = typer.Option("", help="With --save: the commit or safeguard that fixed it."),
+    save_gap: str | None = typer.Option(
+        None,
+        help="Keep the result in chaos/seed_gaps/NAME.toml, its safeguards still off: the smallest "
+        "reproduction of a gap the seed admits (`smslab seed-gaps` expects it to fail).",
+    ),
+    gap: str = typer.Option("", help="With --save-gap: the gap, in the seed's words."),
 ) -> None:
     """Cut a failing run down to the fewest, weakest faults and the smallest workload that still break
     the same invariant (delta debugging, each candidate kept only if it fails NEED of TRIES runs)."""
     from chaos.scenario import ScenarioError
-    from chaos.shrink import ShrinkOptions, save_regression
+    from chaos.shrink import ShrinkOptions, save_regression, save_seed_gap
     from chaos.shrink import shrink as shrink_run
     from chaos.swarm_report import candidate_line, print_shrink
 
     load_or_exit()
     if need > tries:
         raise fail("--need: must not exceed --tries")
+    if save_gap and not gap:
+        raise fail("--save-gap: say which gap of the seed it reproduces with --gap")
     if not (run_dir / "verdict.json").exists():
         raise fail(f"{run_dir} is not a checked run folder (no verdict.json)")
     options = ShrinkOptions(run_dir, invariant, max_runs, tries, need, out, database)
@@ -478,6 +487,16 @@ def shrink(
             f"shrunk from {result['before']['faults']} faults to {result['after']['faults']}",
         )
         typer.echo(f"saved as regression scenario {path}")
+    if save_gap and result["scenario_file"]:
+        path = save_seed_gap(
+            Path(result["scenario_file"]),
+            save_gap,
+            result["invariant"],
+            run_dir.resolve().name,
+            gap,
+            f"shrunk from {result['before']['faults']} faults to {result['after']['faults']}",
+        )
+        typer.echo(f"saved as seed gap {path}")
     raise typer.Exit(0 if result["reproduced"] else 1)
 
 
@@ -513,6 +532,41 @@ def regressions(
             failed.append(scenario.name)
     typer.echo(f"{len(scenarios)} regression scenarios, {len(failed)} failing")
     raise typer.Exit(1 if failed else 0)
+
+
+@app.command("seed-gaps")
+def seed_gaps(
+    database: str | None = typer.Option(None, help="As for `run`: a PostgreSQL URL, else SQLite."),
+    out: Path = typer.Option(Path("runs/seed-gaps"), help="Where their run folders go."),
+) -> None:
+    """Run every scenario in chaos/seed_gaps/ (the seed's gaps, each shrunk, its safeguards off); exit 0
+    only if each still breaks its invariant: the cost of the seed as written, reproduced."""
+    from chaos.harness import LabError, RunOptions, run_scenario
+    from chaos.report import Progress
+    from chaos.shrink import seed_gap_scenarios
+
+    load_or_exit()
+    held = []
+    scenarios = seed_gap_scenarios()
+    for scenario in scenarios:
+        if scenario.backend == "postgresql" and not database:
+            typer.echo(f"{scenario.name}: skipped (needs PostgreSQL)")
+            continue
+        options = RunOptions(
+            scenario, scenario.seed, out, database_url=database, on_progress=Progress(quiet=True)
+        )
+        try:
+            run_dir, verdict = run_scenario(options)
+        except LabError as exc:
+            raise fail(str(exc), code=3) from None
+        invariant = scenario.seed_gap.get("invariant", "")
+        broke = any(item["id"] == invariant and item["valid"] is False for item in verdict["invariants"])
+        word = f"breaks {invariant}" if broke else f"DOES NOT BREAK {invariant}"
+        typer.echo(f"{scenario.name} ({scenario.seed_gap.get('gap')}): {word}; {run_dir}")
+        if not broke:
+            held.append(scenario.name)
+    typer.echo(f"{len(scenarios)} seed gaps, {len(held)} no longer reproduced")
+    raise typer.Exit(1 if held else 0)
 
 
 def _run_and_report(

@@ -186,6 +186,9 @@ class Scenario:
     minimums: Minimums = field(default_factory=Minimums)
     # A scenario in chaos/regressions/: the invariant it once broke, where it was found, what fixed it.
     regression: dict[str, str] = field(default_factory=dict)
+    # A scenario in chaos/seed_gaps/: the smallest reproduction of one gap the seed admits (its safeguards
+    # stay off): the invariant it breaks, the gap in the seed's words, the swarm run it was shrunk from.
+    seed_gap: dict[str, str] = field(default_factory=dict)
     load: LoadPlan = field(default_factory=LoadPlan)
     source: str = ""  # the TOML as written
     document: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
@@ -414,11 +417,12 @@ def _minimums(table: Any) -> Minimums:
 
 
 REGRESSION_FIELDS = ("invariant", "found", "fixed_by", "why")
+SEED_GAP_FIELDS = ("invariant", "gap", "found", "why")
 
 
-def _regression(table: Any) -> dict[str, str]:
-    where = "scenario.regression"
-    table = _check_keys(where, table, set(REGRESSION_FIELDS))
+def _provenance(where: str, table: Any, fields: tuple[str, ...]) -> dict[str, str]:
+    """A regression's or a seed gap's account of itself: short strings, naming the invariant it broke."""
+    table = _check_keys(where, table, set(fields))
     for name, value in table.items():
         if not isinstance(value, str) or not value:
             raise ScenarioError(f"{where}.{name}: must be a non-empty string")
@@ -541,6 +545,7 @@ def parse_scenario(document: Any, source: str = "") -> Scenario:
             "nemesis",
             "minimums",
             "regression",
+            "seed_gap",
             "load",
         },
     )
@@ -562,7 +567,8 @@ def parse_scenario(document: Any, source: str = "") -> Scenario:
         simulator=_simulator(table.get("simulator", {})),
         nemesis=_nemesis(table.get("nemesis", [])),
         minimums=_minimums(table.get("minimums", {})),
-        regression=_regression(table.get("regression", {})),
+        regression=_provenance("scenario.regression", table.get("regression", {}), REGRESSION_FIELDS),
+        seed_gap=_provenance("scenario.seed_gap", table.get("seed_gap", {}), SEED_GAP_FIELDS),
         load=_load(table.get("load", {})),
         source=source,
         document=copy.deepcopy(table),

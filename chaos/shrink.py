@@ -31,6 +31,7 @@ from chaos.scenario import Scenario, ScenarioError, parse_scenario
 from chaos.swarm import RunResult, read_result, run_scenario_process
 
 REGRESSIONS_DIR = Path(__file__).with_name("regressions")
+SEED_GAPS_DIR = Path(__file__).with_name("seed_gaps")
 FAILPOINT_FIELDS = ("worker_failpoints", "api_failpoints")
 
 
@@ -178,6 +179,18 @@ class Shrinker:
     runs_used: int = 0
     log: list[dict[str, Any]] = field(default_factory=list)
     on_candidate: Callable[[dict[str, Any]], None] | None = None
+    # The kinds of witness the failing run showed (I3's lost_debit, I9's starved...): a candidate must
+    # fail with one of them, not with another failure of the same invariant. A seed-profile shrink of a
+    # lost debit otherwise "kept" a candidate without the crash that lost it, failing I3 by a double send.
+    witness_kinds: frozenset[str] = frozenset()
+
+    def breaks(self, result: RunResult) -> bool:
+        """The invariant failed, and for the same kind of reason, when the run's witnesses named one."""
+        if result.invariants.get(self.invariant) is not False:
+            return False
+        return not self.witness_kinds or bool(
+            self.witness_kinds & result.witness_kinds.get(self.invariant, set())
+        )
 
     def budget_left(self) -> bool:
         return self.runs_used < self.options.max_runs
@@ -206,7 +219,7 @@ class Shrinker:
                 RunResult(0, self.seed, scenario.name, (), "", exit_code=code, error=error), runs_dir
             )
             outcomes.append(result)
-            failures += result.invariants.get(self.invariant) is False
+            failures += self.breaks(result)
         accepted = failures >= options.need
         self._record(change, schedule, outcomes, accepted, "")
         return accepted
@@ -219,7 +232,13 @@ class Shrinker:
             "change": change,
             "faults": len(schedule.units),
             "runs": [
-                {"run": r.run_dir, "invariant_valid": r.invariants.get(self.invariant), "error": r.error}
+                {
+                    "run": r.run_dir,
+                    "invariant_valid": r.invariants.get(self.invariant),
+                    "witness_kinds": sorted(r.witness_kinds.get(self.invariant, ())),
+                    "kept_failing": self.breaks(r),
+                    "error": r.error,
+                }
                 for r in outcomes
             ],
             "accepted": accepted,
@@ -297,6 +316,12 @@ def failing_invariant(run_dir: Path, asked: str | None) -> str:
     return str(invalid[0])
 
 
+def witness_kinds(run_dir: Path, invariant: str) -> frozenset[str]:
+    verdict = json.loads((run_dir / "verdict.json").read_text())
+    item: dict[str, Any] = next((i for i in verdict["invariants"] if i["id"] == invariant), {})
+    return frozenset(str(w["kind"]) for w in item.get("witnesses", []) if w.get("kind"))
+
+
 def shrink(
     options: ShrinkOptions, on_candidate: Callable[[dict[str, Any]], None] | None = None
 ) -> dict[str, Any]:
@@ -306,7 +331,14 @@ def shrink(
     original, seed = schedule_of(run_dir)
     out_dir = (options.out_dir or run_dir.parent / f"{run_dir.name}-shrink").resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
-    shrinker = Shrinker(options, invariant, seed, out_dir, on_candidate=on_candidate)
+    shrinker = Shrinker(
+        options,
+        invariant,
+        seed,
+        out_dir,
+        on_candidate=on_candidate,
+        witness_kinds=witness_kinds(run_dir, invariant),
+    )
     started = time.monotonic()
     # The schedule as rules must still fail before anything is dropped: otherwise the run's failure
     # depended on what the conversion changed (a worker's choice) or on chance, and shrinking means nothing.
@@ -317,6 +349,7 @@ def shrink(
     result = {
         "run": str(run_dir),
         "invariant": invariant,
+        "witness_kinds": sorted(shrinker.witness_kinds),
         "seed": seed,
         "tries": options.tries,
         "need": options.need,
@@ -358,9 +391,38 @@ def save_regression(shrunk: Path, name: str, invariant: str, found: str, fixed_b
     return path
 
 
-def regression_scenarios() -> list[Scenario]:
+def save_seed_gap(shrunk: Path, name: str, invariant: str, found: str, gap: str, why: str) -> Path:
+    """Keep a shrunk scenario in chaos/seed_gaps/ with its safeguards still off: the smallest known
+    reproduction of a gap the seed admits (`gap`, in the seed's words); `smslab seed-gaps` expects it to
+    break `invariant` still. Unlike a regression, it is never fixed: it documents what the seed costs."""
+    document = tomllib.loads(shrunk.read_text())
+    if not document.get("services", {}).get("safeguards_off"):
+        raise ScenarioError(f"{shrunk}: no safeguard is off in it; a seed gap is the seed's behaviour")
+    document["name"] = name
+    document["description"] = f"{invariant} broken by the seed's gap: {gap} ({why})."  # not the run's draw
+    document["seed_gap"] = {"invariant": invariant, "gap": gap, "found": found, "why": why}
+    parse_scenario(document)
+    SEED_GAPS_DIR.mkdir(exist_ok=True)
+    path = SEED_GAPS_DIR / f"{name}.toml"
+    header = (
+        f"# A seed gap (`smslab seed-gaps` runs it; it must break {invariant}): the seed as written.\n"
+        f"# Written by `smslab shrink --save-gap {name}`.\n"
+    )
+    path.write_text(header + tomli_w.dumps(document))
+    return path
+
+
+def _scenarios_in(folder: Path) -> list[Scenario]:
     scenarios = []
-    for path in sorted(REGRESSIONS_DIR.glob("*.toml")):
+    for path in sorted(folder.glob("*.toml")):
         source = path.read_text()
         scenarios.append(parse_scenario(tomllib.loads(source), source))
     return scenarios
+
+
+def regression_scenarios() -> list[Scenario]:
+    return _scenarios_in(REGRESSIONS_DIR)
+
+
+def seed_gap_scenarios() -> list[Scenario]:
+    return _scenarios_in(SEED_GAPS_DIR)

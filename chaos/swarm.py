@@ -525,6 +525,8 @@ class RunResult:
     settled_after_s: float | None = None
     seconds: float = 0.0
     error: str = ""
+    # per invalid invariant, the `kind`s its witnesses name (what `smslab shrink` must keep failing)
+    witness_kinds: dict[str, set[str]] = field(default_factory=dict)
 
     @property
     def failed(self) -> bool:
@@ -574,6 +576,9 @@ def read_result(result: RunResult, runs_dir: Path) -> RunResult:
     result.invariants = {item["id"]: item["valid"] for item in verdict["invariants"]}
     result.unknown_because = list(verdict.get("unknown_because") or [])
     for item in verdict["invariants"]:
+        kinds = {str(w["kind"]) for w in item.get("witnesses", []) if w.get("kind")}
+        if item["valid"] is False and kinds:
+            result.witness_kinds[item["id"]] = kinds
         if item["id"] == "I2":
             settled = item.get("counts", {}).get("settled_after_s")
             # -1: the run did not settle within its bound (I2 and I7 say what was left)

@@ -81,8 +81,12 @@ def print_swarm(document: dict[str, Any], path: str) -> None:
 
 
 def candidate_line(entry: dict[str, Any]) -> str:
+    # F: failed as the run did; f: failed, for another kind of reason (not kept)
     tries = " ".join(
-        "F" if r["invariant_valid"] is False else ("?" if r["error"] else ".") for r in entry["runs"]
+        ("F" if r.get("kept_failing", True) else "f")
+        if r["invariant_valid"] is False
+        else ("?" if r["error"] else ".")
+        for r in entry["runs"]
     )
     mark = "kept" if entry["accepted"] else "rejected"
     note = f" ({entry['note']})" if entry["note"] else ""

@@ -23,8 +23,11 @@ from chaos.shrink import (
     Unit,
     event_rule,
     regression_scenarios,
+    save_seed_gap,
+    seed_gap_scenarios,
     smaller_units,
     smaller_workloads,
+    witness_kinds,
 )
 from chaos.swarm import (
     FAULT_KINDS,
@@ -34,6 +37,7 @@ from chaos.swarm import (
     base_scenarios,
     draw_run,
     kinds_of,
+    read_result,
     resolve_safeguards_off,
     run_seed,
     summarize,
@@ -208,6 +212,32 @@ def test_the_budget_stops_the_search(tmp_path: Path) -> None:
     assert shrinker.runs_used == 3
 
 
+def test_a_candidate_must_fail_for_the_runs_reason_not_just_fail_the_same_invariant(tmp_path: Path) -> None:
+    """A shrink of a lost debit (I3, kind lost_debit) once kept a candidate without the crash that lost
+    it: I3 failed there by a double send. The kinds of witness are what the shrink keeps."""
+
+    def failed(kinds: set[str]) -> RunResult:
+        return RunResult(0, 1, "x", (), "", invariants={"I3": False}, witness_kinds={"I3": kinds})
+
+    lost = Shrinker(ShrinkOptions(tmp_path), "I3", 1, tmp_path, witness_kinds=frozenset({"lost_debit"}))
+    assert lost.breaks(failed({"lost_debit", "double_send"}))
+    assert not lost.breaks(failed({"double_send"}))
+    assert not lost.breaks(RunResult(0, 1, "x", (), "", invariants={"I3": True}))
+    anything = Shrinker(ShrinkOptions(tmp_path), "I3", 1, tmp_path)  # a run whose witnesses named no kind
+    assert anything.breaks(failed(set()))
+    # and a run folder's verdict gives each invalid invariant's kinds
+    run = tmp_path / "runs" / "r1"
+    run.mkdir(parents=True)
+    witnesses = [{"campaign_id": 1, "kind": "lost_debit"}, {"campaign_id": 2, "kind": "double_send"}]
+    verdict = {
+        "invariants": [{"id": "I3", "valid": False, "witnesses": witnesses}, {"id": "I1", "valid": True}]
+    }
+    (run / "verdict.json").write_text(json.dumps(verdict))
+    result = read_result(RunResult(0, 1, "x", (), ""), tmp_path / "runs")
+    assert result.witness_kinds == {"I3": {"lost_debit", "double_send"}}
+    assert witness_kinds(run, "I3") == {"lost_debit", "double_send"}
+
+
 def test_faults_and_workloads_get_smaller() -> None:
     kill = Unit("nemesis", event_rule(NemesisEvent(3.0, "kill_worker", "worker-0", 1.2)))
     assert kill.item == {"action": "kill_worker", "at_s": 3.0, "restart_after_s": [1.2, 1.2]}
@@ -297,3 +327,40 @@ def test_every_regression_scenario_runs_with_every_safeguard_on_and_says_what_it
         assert scenario.services.safeguards_off == ()
         assert scenario.regression["invariant"].startswith("I")
         assert scenario.regression["fixed_by"]
+
+
+def test_a_shrunk_seed_gap_is_kept_with_its_safeguards_off_and_says_what_it_breaks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("chaos.shrink.SEED_GAPS_DIR", tmp_path / "seed_gaps")
+    shrunk = tmp_path / "shrunk.toml"
+    shrunk.write_text((SCENARIOS / "one_crash_double_send.toml").read_text())
+    path = save_seed_gap(shrunk, "double_send", "I1", "run-7", "no reconciler", "shrunk from 5 faults to 1")
+    scenario = parse_scenario(tomllib.loads(path.read_text()))
+    assert path == tmp_path / "seed_gaps" / "double_send.toml"
+    assert scenario.name == "double_send"
+    assert scenario.services.safeguards_off == ("claim_before_send",)  # still off: it is the seed's behaviour
+    assert scenario.seed_gap == {
+        "invariant": "I1",
+        "gap": "no reconciler",
+        "found": "run-7",
+        "why": "shrunk from 5 faults to 1",
+    }
+    everything_on = tmp_path / "on.toml"
+    everything_on.write_text(path.read_text().replace('safeguards_off = [\n    "claim_before_send",\n]', ""))
+    with pytest.raises(ScenarioError, match="no safeguard is off"):
+        save_seed_gap(everything_on, "x", "I1", "run-7", "gap", "why")
+    with pytest.raises(ScenarioError, match=r"seed_gap\.invariant"):
+        parse_scenario({**tomllib.loads(path.read_text()), "seed_gap": {"invariant": "double sends"}})
+
+
+def test_every_seed_gap_keeps_only_the_seeds_own_gaps_off_and_is_in_the_report() -> None:
+    scenarios = seed_gap_scenarios()
+    assert scenarios  # docs/seed-gaps.md rests on them
+    report = (Path(__file__).parents[1] / "docs" / "seed-gaps.md").read_text()
+    for scenario in scenarios:
+        assert scenario.services.safeguards_off, scenario.name
+        assert set(scenario.services.safeguards_off) <= set(PROFILES["seed"]), scenario.name
+        assert scenario.seed_gap["invariant"].startswith("I")
+        assert scenario.seed_gap["gap"]
+        assert f"chaos/seed_gaps/{scenario.name}.toml" in report, scenario.name
