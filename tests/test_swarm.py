@@ -364,3 +364,18 @@ def test_every_seed_gap_keeps_only_the_seeds_own_gaps_off_and_is_in_the_report()
         assert scenario.seed_gap["invariant"].startswith("I")
         assert scenario.seed_gap["gap"]
         assert f"chaos/seed_gaps/{scenario.name}.toml" in report, scenario.name
+
+
+@pytest.mark.slow
+def test_the_seeds_missing_redaction_still_puts_phones_and_emails_in_the_logs(tmp_path: Path) -> None:
+    """The quickest seed gap (about 15 s, no fault): run as a user would, it must still break I8 from the
+    logs, each witness naming the line and what it holds."""
+    scenario = ROOT / "chaos" / "seed_gaps" / "personal_data_in_the_logs.toml"
+    done = smslab("run", str(scenario), "--out", "runs", cwd=tmp_path)
+    assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
+    verdict = json.loads(((tmp_path / "runs" / "latest").resolve() / "verdict.json").read_text())
+    i8 = next(item for item in verdict["invariants"] if item["id"] == "I8")
+    assert i8["valid"] is False
+    assert i8["counts"]["lines_with_phones"] > 0
+    assert i8["counts"]["lines_with_emails"] > 0
+    assert {"log", "line", "contains"} <= set(i8["witnesses"][0])
