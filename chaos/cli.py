@@ -12,6 +12,7 @@ import json
 import os
 import time
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -477,42 +478,26 @@ def shrink(
     except ScenarioError as exc:
         raise fail(str(exc)) from None
     print_shrink(result)
-    if save and result["scenario_file"]:
-        path = save_regression(
-            Path(result["scenario_file"]),
-            save,
-            result["invariant"],
-            run_dir.resolve().name,
-            fixed_by or "not yet fixed",
-            f"shrunk from {result['before']['faults']} faults to {result['after']['faults']}",
-        )
+    shrunk, found = result["scenario_file"], run_dir.resolve().name
+    why = f"shrunk from {result['before']['faults']} faults to {result['after']['faults']}"
+    if save and shrunk:
+        fixed = fixed_by or "not yet fixed"
+        path = save_regression(Path(shrunk), save, result["invariant"], found, fixed, why)
         typer.echo(f"saved as regression scenario {path}")
-    if save_gap and result["scenario_file"]:
-        path = save_seed_gap(
-            Path(result["scenario_file"]),
-            save_gap,
-            result["invariant"],
-            run_dir.resolve().name,
-            gap,
-            f"shrunk from {result['before']['faults']} faults to {result['after']['faults']}",
-        )
+    if save_gap and shrunk:
+        path = save_seed_gap(Path(shrunk), save_gap, result["invariant"], found, gap, why)
         typer.echo(f"saved as seed gap {path}")
     raise typer.Exit(0 if result["reproduced"] else 1)
 
 
-@app.command()
-def regressions(
-    database: str | None = typer.Option(None, help="As for `run`: a PostgreSQL URL, else SQLite."),
-    out: Path = typer.Option(Path("runs/regressions"), help="Where their run folders go."),
-) -> None:
-    """Run every scenario in chaos/regressions/ (each once broke an invariant); exit 0 only if all hold."""
+def _run_each(
+    scenarios: list[Any], database: str | None, out: Path
+) -> Iterator[tuple[Any, Path, dict[str, Any]]]:
+    """Each scenario of a folder run once with its own seed (a PostgreSQL-only one skipped without a
+    database URL): the scenario, its run folder and its verdict."""
     from chaos.harness import LabError, RunOptions, run_scenario
     from chaos.report import Progress
-    from chaos.shrink import regression_scenarios
 
-    load_or_exit()
-    failed = []
-    scenarios = regression_scenarios()
     for scenario in scenarios:
         if scenario.backend == "postgresql" and not database:
             typer.echo(f"{scenario.name}: skipped (needs PostgreSQL)")
@@ -524,6 +509,21 @@ def regressions(
             run_dir, verdict = run_scenario(options)
         except LabError as exc:
             raise fail(str(exc), code=3) from None
+        yield scenario, run_dir, verdict
+
+
+@app.command()
+def regressions(
+    database: str | None = typer.Option(None, help="As for `run`: a PostgreSQL URL, else SQLite."),
+    out: Path = typer.Option(Path("runs/regressions"), help="Where their run folders go."),
+) -> None:
+    """Run every scenario in chaos/regressions/ (each once broke an invariant); exit 0 only if all hold."""
+    from chaos.shrink import regression_scenarios
+
+    load_or_exit()
+    failed = []
+    scenarios = regression_scenarios()
+    for scenario, run_dir, verdict in _run_each(scenarios, database, out):
         word = "holds" if verdict["valid"] is True else "FAILS AGAIN"
         regression = scenario.regression
         once = f"once broke {regression.get('invariant')}, fixed by {regression.get('fixed_by')}"
@@ -541,24 +541,12 @@ def seed_gaps(
 ) -> None:
     """Run every scenario in chaos/seed_gaps/ (the seed's gaps, each shrunk, its safeguards off); exit 0
     only if each still breaks its invariant: the cost of the seed as written, reproduced."""
-    from chaos.harness import LabError, RunOptions, run_scenario
-    from chaos.report import Progress
     from chaos.shrink import seed_gap_scenarios
 
     load_or_exit()
     held = []
     scenarios = seed_gap_scenarios()
-    for scenario in scenarios:
-        if scenario.backend == "postgresql" and not database:
-            typer.echo(f"{scenario.name}: skipped (needs PostgreSQL)")
-            continue
-        options = RunOptions(
-            scenario, scenario.seed, out, database_url=database, on_progress=Progress(quiet=True)
-        )
-        try:
-            run_dir, verdict = run_scenario(options)
-        except LabError as exc:
-            raise fail(str(exc), code=3) from None
+    for scenario, run_dir, verdict in _run_each(scenarios, database, out):
         invariant = scenario.seed_gap.get("invariant", "")
         broke = any(item["id"] == invariant and item["valid"] is False for item in verdict["invariants"])
         word = f"breaks {invariant}" if broke else f"DOES NOT BREAK {invariant}"

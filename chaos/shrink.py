@@ -380,13 +380,17 @@ def save_regression(shrunk: Path, name: str, invariant: str, found: str, fixed_b
     document.setdefault("services", {}).pop("safeguards_off", None)
     document["name"] = name
     document["regression"] = {"invariant": invariant, "found": found, "fixed_by": fixed_by, "why": why}
-    parse_scenario(document)  # refuse to save what cannot be run
-    REGRESSIONS_DIR.mkdir(exist_ok=True)
-    path = REGRESSIONS_DIR / f"{name}.toml"
     header = (
         f"# A regression scenario (`smslab regressions` runs it; it must hold): it once broke {invariant}.\n"
         f"# Written by `smslab shrink --save {name}`.\n"
     )
+    return _keep(REGRESSIONS_DIR, name, document, header)
+
+
+def _keep(folder: Path, name: str, document: dict[str, Any], header: str) -> Path:
+    parse_scenario(document)  # refuse to save what cannot be run
+    folder.mkdir(exist_ok=True)
+    path = folder / f"{name}.toml"
     path.write_text(header + tomli_w.dumps(document))
     return path
 
@@ -401,15 +405,11 @@ def save_seed_gap(shrunk: Path, name: str, invariant: str, found: str, gap: str,
     document["name"] = name
     document["description"] = f"{invariant} broken by the seed's gap: {gap} ({why})."  # not the run's draw
     document["seed_gap"] = {"invariant": invariant, "gap": gap, "found": found, "why": why}
-    parse_scenario(document)
-    SEED_GAPS_DIR.mkdir(exist_ok=True)
-    path = SEED_GAPS_DIR / f"{name}.toml"
     header = (
         f"# A seed gap (`smslab seed-gaps` runs it; it must break {invariant}): the seed as written.\n"
         f"# Written by `smslab shrink --save-gap {name}`.\n"
     )
-    path.write_text(header + tomli_w.dumps(document))
-    return path
+    return _keep(SEED_GAPS_DIR, name, document, header)
 
 
 def _scenarios_in(folder: Path) -> list[Scenario]:
