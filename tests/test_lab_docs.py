@@ -55,8 +55,8 @@ def fields_of(value: Any, where: str = "") -> set[str]:
     for item in dataclasses.fields(value):
         path = f"{where}{item.name}"
         inner = getattr(value, item.name)
-        # the rule lists are shown by the examples, and `regression` by the swarm section's example
-        if path in {"source", "document", "nemesis", "simulator.faults", "regression"}:
+        # the rule lists are shown by the examples, `regression` and `seed_gap` by the swarm section's
+        if path in {"source", "document", "nemesis", "simulator.faults", "regression", "seed_gap"}:
             continue
         if dataclasses.is_dataclass(inner):
             found |= fields_of(inner, f"{path}.")
