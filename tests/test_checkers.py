@@ -23,7 +23,7 @@ from chaos.checker.evidence import (
     iter_lines,
     load_acceptances,
 )
-from chaos.checker.result import CheckResult
+from chaos.checker.result import MAX_WITNESSES, CheckResult
 from chaos.checker.run import VERDICT, check_run
 from chaos.checker.synthetic import SECRETS, phone, write_synthetic_run
 from service.sending.references import parse_reference
@@ -819,3 +819,14 @@ def test_a_webhook_the_provider_gave_up_on_is_named_in_the_witness_with_its_atte
         9,
     )
     assert delivery["attempts"][0]["error"] == "ConnectionRefusedError"
+
+
+def test_a_witness_that_must_be_seen_displaces_a_lesser_one_when_the_list_is_full() -> None:
+    result = CheckResult("I7", "t", False)
+    for n in range(MAX_WITNESSES + 5):
+        result.witness({"n": n, "recorded": "sent"})
+    result.witness({"n": "decisive", "recorded": "delivered"}, lambda kept: kept["recorded"] == "sent")
+    result.witness({"n": "lost", "recorded": "sent"})  # a lesser one, the list full: dropped
+    assert len(result.witnesses) == MAX_WITNESSES
+    assert result.witnesses[-1]["n"] == "decisive"
+    assert [w["n"] for w in result.witnesses[:-1]] == list(range(MAX_WITNESSES - 1))

@@ -14,6 +14,7 @@ missing safeguard, and is `unknown` rather than `invalid`.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections import defaultdict
 from collections.abc import Callable
@@ -141,15 +142,18 @@ class Causes:
         attempts = self.by_message.get(message_id, [])
         return self._with_nemesis({"deliveries": self._deliveries(attempts)}, [a.t for a in attempts])
 
+    @functools.cached_property
+    def _enqueue_answers(self) -> dict[Any, list[dict[str, Any]]]:
+        """The history's enqueue answers by campaign, gathered once for all of a run's witnesses."""
+        by_campaign: dict[Any, list[dict[str, Any]]] = defaultdict(list)
+        for e in self.history:
+            if e.get("f") == "enqueue" and e.get("type") != "invoke":
+                by_campaign[e["value"].get("campaign")].append(e)
+        return by_campaign
+
     def enqueues(self, campaign_id: int) -> dict[str, Any]:
         """The merchant's enqueues of the campaign, each with its answer, and the nemesis around them."""
-        answers = [
-            e
-            for e in self.history
-            if e.get("f") == "enqueue"
-            and e.get("type") != "invoke"
-            and e["value"].get("campaign") == campaign_id
-        ]
+        answers = self._enqueue_answers.get(campaign_id, [])
         keep = ("status", "problem", "error", "duplicate")
         causes: dict[str, Any] = {
             "enqueue_answers": [

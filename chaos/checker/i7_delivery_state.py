@@ -27,7 +27,7 @@ from chaos.checker.evidence import (
     column,
     columns,
 )
-from chaos.checker.result import MAX_WITNESSES, CheckResult
+from chaos.checker.result import CheckResult
 from service.sending.delivery_reports import FINAL_STATUSES
 
 ID = "I7"
@@ -211,11 +211,6 @@ def _judge(
             "recorded": have,
             "why": WHY[kind],
         }
-        if kind != "regressed" and len(result.witnesses) >= MAX_WITNESSES:
-            # no waiting explains this one (a run that did not settle explains a regression): it must be
-            # seen, not crowded out by twenty of those
-            regressed = [i for i, w in enumerate(result.witnesses) if w["recorded"] == "sent"]
-            if regressed:
-                result.witnesses[regressed[-1]] = row
-            continue
-        result.witness(row)
+        # a regression may be explained by a run that did not settle; the others must be seen, not
+        # crowded out by twenty of those
+        result.witness(row, None if kind == "regressed" else lambda kept: kept["recorded"] == "sent")

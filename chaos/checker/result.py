@@ -19,10 +19,15 @@ class CheckResult:
     witnesses: list[dict[str, Any]] = field(default_factory=list)
     note: str | None = None
 
-    def witness(self, row: dict[str, Any]) -> None:
-        """Keep the first witnesses only; the counts say how many there were."""
+    def witness(self, row: dict[str, Any], displaces: Callable[[dict[str, Any]], bool] | None = None) -> None:
+        """Keep the first witnesses only; the counts say how many there were. A row that must be seen
+        takes, once the list is full, the place of the last witness `displaces` says matters less."""
         if len(self.witnesses) < MAX_WITNESSES:
             self.witnesses.append(row)
+        elif displaces is not None:
+            lesser = [index for index, kept in enumerate(self.witnesses) if displaces(kept)]
+            if lesser:
+                self.witnesses[lesser[-1]] = row
 
     def as_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {
