@@ -13,6 +13,10 @@ Two load generators take turns against the same API process (`--clients lean,aio
 turns each in ABBA order, each posting an equal share of the reports after a warm-up on a tenth of
 them): the lean hand-written client and aiohttp's, each with the CPU it spent per request in this
 process (`resource.getrusage`).
+
+`--api-stacks httptools/uvloop,h11/asyncio` runs the whole benchmark once per HTTP parser and event loop
+of the API (`smslab api --http --loop`), in ABBA order with `--stack-rounds`: what the C parser and loop
+installed with the service buy, side by side.
 """
 
 from __future__ import annotations
@@ -67,7 +71,7 @@ async def mark_all_sent(loaded: Any, settings: Any) -> list[tuple[str, str]]:
         return [(str(mid), f"c{cid}-r{rid}") for mid, rid, cid in rows]
 
 
-async def bench(backend: str, args: argparse.Namespace) -> dict[str, Any]:
+async def bench(backend: str, args: argparse.Namespace, stack: str = "auto/auto") -> dict[str, Any]:
     clients = [c for c in args.clients.split(",") if c]
     order = interleaved(clients, args.rounds)
     with tempfile.TemporaryDirectory(prefix="smslab-bench-webhooks-") as tmp_name:
@@ -88,6 +92,10 @@ async def bench(backend: str, args: argparse.Namespace) -> dict[str, Any]:
                     str(port),
                     "--workers",
                     str(args.api_workers),
+                    "--http",
+                    stack.split("/")[0],
+                    "--loop",
+                    stack.split("/")[1],
                 ],
                 tmp / "api.log",
                 settings_as_env(settings),
@@ -172,7 +180,7 @@ async def bench(backend: str, args: argparse.Namespace) -> dict[str, Any]:
             }
         )
     return {
-        "backend": backend,
+        "backend": backend if stack == "auto/auto" else f"{backend} {stack}",
         "reports": len(messages),
         "rows": rows,
         "delivered": delivered,
@@ -192,11 +200,21 @@ def main() -> None:
         "--clients", default="lean,aiohttp", help=f"load generators, side by side: {','.join(CLIENTS)}"
     )
     parser.add_argument("--rounds", type=int, default=4, help="turns each client takes, in ABBA order")
+    parser.add_argument(
+        "--api-stacks",
+        default="auto/auto",
+        help="the API's HTTP parser/event loop, side by side, each its own run in ABBA order: "
+        "e.g. httptools/uvloop,h11/asyncio (`smslab api --http --loop`)",
+    )
+    parser.add_argument("--stack-rounds", type=int, default=1, help="runs each stack takes, in ABBA order")
     args = parser.parse_args()
     if not set(args.clients.split(",")) <= set(CLIENTS):
         parser.error(f"--clients: a comma-separated list of {', '.join(CLIENTS)}")
     backends = ["sqlite", "postgresql"] if args.backend == "both" else [args.backend]
-    results = [asyncio.run(bench(backend, args)) for backend in backends]
+    stacks = interleaved(args.api_stacks.split(","), args.stack_rounds)
+    if any(stack.count("/") != 1 for stack in stacks):
+        parser.error("--api-stacks: a comma-separated list of HTTP/LOOP, e.g. httptools/uvloop,h11/asyncio")
+    results = [asyncio.run(bench(backend, args, stack)) for backend in backends for stack in stacks]
     print(
         f"\nwebhooks: {args.reports} delivery reports, {args.concurrency} in flight, "
         f"{args.api_workers} API process(es); clients taking turns, {args.rounds} rounds"

@@ -24,7 +24,12 @@ from service.billing.api import BillingController
 from service.campaigns.api import CampaignsController
 from service.contacts.api import ContactsController
 from service.health import HealthController
-from service.http import EXCEPTION_HANDLERS, RequestContextMiddleware, allow_every_method_in_options
+from service.http import (
+    EXCEPTION_HANDLERS,
+    RequestContextMiddleware,
+    allow_every_method_in_options,
+    resolve_dependencies_one_by_one,
+)
 from service.input_rules import BODY_LIMIT_DEFAULT
 from service.metrics_api import MetricsController
 from service.metrics_server import serve_metrics_apart
@@ -120,6 +125,7 @@ def create_app(settings: Settings, redis_url: str) -> Litestar:
         logging_config=None,
     )
     allow_every_method_in_options(app)
+    resolve_dependencies_one_by_one(app)
     return app
 
 

@@ -110,8 +110,16 @@ def api(
     host: str = typer.Option("127.0.0.1", help="Interface to bind."),
     port: int = typer.Option(8000, help="Port to listen on."),
     workers: int = typer.Option(1, min=1, help="API processes sharing the port (uvicorn workers)."),
+    http: str = typer.Option(
+        "auto", help="HTTP parser: auto (httptools, installed with the service), httptools or h11."
+    ),
+    loop: str = typer.Option("auto", help="Event loop: auto (uvloop where installed), uvloop or asyncio."),
 ) -> None:
     """Run the HTTP API (Litestar on uvicorn)."""
+    if http not in ("auto", "httptools", "h11"):
+        raise fail(f"--http {http!r}: auto, httptools or h11")
+    if loop not in ("auto", "uvloop", "asyncio"):
+        raise fail(f"--loop {loop!r}: auto, uvloop or asyncio")
     settings = load_or_exit(starts_service=True)
     logs.configure_for(settings, "api")
     import uvicorn
@@ -125,6 +133,8 @@ def api(
         "access_log": False,
         "lifespan": "on",
         "timeout_graceful_shutdown": 5,
+        "http": http,
+        "loop": loop,
     }
     with redis_url_for(settings) as redis_url:
         if workers == 1:
