@@ -164,9 +164,9 @@ def cpu_seconds_by_component() -> dict[str, float]:
             fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if "chaos.cli worker" in cmdline:
+        if "chaos.cli worker" in cmdline or "-m service worker" in cmdline:
             name = "workers"
-        elif "chaos.cli api" in cmdline or "multiprocessing" in cmdline:
+        elif "chaos.cli api" in cmdline or "-m service api" in cmdline or "multiprocessing" in cmdline:
             name = "api"
         elif "-m simulator" in cmdline:
             name = "simulator"

@@ -18,7 +18,14 @@ from typing import Any
 
 import typer
 
-from chaos.processes import ManagedProcess, ProcessFailed, provider_secrets, smslab_argv, stop_all
+from chaos.processes import (
+    ManagedProcess,
+    ProcessFailed,
+    provider_secrets,
+    service_argv,
+    smslab_argv,
+    stop_all,
+)
 from service import cli as service_cli
 from service.cli import fail, load_or_exit, redis_url_for
 from simulator.cli import simulator
@@ -90,7 +97,7 @@ def up(
         processes.append(
             ManagedProcess(
                 "api",
-                smslab_argv("api", "--host", host, "--port", str(port)),
+                service_argv("api", "--host", host, "--port", str(port)),
                 logs_dir / "api.log",
                 env,
                 ready_url=f"http://{host}:{port}/health",
@@ -99,7 +106,7 @@ def up(
         processes.extend(
             ManagedProcess(
                 f"worker-{i}",
-                smslab_argv("worker", "--concurrency", str(concurrency)),
+                service_argv("worker", "--concurrency", str(concurrency)),
                 logs_dir / f"worker-{i}.log",
                 env,
             )

@@ -30,7 +30,7 @@ import redis as redis_client
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from chaos.processes import ManagedProcess, provider_secrets, smslab_argv, stop_all
+from chaos.processes import ManagedProcess, provider_secrets, service_argv, stop_all
 from chaos.proxy import Proxy
 from chaos.scenario import Scenario
 from service.db import migrate
@@ -312,7 +312,7 @@ class Environment:
         )
         api = ManagedProcess(
             "api",
-            smslab_argv("api", "--port", str(api_port), "--workers", str(scenario.services.api_workers)),
+            service_argv("api", "--port", str(api_port), "--workers", str(scenario.services.api_workers)),
             logs / "api.log",
             {**env, "SMSLAB_FAILPOINTS": scenario.services.api_failpoints},
             ready_url=f"http://127.0.0.1:{api_port}/health",
@@ -321,7 +321,7 @@ class Environment:
         workers = [
             ManagedProcess(
                 f"worker-{i}",
-                smslab_argv("worker", "--concurrency", str(scenario.services.worker_concurrency)),
+                service_argv("worker", "--concurrency", str(scenario.services.worker_concurrency)),
                 logs / f"worker-{i}.log",
                 {**env, "SMSLAB_FAILPOINTS": scenario.services.worker_failpoints},
                 cwd=ROOT,

@@ -4,10 +4,10 @@ This module is the order of the phases and what each hands the next; the phases'
 prepare (run folder, Redis, database, proxies, migrations: `chaos/environment.py`) -> start (simulator,
 API, workers) -> world (shops, contacts, customers, credits, through the providers: `chaos/workload.py`)
 -> chaos (clients and nemesis together, for the scenario's duration: `chaos/nemesis.py` and
-`chaos/nemesis_actions.py`) -> heal and settle (faults cleared, every service process restarted without
-failpoints, then a wait, up to the scenario's bound, until nothing is in flight: `chaos/settle.py`) ->
-snapshot -> stop -> check (database saved into the run folder, every invariant checked from the folder
-alone: `chaos/checker/`).
+`chaos/nemesis_actions.py`) -> heal and settle (faults cleared, every service process that carried
+failpoints restarted without them, then a wait, up to the scenario's bound, until nothing is in
+flight: `chaos/settle.py`) -> snapshot -> stop -> check (database saved into the run folder, every
+invariant checked from the folder alone: `chaos/checker/`).
 """
 
 from __future__ import annotations

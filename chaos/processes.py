@@ -26,6 +26,12 @@ def smslab_argv(*args: str) -> list[str]:
     return [sys.executable, "-m", "chaos.cli", *args]
 
 
+def service_argv(*args: str) -> list[str]:
+    """The service's own command (`python -m service`): what the lab starts its API and workers with, so a
+    (re)start imports the service alone, not the harness and the simulator with it."""
+    return [sys.executable, "-m", "service", *args]
+
+
 def provider_secrets(settings: Settings) -> dict[str, str]:
     """The environment that gives the fake providers the service's credentials (never the command line,
     where every local user sees them in `ps`)."""

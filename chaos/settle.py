@@ -1,9 +1,9 @@
 """After the chaos: heal every fault, then wait until the pipeline has nothing left in flight.
 
-The checkers judge the end state, so the run must first reach one: with the faults gone and the service
-restarted clean, every campaign should finish and every webhook be delivered within the scenario's
-`quiescence_s`. Whether it did, and what was still in flight if not, goes to run.json; I2 reads it (and
-I3 and I7 say `unknown` rather than `invalid` about a run that never settled).
+The checkers judge the end state, so the run must first reach one: with the faults gone and no service
+process left with failpoints, every campaign should finish and every webhook be delivered within the
+scenario's `quiescence_s`. Whether it did, and what was still in flight if not, goes to run.json; I2
+reads it (and I3 and I7 say `unknown` rather than `invalid` about a run that never settled).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from service.embedded_redis import EmbeddedRedis
 
 async def heal(services: Services, proxies: Mapping[str, Proxy], redis: EmbeddedRedis | None) -> None:
     """Toxics removed, proxies enabled, Redis back, the simulator's faults cleared, and every service
-    process restarted without failpoints."""
+    process that carried failpoints (or is down) restarted without them."""
     for proxy in proxies.values():
         proxy.clear()
         proxy.enable()
@@ -41,14 +41,17 @@ async def heal(services: Services, proxies: Mapping[str, Proxy], redis: Embedded
         await asyncio.to_thread(redis.start)
     async with httpx.AsyncClient(base_url=services.simulator_url, timeout=10) as sim:
         (await sim.delete("/control/faults")).raise_for_status()
-    # The service keeps its configuration (safeguards switched off stay off), but no process is
-    # left with a failpoint that would stop it from healing.
-    service_processes = services.service
-    await asyncio.to_thread(stop_all, service_processes, 8.0)
-    for process in service_processes:
+    # The service keeps its configuration (safeguards switched off stay off), but no process is left
+    # with a failpoint that would stop it from healing. A process without failpoints is left running:
+    # restarting it heals nothing (the service must recover from Redis restarts, cut links and its
+    # peers' deaths by itself, and a run that does not settle says so), and while the API restarts the
+    # providers' webhooks fail and back off, so settling would then wait on their retries.
+    restart = [p for p in services.service if p.env.get("SMSLAB_FAILPOINTS") or not p.alive]
+    await asyncio.to_thread(stop_all, restart, 8.0)
+    for process in restart:
         process.env = {**process.env, "SMSLAB_FAILPOINTS": ""}
         process.start()
-    for process in services.service:
+    for process in restart:
         await asyncio.to_thread(process.wait_ready, 60)
 
 

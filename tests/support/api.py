@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 
-from chaos.processes import ManagedProcess, smslab_argv
+from chaos.processes import ManagedProcess, service_argv
 from service.auth import issue_session_token
 from service.embedded_redis import free_port
 from service.settings import Settings, settings_as_env
@@ -25,7 +25,7 @@ def start_api(settings: Settings, log_dir: Path, port: int | None = None, **extr
     port = port or free_port()
     process = ManagedProcess(
         "api",
-        smslab_argv("api", "--port", str(port)),
+        service_argv("api", "--port", str(port)),
         log_dir / "api.log",
         service_env(settings, **extra_env),
         ready_url=f"http://127.0.0.1:{port}/health",
@@ -38,7 +38,7 @@ def start_api(settings: Settings, log_dir: Path, port: int | None = None, **extr
 def start_worker(settings: Settings, log_dir: Path, name: str = "worker", **extra_env: str) -> ManagedProcess:
     process = ManagedProcess(
         name,
-        smslab_argv("worker", "--concurrency", "4"),
+        service_argv("worker", "--concurrency", "4"),
         log_dir / f"{name}.log",
         service_env(settings, **extra_env),
     )
