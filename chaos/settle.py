@@ -18,7 +18,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from chaos.environment import Services
-from chaos.processes import stop_all
+from chaos.processes import ManagedProcess, stop_all
 from chaos.proxy import Proxy
 from service.db.models import (
     Campaign,
@@ -46,13 +46,18 @@ async def heal(services: Services, proxies: Mapping[str, Proxy], redis: Embedded
     # restarting it heals nothing (the service must recover from Redis restarts, cut links and its
     # peers' deaths by itself, and a run that does not settle says so), and while the API restarts the
     # providers' webhooks fail and back off, so settling would then wait on their retries.
-    restart = [p for p in services.service if p.env.get("SMSLAB_FAILPOINTS") or not p.alive]
+    restart = processes_to_restart(services.service)
     await asyncio.to_thread(stop_all, restart, 8.0)
     for process in restart:
         process.env = {**process.env, "SMSLAB_FAILPOINTS": ""}
         process.start()
     for process in restart:
         await asyncio.to_thread(process.wait_ready, 60)
+
+
+def processes_to_restart(processes: list[ManagedProcess]) -> list[ManagedProcess]:
+    """What healing restarts: a process started with failpoints, or one that is down."""
+    return [p for p in processes if p.env.get("SMSLAB_FAILPOINTS") or not p.alive]
 
 
 async def settle(

@@ -183,3 +183,25 @@ def test_a_kill_takes_the_whole_process_group_and_an_orphan_is_not_ready(tmp_pat
     finally:
         orphaned.process.kill()
         orphaned.process.wait()
+
+
+def test_healing_restarts_only_processes_with_failpoints_or_down(tmp_path: Path) -> None:
+    """A clean running process is left alone: it must recover by itself, and restarting it healed
+    nothing (chaos/settle.py)."""
+    from chaos.processes import ManagedProcess, stop_all
+    from chaos.settle import processes_to_restart
+
+    sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
+    clean = ManagedProcess("clean", sleeper, tmp_path / "clean.log")
+    faulted = ManagedProcess("faulted", sleeper, tmp_path / "f.log", {"SMSLAB_FAILPOINTS": "send.x=1*raise"})
+    healed = ManagedProcess("healed", sleeper, tmp_path / "h.log", {"SMSLAB_FAILPOINTS": ""})
+    dead = ManagedProcess("dead", [sys.executable, "-c", "pass"], tmp_path / "dead.log")
+    processes = [clean, faulted, healed, dead]
+    try:
+        for process in processes:
+            process.start()
+        assert dead.process is not None
+        dead.process.wait(timeout=30)
+        assert [p.name for p in processes_to_restart(processes)] == ["faulted", "dead"]
+    finally:
+        stop_all(processes, 5.0)
