@@ -72,6 +72,7 @@ async def mark_all_sent(loaded: Any, settings: Any) -> list[tuple[str, str]]:
 
 
 async def bench(backend: str, args: argparse.Namespace, stack: str = "auto/auto") -> dict[str, Any]:
+    http, loop = stack.split("/")
     clients = [c for c in args.clients.split(",") if c]
     order = interleaved(clients, args.rounds)
     with tempfile.TemporaryDirectory(prefix="smslab-bench-webhooks-") as tmp_name:
@@ -93,9 +94,9 @@ async def bench(backend: str, args: argparse.Namespace, stack: str = "auto/auto"
                     "--workers",
                     str(args.api_workers),
                     "--http",
-                    stack.split("/")[0],
+                    http,
                     "--loop",
-                    stack.split("/")[1],
+                    loop,
                 ],
                 tmp / "api.log",
                 settings_as_env(settings),

@@ -30,14 +30,10 @@ from service import cli as service_cli
 from service.cli import fail, load_or_exit, redis_url_for
 from simulator.cli import simulator
 
-app = typer.Typer(
-    name="smslab",
-    help="SMS-pipeline reliability lab: reference service, provider simulator, chaos harness and checker.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
+app = service_cli.command_app(
+    "smslab",
+    "SMS-pipeline reliability lab: reference service, provider simulator, chaos harness and checker.",
 )
-service_cli.register(app)
 app.command()(simulator)
 
 

@@ -9,18 +9,12 @@ service's own (docs/performance.md).
 
 from __future__ import annotations
 
-import typer
+from service.cli import command_app
 
-from service import cli as service_cli
-
-app = typer.Typer(
-    name="smslab-service",
-    help="The SMS-campaign backend: migrations, the HTTP API, the SAQ workers, operators' commands.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
+app = command_app(
+    "smslab-service",
+    "The SMS-campaign backend: migrations, the HTTP API, the SAQ workers, operators' commands.",
 )
-service_cli.register(app)
 
 
 def main() -> None:

@@ -361,6 +361,16 @@ async def _install(settings: Settings, shop_domain: str) -> bool:
         await engine.dispose()
 
 
+def command_app(name: str, help: str) -> typer.Typer:
+    """A command line with the service's commands on it: `smslab-service` as it is, `smslab` with the
+    lab's commands added (both answer errors in one line, with no completion or pretty tracebacks)."""
+    app = typer.Typer(
+        name=name, help=help, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False
+    )
+    register(app)
+    return app
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(db_app, name="db")
     app.add_typer(shops_app, name="shops")
