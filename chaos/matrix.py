@@ -34,6 +34,9 @@ class MatrixRow:
     # a kind of witness the failure must show (`kind` of a witness): the failure for the stated reason,
     # not another one the same invariant also catches
     witness: str | None = None
+    # how long the short matrix (CI) runs this row's scenario: a few seconds, unless the row's faults
+    # need longer before its invariants have anything to judge
+    short_duration_s: float = SHORT_DURATION_S
 
 
 @dataclass
@@ -78,6 +81,7 @@ def load_matrix(path: Path = MATRIX_FILE) -> list[MatrixRow]:
                 table.get("why", ""),
                 table.get("changes", {}),
                 table.get("witness"),
+                float(table.get("short_duration_s", SHORT_DURATION_S)),
             )
         )
     missing = sorted(set(safeguards.REGISTRY) - {row.safeguard for row in rows})
@@ -88,8 +92,8 @@ def load_matrix(path: Path = MATRIX_FILE) -> list[MatrixRow]:
 
 def row_scenario(row: MatrixRow, short: bool) -> Scenario:
     scenario = load_scenario(row.scenario).with_changes(row.changes)
-    if short and scenario.workload.duration_s > SHORT_DURATION_S:
-        scenario = scenario.with_changes({"workload": {"duration_s": SHORT_DURATION_S}})
+    if short and scenario.workload.duration_s > row.short_duration_s:
+        scenario = scenario.with_changes({"workload": {"duration_s": row.short_duration_s}})
     return scenario
 
 
