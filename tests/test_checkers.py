@@ -103,6 +103,7 @@ def test_i1_the_same_phone_under_a_made_up_second_reference(run_dir: Path) -> No
     results = verdicts(run_dir)
     assert results["I1"]["valid"] is False
     assert results["I1"]["counts"]["phones_sent_twice_under_other_references"] == 1
+    assert results["I1"]["counts"]["acceptances_for_unknown_recipients"] == 1  # no recipient 999999
 
 
 def test_i2_a_campaign_left_sending(run_dir: Path) -> None:
@@ -553,6 +554,8 @@ def test_log_scan_finds_national_phones_unusual_emails_and_customer_names(tmp_pa
         # A hex request id whose digits happen to spell the phone's national number is not a phone.
         '{"event": "request", "request_id": "df300ea52d2c2025550143f5febe6cc"}',
         '{"event": "request", "request_id": "2025550143df300ea52d2cf5febe6cc"}',
+        # Nor one whose digit groups, split by hex letters, read as 202 555 0143.
+        '{"event": "request", "span": "202a555b0143"}',
     ]
     log.write_text("\n".join(lines) + "\n", encoding="utf-8")
     result = CheckResult("I8", "", True)

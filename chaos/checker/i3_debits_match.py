@@ -10,6 +10,7 @@ messages sent and recorded whose debit never came. (A seed-profile swarm's I3 fa
 
 from __future__ import annotations
 
+import operator
 from collections import Counter, defaultdict
 from typing import cast
 
@@ -17,13 +18,15 @@ from chaos.checker.evidence import Acceptance, DatabaseSnapshot
 from chaos.checker.result import CheckResult
 from service.db.models import LedgerKind
 
+_CAMPAIGN = operator.attrgetter("campaign_id")
+
 ID = "I3"
 TITLE = "credits debited per campaign = messages the provider accepted for it"
 
 
 def check(acceptances: list[Acceptance], snapshot: DatabaseSnapshot) -> CheckResult:
     result = CheckResult(ID, TITLE, True)
-    counted = Counter(a.campaign_id for a in acceptances)
+    counted = Counter(map(_CAMPAIGN, acceptances))
     counted.pop(None, None)  # a reference this service never made: I1 counts those
     accepted: Counter[int] = cast("Counter[int]", counted)
     debited: dict[int, int] = defaultdict(int)

@@ -30,9 +30,11 @@ _BEARER = re.compile(rb"earer\s+(?!\[redacted\])[A-Za-z0-9._~+/-]{8,}")  # after
 # (JSON logs write non-ASCII as `\u00e4`: a backslash may stand in a domain too.)
 _EMAIL = re.compile(rb"@[A-Za-z0-9\x80-\xff\\-]+(?:\.[A-Za-z0-9\x80-\xff\\-]+)*\.[A-Za-z\x80-\xff\\]{2,}")
 _LOCAL_PART = frozenset(range(0x21, 0x100)) - frozenset(b"@\"'<>()[],;:\\")
-# Bare digit runs (a phone logged without its +): digits masked to "0" and everything else to " ", then
-# runs of ten or more zeros found by a literal search, and only those compared with the run's phones.
-_MASK = bytes(0x30 if 0x30 <= b <= 0x39 else 0x20 for b in range(256))
+# Bare digit runs (a phone logged without its +): digits masked to "0", ASCII letters to "a" and
+# everything else to " ", then runs of ten or more zeros found by a literal search, and only those
+# compared with the run's phones. (Letters are not separators: `123a456b7890` in a hex id is a token.)
+_LETTERS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+_MASK = bytes(0x30 if 0x30 <= b <= 0x39 else 0x61 if b in _LETTERS else 0x20 for b in range(256))
 _DIGIT_RUN = re.compile(rb"0000000000(?<!00000000000)0{0,5}(?!0)")  # exactly 10 to 15, found by the literal
 # National formats, 3-3-4 digits with any separators: (202) 555-0143, 202-555-0143, 202.555.0143, tel:...
 # Found by its fixed tail (a regex that starts with a literal skims at memory speed; one that starts
@@ -40,8 +42,7 @@ _DIGIT_RUN = re.compile(rb"0000000000(?<!00000000000)0{0,5}(?!0)")  # exactly 10
 _NATIONAL_TAIL = re.compile(rb"000 0000(?!0)")
 # A digit run with a letter beside it is part of a token (a hex request id, a base64 blob), not a phone
 # written out: uuid4().hex holds a run of ten or more digits one time in six, and in a run with a million
-# phones one of them matched a phone's last ten digits every few hundred thousand lines.
-_LETTERS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+# phones one of them matched a phone's last ten digits every few hundred thousand lines (`_LETTERS`).
 CHUNK = 16 * 1024 * 1024  # a file is scanned this much at a time (with its masked copy: ~3x in memory)
 KINDS = ("email", "jwt", "bearer", "phone", "secret", "name")
 
@@ -157,14 +158,15 @@ def scan_logs(
     return tally(scan_log_files(list(log_files), list(secrets)), phones, result)
 
 
-def tally(scan: LogScan, phones: set[str], result: CheckResult) -> dict[str, int]:
+def tally(scan: LogScan, phones: Iterable[str], result: CheckResult) -> dict[str, int]:
+    """`phones` (the run's, a million of them in a big run) is read only when some digit run was found:
+    two sets of a million phones are not free."""
     # A phone as logged without its `+`, or in national form (its last ten digits, as US numbers are
     # written at home: the lab's world is US numbers).
-    # (Built only when some digit run was found: two sets of a million phones are not free.)
     bare_phones: set[bytes] = set()
     if scan.digit_runs:
-        bare_phones = {p.lstrip("+").encode() for p in phones}
-        bare_phones |= {p.lstrip("+")[-10:].encode() for p in phones if len(p.lstrip("+")) > 10}
+        bare = [p.lstrip("+").encode() for p in phones]
+        bare_phones = {*bare, *(p[-10:] for p in bare if len(p) > 10)}
     by_line: dict[tuple[str, int], set[str]] = {}
     for name, line, kind in scan.hits:
         by_line.setdefault((name, line), set()).add(kind)
@@ -182,7 +184,7 @@ def tally(scan: LogScan, phones: set[str], result: CheckResult) -> dict[str, int
 
 def check(
     scan: LogScan,
-    phones: set[str],
+    phones: Iterable[str],
     history: list[dict[str, Any]],
     personal_data: list[list[Any]],
 ) -> CheckResult:

@@ -14,7 +14,7 @@ import operator
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from itertools import compress
+from itertools import compress, filterfalse
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +40,9 @@ class DeliveryTally:
     def add(self, deliveries: Sequence[DeliveryOutcome]) -> None:
         """Count the next block of the delivery ledger in (the acknowledged ones counted in C: most are)."""
         answered = Counter(compress(map(_PROVIDER, deliveries), map(_ACKNOWLEDGED, deliveries)))
-        unacknowledged = [a for a in deliveries if not a.acknowledged]
-        unanswered = Counter(a.provider for a in unacknowledged if a.may_have_taken_effect)
+        unanswered = Counter(
+            a.provider for a in filterfalse(_ACKNOWLEDGED, deliveries) if a.may_have_taken_effect
+        )
         for provider, count in answered.items():
             self.answered[provider] = self.answered.get(provider, 0) + count
         for provider, count in unanswered.items():
