@@ -2,6 +2,7 @@
 
     python -m bench.checker                      # 1,000,000 messages (a ~2 GB run folder in a temp dir)
     python -m bench.checker --messages 100000 --keep /tmp/run-100k
+    python -m bench.checker --keep /tmp/run-1m   # again: the kept folder is checked, not written anew
 
 A synthetic run folder (`chaos.checker.synthetic`: every file shaped as a real run writes it, two
 delivery reports and two API log lines per message) is checked with every invariant, I8's scan of every
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import shutil
 import sys
@@ -77,12 +79,20 @@ def main() -> None:
             print(f"  written in {time.perf_counter() - started:.1f} s", flush=True)
         size, read_s = folder_bytes(run_dir)
         # The check first: a process's peak only grows, and the decode floor below holds far more.
+        before = os.times()
         verdict = check_run(run_dir)
+        after = os.times()
         check_s = float(verdict["checked_in_s"])
+        own_cpu = after.user + after.system - before.user - before.system
+        # the helpers are waited for when check_run shuts its pool down, so their CPU is counted here
+        helper_cpu = (
+            after.children_user + after.children_system - before.children_user - before.children_system
+        )
         main_mb, child_mb = peak_mb(resource.RUSAGE_SELF), peak_mb(resource.RUSAGE_CHILDREN)
         decode_s = decode_floor(run_dir)
         print(f"run folder: {size / 1e9:.2f} GB, {verdict['evidence']}")
         print(f"check_run:        {check_s:7.2f} s   verdict valid={verdict['valid']}  (target: < 5 s)")
+        print(f"CPU:              {own_cpu:7.2f} s in this process, {helper_cpu:.2f} s in its helpers")
         print(f"read every byte:  {read_s:7.2f} s   check is {check_s / read_s:.1f}x this floor")
         print(f"decode every line:{decode_s:7.2f} s   check is {check_s / decode_s:.1f}x this floor")
         print(
