@@ -76,6 +76,9 @@ class Settings:
     send_lease_seconds: float = 60.0
     send_max_tries: int = 5
     reconcile_interval_seconds: float = 30.0
+    # How often a worker says it is alive, and looks for jobs a dead worker left active (whole seconds:
+    # Redis keeps the worker's entry this long plus one). See `service.worker.watch_for_orphaned_jobs`.
+    worker_heartbeat_seconds: int = 2
     reservation_ttl_seconds: float = 86_400.0
     enqueue_key_ttl_seconds: float = 86_400.0
     enqueue_lock_timeout_seconds: float = 60.0
@@ -316,6 +319,7 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "send_lease_seconds": _positive_float,
     "send_max_tries": _positive_int,
     "reconcile_interval_seconds": _positive_float,
+    "worker_heartbeat_seconds": _positive_int,
     "reservation_ttl_seconds": _positive_float,
     "enqueue_key_ttl_seconds": _positive_float,
     "enqueue_lock_timeout_seconds": _positive_float,

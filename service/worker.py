@@ -16,7 +16,7 @@ from typing import Any
 from saq import CronJob, Worker
 from saq.types import PartialTimersDict
 
-from service import deployment, logs
+from service import deployment, logs, stack_dumps
 from service.metrics import JOB_FAILURES, RECONCILE_ACTIONS
 from service.queue import RECONCILE, SEND_BATCH, requeue_orphaned_jobs
 from service.reconcile.reconciler import reconcile_once
@@ -25,8 +25,6 @@ from service.sending.batch import send_batch as send_batch_domain
 from service.settings import Settings
 
 log = logs.get_logger(__name__)
-
-HEARTBEAT_SECONDS = 5
 
 
 async def send_batch(
@@ -59,9 +57,14 @@ async def reconcile(ctx: dict[str, Any]) -> Any:
 
 
 async def watch_for_orphaned_jobs(runtime: Runtime) -> None:
-    """Every heartbeat period, requeue jobs whose worker died (see `queue.requeue_orphaned_jobs`)."""
+    """Every heartbeat period, requeue jobs whose worker died (see `queue.requeue_orphaned_jobs`).
+
+    A dead worker is seen once its liveness entry expires (a heartbeat plus one second after its last
+    renewal), then at this loop's next turn: its jobs wait up to twice the heartbeat plus a second. The
+    reconcile cron is one of them when a worker dies mid-pass, and no pass runs until it is put back: at
+    5 s, a quick run's reconciler sat 6 to 7 s twice behind killed workers, half of its settle time."""
     while True:
-        await asyncio.sleep(HEARTBEAT_SECONDS)
+        await asyncio.sleep(runtime.settings.worker_heartbeat_seconds)
         try:
             requeued = await requeue_orphaned_jobs(runtime.queue)
         except Exception as exc:  # noqa: BLE001 - Redis may be down; try again next period
@@ -146,7 +149,7 @@ def build_worker(runtime: Runtime, concurrency: int) -> Worker[Any]:
         startup=startup,
         shutdown=shutdown,
         timers=PartialTimersDict(
-            worker_info=HEARTBEAT_SECONDS, sweep=sweep_interval(settings), schedule=1, abort=1
+            worker_info=settings.worker_heartbeat_seconds, sweep=sweep_interval(settings), schedule=1, abort=1
         ),
         shutdown_grace_period_s=5,
         dequeue_timeout=PromptlyStoppingWorker.IDLE_POLL_SECONDS,
@@ -155,6 +158,7 @@ def build_worker(runtime: Runtime, concurrency: int) -> Worker[Any]:
 
 
 async def run_worker(settings: Settings, redis_url: str, concurrency: int) -> None:
+    stack_dumps.install()
     runtime = Runtime.build(settings, redis_url, role="worker")
     await runtime.start()
     worker = build_worker(runtime, concurrency)
