@@ -18,7 +18,7 @@ from saq.queue.redis import RedisQueue
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from stripe import StripeClient
 
-from service import deployment, logs
+from service import deployment, logs, stack_dumps
 from service.auth import provide_shop, session_guard
 from service.billing.api import BillingController
 from service.campaigns.api import CampaignsController
@@ -69,6 +69,7 @@ def create_app(settings: Settings, redis_url: str) -> Litestar:
 
     @asynccontextmanager
     async def lifespan(_app: Litestar) -> AsyncIterator[None]:
+        stack_dumps.install()
         await runtime.start()
         logs.get_logger(__name__).info("api_started", queue=settings.queue_name, env=settings.env)
         deployment.announce(settings, "api")
@@ -88,6 +89,7 @@ def create_app(settings: Settings, redis_url: str) -> Litestar:
         "stripe_client": _constant(runtime.stripe),
         "report_batcher": _constant(batcher),
         "db_session": Provide(provide_session),
+        "sessions": _constant(runtime.sessions),
         "shop": Provide(provide_shop, sync_to_thread=False),
         "page": Provide(provide_page),
     }

@@ -9,7 +9,7 @@ import msgspec
 from litestar import Controller, Request, post
 from litestar.di import NamedDependency
 from litestar.params import QueryParameter
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from stripe import StripeClient
 
 from service.db.apply_once import DUPLICATE, EffectResult
@@ -110,13 +110,13 @@ class WebhooksController(Controller):
     async def mitto_dlr(
         self,
         request: Request[Any, Any, Any],
-        db_session: NamedDependency[AsyncSession],
+        sessions: NamedDependency[async_sessionmaker[AsyncSession]],
         settings: NamedDependency[Settings],
         report_batcher: NamedDependency[DeliveryReportBatcher],
         token: Annotated[str | None, QueryParameter(description="The secret in the callback URL")] = None,
     ) -> WebhookOutcome:
         async def deliver() -> EffectResult:
             mitto.verify(settings, token)
-            return await mitto.handle(db_session, settings, await request.body(), report_batcher)
+            return await mitto.handle(sessions, settings, await request.body(), report_batcher)
 
         return await counted("mitto", deliver())

@@ -314,8 +314,7 @@ class Lab:
             "errorCode": None,
             "timestamp": timestamp,
         }
-        async with self.sessions() as session:
-            return (await mitto.handle(session, self.settings, json.dumps(body).encode())).outcome
+        return (await mitto.handle(self.sessions, self.settings, json.dumps(body).encode())).outcome
 
     def accepted_messages(self) -> list[dict[str, Any]]:
         return list(read_ledger(self.simulator.data_dir / ACCEPTED_LEDGER))
