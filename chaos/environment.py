@@ -30,7 +30,7 @@ import redis as redis_client
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from chaos.processes import ManagedProcess, provider_secrets, service_argv, stop_all
+from chaos.processes import ManagedProcess, overran_stops, provider_secrets, service_argv, stop_all
 from chaos.proxy import Proxy
 from chaos.scenario import Scenario
 from service.db import migrate
@@ -353,6 +353,10 @@ class Environment:
         }
 
     # --- teardown ----------------------------------------------------------------------------------
+    def stops_overran(self) -> dict[str, int]:
+        """Service and simulator processes that had to be killed at a stop (heal's or the last)."""
+        return overran_stops(self.services.all) if self.services is not None else {}
+
     async def stop(self) -> None:
         """Every process, every proxy, and the run's Redis (or its queue in a given one)."""
         if self.services is not None:

@@ -253,6 +253,10 @@ class LabRun:
         """Everything the environment started stopped, run.json written, and the schema dropped."""
         self._time_phase("stop")
         await self.environment.stop()
+        overran = self.environment.stops_overran()
+        if overran:
+            # a process that would not stop on SIGTERM: killed, its stacks written to its log first
+            manifest["stops_overran"] = overran
         manifest["finished_at"] = datetime.now(UTC).isoformat()
         self._time_phase("check")
         manifest["phase_seconds"] = dict(self.phase_seconds)

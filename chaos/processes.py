@@ -7,6 +7,7 @@ the command that started it (`service.lifetime`).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -58,6 +59,9 @@ class ManagedProcess:
     cwd: Path | None = None
     process: subprocess.Popen[bytes] | None = None
     starts: int = 0
+    # starts that had to be SIGKILLed because they did not stop within their grace period (their stacks
+    # went to the log first: `dump_stacks`)
+    overran_stops: int = 0
 
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -136,7 +140,18 @@ class ManagedProcess:
         try:
             self.process.wait(timeout)
         except subprocess.TimeoutExpired:
+            self.overran_stops += 1
+            self.dump_stacks()
             self.kill()
+
+    def dump_stacks(self, wait_s: float = 0.5) -> None:
+        """Ask the process to write where it is stuck to its log (`service.stack_dumps`: SIGUSR1), and
+        give it a moment to. A process without that handler dies of the signal, as it was about to."""
+        if self.alive:
+            assert self.process is not None
+            self.process.send_signal(signal.SIGUSR1)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(wait_s)
 
     def kill(self) -> None:
         """SIGKILL to the whole component: the process and every process it started (its session's
@@ -205,3 +220,8 @@ def stop_all(processes: list[ManagedProcess], timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     for process in reversed(processes):
         process.stop(max(0.1, deadline - time.monotonic()))
+
+
+def overran_stops(processes: list[ManagedProcess]) -> dict[str, int]:
+    """The processes that had to be killed at a stop, and how often (run.json's `stops_overran`)."""
+    return {p.name: p.overran_stops for p in processes if p.overran_stops}

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import atexit
+import json
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -242,6 +244,16 @@ def print_verdict(verdict: dict[str, Any], run_dir: str) -> None:
         out.print(f"unknown because: {reason}", markup=False, highlight=False)
     if verdict.get("load"):
         print_load(verdict, out)
+    manifest = Path(run_dir) / "run.json"
+    overran = json.loads(manifest.read_text()).get("stops_overran") if manifest.exists() else None
+    if overran:  # not a verdict matter, but time the user waited, and a hang to look into
+        out.print(
+            "slow to stop: "
+            + ", ".join(f"{name} ({count}x)" for name, count in sorted(overran.items()))
+            + " did not stop within the grace period and was killed; where it hung is in its log",
+            markup=False,
+            highlight=False,
+        )
     out.print(f"run folder: {run_dir}   (checked in {verdict.get('checked_in_s')} s)")
 
 

@@ -205,3 +205,47 @@ def test_healing_restarts_only_processes_with_failpoints_or_down(tmp_path: Path)
         assert [p.name for p in processes_to_restart(processes)] == ["faulted", "dead"]
     finally:
         stop_all(processes, 5.0)
+
+
+STUCK_AT_STOP = """
+import asyncio, signal
+from service import stack_dumps
+
+async def wait_for_a_lock_that_never_comes():
+    await asyncio.Event().wait()
+
+async def main():
+    stack_dumps.install()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, lambda: None)  # a stop that hangs
+    print("ready", flush=True)
+    await asyncio.create_task(wait_for_a_lock_that_never_comes(), name="the-stuck-one")
+
+asyncio.run(main())
+"""
+
+
+def test_a_process_that_will_not_stop_leaves_where_it_hung_in_its_log_and_is_killed(tmp_path: Path) -> None:
+    """A quick run's stop once took 10 s instead of one with no line saying why: a process that does
+    not stop within its grace period now writes its threads' and tasks' stacks to its log (SIGUSR1)
+    before the SIGKILL, and the run counts it."""
+    from chaos.processes import ManagedProcess, overran_stops, stop_all
+
+    log = tmp_path / "stuck.log"
+    stuck = ManagedProcess("stuck", [sys.executable, "-c", STUCK_AT_STOP], log, cwd=Path(__file__).parents[1])
+    polite = ManagedProcess("polite", [sys.executable, "-c", "import time; time.sleep(60)"], tmp_path / "p.log")
+    stuck.start()
+    polite.start()
+    try:
+        deadline = time.monotonic() + 20
+        while "ready" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        stop_all([polite, stuck], timeout=1.0)
+        assert not stuck.alive and not polite.alive
+        assert overran_stops([polite, stuck]) == {"stuck": 1}
+        written = log.read_text()
+        assert "wait_for_a_lock_that_never_comes" in written  # the task, where it awaits
+        assert "the-stuck-one" in written
+        assert "Current thread" in written or "Thread 0x" in written  # faulthandler's thread stacks
+    finally:
+        stuck.kill()
+        polite.kill()
