@@ -73,7 +73,11 @@ class WebhookDispatcher:
         ledger: JsonLinesLedger,
         time_scale: float,
         faults: FaultEngine | None = None,
-        concurrency: int = 64,
+        # Deliveries in flight at once. At 64, the service's API in a quick run's settle phase sat idle a
+        # quarter of the time while 64 reports waited on one group commit: its drain was in-flight /
+        # latency (64 / ~45 ms), not its CPU. At 128 the same settle took 0.75x as long (six runs side by
+        # side); a provider under a backlog sends as fast as its receiver answers.
+        concurrency: int = 128,
         timeout: float = 10.0,
         client: str = DEFAULT_OUTBOUND_CLIENT,
         retry_horizon_s: float = 0.0,
