@@ -66,6 +66,13 @@ def _corrupt(delivery: Delivery, headers: dict[str, str], path: str) -> tuple[di
     return headers, path
 
 
+# Webhook deliveries in flight at once. At 64, the service's API in a quick run's settle phase sat idle a
+# quarter of the time while 64 reports waited on one group commit: its drain was in-flight /
+# latency (64 / ~45 ms), not its CPU. At 128 the same settle took 0.75x as long (six runs side by
+# side); a provider under a backlog sends as fast as its receiver answers.
+DELIVERIES_IN_FLIGHT = 128
+
+
 class WebhookDispatcher:
     def __init__(
         self,
@@ -73,11 +80,7 @@ class WebhookDispatcher:
         ledger: JsonLinesLedger,
         time_scale: float,
         faults: FaultEngine | None = None,
-        # Deliveries in flight at once. At 64, the service's API in a quick run's settle phase sat idle a
-        # quarter of the time while 64 reports waited on one group commit: its drain was in-flight /
-        # latency (64 / ~45 ms), not its CPU. At 128 the same settle took 0.75x as long (six runs side by
-        # side); a provider under a backlog sends as fast as its receiver answers.
-        concurrency: int = 128,
+        concurrency: int = DELIVERIES_IN_FLIGHT,
         timeout: float = 10.0,
         client: str = DEFAULT_OUTBOUND_CLIENT,
         retry_horizon_s: float = 0.0,

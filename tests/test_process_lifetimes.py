@@ -232,7 +232,9 @@ def test_a_process_that_will_not_stop_leaves_where_it_hung_in_its_log_and_is_kil
 
     log = tmp_path / "stuck.log"
     stuck = ManagedProcess("stuck", [sys.executable, "-c", STUCK_AT_STOP], log, cwd=Path(__file__).parents[1])
-    polite = ManagedProcess("polite", [sys.executable, "-c", "import time; time.sleep(60)"], tmp_path / "p.log")
+    polite = ManagedProcess(
+        "polite", [sys.executable, "-c", "import time; time.sleep(60)"], tmp_path / "p.log"
+    )
     stuck.start()
     polite.start()
     try:
@@ -240,7 +242,8 @@ def test_a_process_that_will_not_stop_leaves_where_it_hung_in_its_log_and_is_kil
         while "ready" not in log.read_text() and time.monotonic() < deadline:
             time.sleep(0.05)
         stop_all([polite, stuck], timeout=1.0)
-        assert not stuck.alive and not polite.alive
+        assert not stuck.alive
+        assert not polite.alive
         assert overran_stops([polite, stuck]) == {"stuck": 1}
         written = log.read_text()
         assert "wait_for_a_lock_that_never_comes" in written  # the task, where it awaits
