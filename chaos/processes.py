@@ -145,11 +145,16 @@ class ManagedProcess:
             self.kill()
 
     def dump_stacks(self, wait_s: float = 0.5) -> None:
-        """Ask the process to write where it is stuck to its log (`service.stack_dumps`: SIGUSR1), and
-        give it a moment to. A process without that handler dies of the signal, as it was about to."""
+        """Ask every process of the component (its session's group: uvicorn's workers, not only their
+        supervisor, which ignores the signals) to write where it is stuck to its log (SIGUSR1: threads'
+        stacks, SIGUSR2: asyncio tasks'; `service.stack_dumps`, and the simulator's threads), and give
+        them a moment to. A process without those handlers dies of the signal, as it was about to."""
         if self.alive:
             assert self.process is not None
-            self.process.send_signal(signal.SIGUSR1)
+            for dump in (signal.SIGUSR1, signal.SIGUSR2):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(self.process.pid, dump)
+                time.sleep(0.05)  # the threads' stacks first, written at once in C
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.process.wait(wait_s)
 

@@ -250,7 +250,8 @@ def print_verdict(verdict: dict[str, Any], run_dir: str) -> None:
         out.print(
             "slow to stop: "
             + ", ".join(f"{name} ({count}x)" for name, count in sorted(overran.items()))
-            + " did not stop within the grace period and was killed; where it hung is in its log",
+            + " did not stop within the grace period and was killed;"
+            " its log ends with the stacks it was stuck in",
             markup=False,
             highlight=False,
         )

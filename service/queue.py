@@ -81,7 +81,11 @@ async def requeue_orphaned_jobs(queue: RedisQueue, unclaimed_grace_seconds: floa
         if owner is None and now_ms - float(entry.get("touched") or now_ms) < unclaimed_grace_seconds * 1000:
             continue  # just dequeued by a live worker that has not stamped it yet
         key = str(entry["key"])
-        if not await queue.redis.set(f"smslab:orphan:{queue.name}:{key}", 1, nx=True, ex=30):
+        # One worker requeues each orphaning of a job: the lock names the attempt that was orphaned, so
+        # the same key orphaned again by its next taker (the reconcile cron's key never changes) is put
+        # back at once, not after the lock expires.
+        attempt = entry.get("attempts", 0)
+        if not await queue.redis.set(f"smslab:orphan:{queue.name}:{key}:{attempt}", 1, nx=True, ex=30):
             continue
         job = await queue.job(key)
         if job is None or job.status not in (Status.ACTIVE, Status.ABORTING) or job.worker_id in live:

@@ -11,6 +11,9 @@ lost (held past the client's timeout, or cut mid-response). Every fault that fir
 from __future__ import annotations
 
 import asyncio
+import faulthandler
+import signal
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -195,6 +198,9 @@ class SimulatorApp:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                # SIGUSR1: every thread's stack to the log, which the lab asks for before it kills a
+                # process that would not stop (as the service's processes do, `service.stack_dumps`)
+                faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
                 self.deliveries.start()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":

@@ -206,6 +206,20 @@ async def test_a_job_held_by_a_dead_worker_is_requeued_not_waited_for(lab: Lab) 
         assert requeued is not None
         assert requeued.status == Status.QUEUED
         assert await queue.count("incomplete") == 1  # back in the queue (after its retry delay)
+        # Its next taker dies too: the job is put back again at once, not after the first requeue's lock
+        # expires (the reconcile cron's key never changes, and the lab kills workers every few seconds).
+        again = None
+        for _ in range(10):  # once its retry delay passed, SAQ's scheduler (run here by hand) queues it
+            await queue.schedule()
+            again = await queue.dequeue(timeout=1)
+            if again is not None:
+                break
+        assert again is not None
+        assert again.key == send_job_key(campaign_id, 0)
+        again.attempts += 1  # as a SAQ worker does when it takes a job
+        again.worker_id = "the-next-worker-that-was-killed"
+        await again.update(status=Status.ACTIVE)
+        assert await requeue_orphaned_jobs(queue) == [send_job_key(campaign_id, 0)]
     finally:
         await queue.disconnect()
 

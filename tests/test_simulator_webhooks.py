@@ -187,11 +187,13 @@ def test_mitto_reports_each_message_then_its_final_status(tmp_path: Path, receiv
 
 
 def held_receiver(receiver: Receiver) -> threading.Event:
-    """Make the receiver hold every request until the returned event is set (then answer 200)."""
+    """Make the receiver hold every request until the returned event is set (then answer 200). (A
+    request is held up to 120 s, as long as the simulator waits for an answer in these tests: a shorter
+    hold counted from each request's arrival could let the first go before the last had arrived.)"""
     release = threading.Event()
 
     def hold(_: Received) -> int:
-        release.wait(20)
+        release.wait(120)
         return 200
 
     receiver.judge = hold
@@ -277,7 +279,7 @@ def test_deliveries_waiting_for_a_free_connection_are_pending(
         for n in range(most + 1):
             trigger = {"shop": "alpha.myshopify.com", "topic": "customers/update", "payload": {"id": n}}
             sim.control("POST", "/shopify/webhooks", json=trigger)
-        assert len(receiver.wait_for(most, timeout=30)) == most
+        assert len(receiver.wait_for(most, timeout=60)) == most
         waiting = sim.control("GET", "/deliveries")
         release.set()
         done = sim.wait_for_deliveries(timeout=15)
