@@ -10,10 +10,12 @@ is retried) and can lose jobs (Redis restarted empty): the database, not the que
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from typing import Any
 
 from saq import CronJob, Worker
+from saq.queue.redis import RedisQueue
 from saq.types import PartialTimersDict
 
 from service import deployment, logs, stack_dumps
@@ -56,22 +58,34 @@ async def reconcile(ctx: dict[str, Any]) -> Any:
     return report.as_dict()
 
 
-async def watch_for_orphaned_jobs(runtime: Runtime) -> None:
-    """Every heartbeat period, requeue jobs whose worker died (see `queue.requeue_orphaned_jobs`).
+async def watch_for_orphaned_jobs(queue: RedisQueue, period_s: float, stopping: asyncio.Event) -> None:
+    """Every heartbeat period, requeue jobs whose worker died (see `queue.requeue_orphaned_jobs`), until
+    `stopping` is set.
 
     A dead worker is seen once its liveness entry expires (a heartbeat plus one second after its last
     renewal), then at this loop's next turn: its jobs wait up to twice the heartbeat plus a second. The
     reconcile cron is one of them when a worker dies mid-pass, and no pass runs until it is put back: at
-    5 s, a quick run's reconciler sat 6 to 7 s twice behind killed workers, half of its settle time."""
-    while True:
-        await asyncio.sleep(runtime.settings.worker_heartbeat_seconds)
+    5 s, a quick run's reconciler sat 6 to 7 s twice behind killed workers.
+
+    The loop ends on `stopping`, not only on cancellation: a benchmark's worker hung at SIGTERM for good
+    with this task "cancelling" yet asleep again (the cancel had reached it inside a Redis call, which
+    did not pass it on), and the worker's shutdown waiting for it."""
+    while not stopping.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), timeout=period_s)
+        if stopping.is_set():
+            return
         try:
-            requeued = await requeue_orphaned_jobs(runtime.queue)
+            requeued = await requeue_orphaned_jobs(queue)
         except Exception as exc:  # noqa: BLE001 - Redis may be down; try again next period
             log.warning("orphan_watch_failed", error=type(exc).__name__)
             continue
         if requeued:
             log.warning("orphaned_jobs_requeued", jobs=requeued)
+
+
+# How long a stopping worker waits for its orphan watch to end (it ends within a Redis call's time).
+WATCH_STOP_SECONDS = 5.0
 
 
 def sweep_interval(settings: Settings) -> int:
@@ -123,15 +137,21 @@ def build_worker(runtime: Runtime, concurrency: int) -> Worker[Any]:
 
     async def startup(ctx: dict[str, Any]) -> None:
         ctx["runtime"] = runtime
-        ctx["watchdog"] = asyncio.create_task(watch_for_orphaned_jobs(runtime))
+        ctx["watch_stopping"] = asyncio.Event()
+        ctx["watchdog"] = asyncio.create_task(
+            watch_for_orphaned_jobs(runtime.queue, settings.worker_heartbeat_seconds, ctx["watch_stopping"])
+        )
         log.info("worker_started", pid=os.getpid(), concurrency=concurrency, queue=settings.queue_name)
         deployment.announce(settings, "worker")
 
     async def shutdown(ctx: dict[str, Any]) -> None:
         watchdog = ctx.get("watchdog")
         if watchdog:
-            watchdog.cancel()
-            await asyncio.gather(watchdog, return_exceptions=True)
+            ctx["watch_stopping"].set()
+            watchdog.cancel()  # to cut a Redis call short; the loop ends on the event if the cancel is lost
+            _done, still_running = await asyncio.wait({watchdog}, timeout=WATCH_STOP_SECONDS)
+            if still_running:
+                log.warning("orphan_watch_did_not_stop", waited_s=WATCH_STOP_SECONDS)
 
     return PromptlyStoppingWorker(
         runtime.queue,

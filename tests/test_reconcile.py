@@ -224,6 +224,25 @@ async def test_a_job_held_by_a_dead_worker_is_requeued_not_waited_for(lab: Lab) 
         await queue.disconnect()
 
 
+async def test_the_orphan_watch_ends_when_asked_not_only_when_cancelled(lab: Lab) -> None:
+    """A benchmark's worker hung at SIGTERM for good: its orphan watch was "cancelling" yet asleep again
+    (the cancel had reached it inside a Redis call, which did not pass it on), and the shutdown waited
+    for it. The watch now ends on its event, between turns, with no cancel at all."""
+    from service.worker import watch_for_orphaned_jobs
+
+    queue = create_queue(lab.settings, lab.redis_url)
+    await queue.connect()
+    try:
+        stopping = asyncio.Event()
+        watch = asyncio.create_task(watch_for_orphaned_jobs(queue, 0.05, stopping))
+        await asyncio.sleep(0.3)  # a few turns, each asking Redis
+        assert not watch.done()
+        stopping.set()
+        await asyncio.wait_for(watch, timeout=5)
+    finally:
+        await queue.disconnect()
+
+
 async def passes(lab: Lab) -> list[dict[str, object]]:
     from chaos.checker.evidence import load_snapshot
 
