@@ -406,7 +406,8 @@ def draw_run(
 ) -> DrawnRun:
     """Run `index`'s scenario: `base` with its faults replaced by a random subset of the lab's fault kinds
     (`always` among them) at random intensities and timings, and random workload sizes; deterministic for
-    (seed, base). `short` caps the chaos phase as `smslab matrix --short` does."""
+    (seed, base). `short` caps the chaos phase at the short matrix's default (`SHORT_DURATION_S`; a
+    matrix row may ask for longer)."""
     rng = random.Random(f"swarm:{seed}")
     document = json.loads(json.dumps(base.document))
     workload = document.setdefault("workload", {})
