@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import atexit
-import json
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -244,8 +242,7 @@ def print_verdict(verdict: dict[str, Any], run_dir: str) -> None:
         out.print(f"unknown because: {reason}", markup=False, highlight=False)
     if verdict.get("load"):
         print_load(verdict, out)
-    manifest = Path(run_dir) / "run.json"
-    overran = json.loads(manifest.read_text()).get("stops_overran") if manifest.exists() else None
+    overran = (verdict.get("observations") or {}).get("stops_overran")
     if overran:  # not a verdict matter, but time the user waited, and a hang to look into
         out.print(
             "slow to stop: "

@@ -70,7 +70,7 @@ async def watch_for_orphaned_jobs(queue: RedisQueue, period_s: float, stopping: 
     The loop ends on `stopping`, not only on cancellation: a benchmark's worker hung at SIGTERM for good
     with this task "cancelling" yet asleep again (the cancel had reached it inside a Redis call, which
     did not pass it on), and the worker's shutdown waiting for it."""
-    while not stopping.is_set():
+    while True:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stopping.wait(), timeout=period_s)
         if stopping.is_set():

@@ -833,3 +833,18 @@ def test_a_witness_that_must_be_seen_displaces_a_lesser_one_when_the_list_is_ful
     assert len(result.witnesses) == MAX_WITNESSES
     assert result.witnesses[-1]["n"] == "decisive"
     assert [w["n"] for w in result.witnesses[:-1]] == list(range(MAX_WITNESSES - 1))
+
+
+def test_a_process_killed_at_its_stop_is_named_under_the_verdict_which_it_does_not_change(
+    run_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from chaos.report import print_verdict
+
+    manifest = json.loads((run_dir / "run.json").read_text())
+    manifest["stops_overran"] = {"worker-1": 1}
+    (run_dir / "run.json").write_text(json.dumps(manifest))
+    verdict = check_run(run_dir)
+    assert verdict["valid"] is True
+    assert verdict["observations"]["stops_overran"] == {"worker-1": 1}
+    print_verdict(verdict, str(run_dir))
+    assert "slow to stop: worker-1 (1x) did not stop within the grace period" in capsys.readouterr().out

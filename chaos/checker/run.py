@@ -312,7 +312,9 @@ def _check(
         "observations": {
             "metrics": metrics_against_truth(
                 run_dir, acceptances, snapshot, tally, load_run.storm_deliveries(run_dir)
-            )
+            ),
+            # processes killed because they did not stop on SIGTERM (their stacks are in their logs)
+            "stops_overran": manifest.get("stops_overran", {}),
         },
         "evidence": {
             "acceptances": len(acceptances),
