@@ -108,6 +108,25 @@ def _now(loaded: Loaded) -> Any:
     return now.replace(tzinfo=None) if loaded.engine.dialect.name == "sqlite" else now
 
 
+def _bare_mark_sent(is_pg: bool, ids: list[int], attempt: str, now: Any) -> tuple[Any, dict[str, Any]]:
+    """The record's statement in the service's own shape for each backend (service/sending/record.py):
+    PostgreSQL finds the rows by key with parallel arrays, SQLite joins a VALUES list."""
+    params: dict[str, Any] = {"t": now, "a": attempt}
+    owned = "AND status = 'sending' AND attempt_id = :a RETURNING campaign_recipients.id"
+    if is_pg:
+        params |= {"ids": ids, "m": [f"bare-{attempt}-{i}" for i in ids]}
+        return text(
+            "UPDATE campaign_recipients SET status = 'sent', sent_at = :t, lease_expires_at = NULL, "
+            "provider_message_id = (CAST(:m AS VARCHAR(64)[]))[array_position(CAST(:ids AS BIGINT[]), id)] "
+            f"WHERE id = ANY(CAST(:ids AS BIGINT[])) {owned}"
+        ), params
+    values = ", ".join(f"({int(i)}, 'bare-{attempt}-{int(i)}')" for i in ids)
+    return text(
+        "UPDATE campaign_recipients SET status = 'sent', provider_message_id = v.column2, sent_at = :t, "
+        f"lease_expires_at = NULL FROM (VALUES {values}) AS v WHERE campaign_recipients.id = v.column1 {owned}"
+    ), params
+
+
 async def bare_send(loaded: Loaded, campaign_id: int, batches: int) -> float:
     """Per batch, the pipeline's own statements in its two transactions (claim; record + debit)."""
     is_pg = loaded.engine.dialect.name == "postgresql"
@@ -130,15 +149,7 @@ async def bare_send(loaded: Loaded, campaign_id: int, batches: int) -> float:
                 await connection.execute(
                     text("SELECT id FROM campaigns WHERE id = :c FOR UPDATE"), {"c": campaign_id}
                 )
-            values = ", ".join(f"({int(i)}, 'bare-{attempt}-{int(i)}')" for i in ids)
-            sent = await connection.execute(
-                text(
-                    "UPDATE campaign_recipients SET status = 'sent', provider_message_id = v.column2, sent_at = :t, "
-                    f"lease_expires_at = NULL FROM (VALUES {values}) AS v WHERE campaign_recipients.id = v.column1 "
-                    "AND status = 'sending' AND attempt_id = :a RETURNING campaign_recipients.id"
-                ),
-                {"t": now, "a": attempt},
-            )
+            sent = await connection.execute(*_bare_mark_sent(is_pg, ids, attempt, now))
             sent_ids = [row[0] for row in sent]
             await connection.execute(
                 text(

@@ -7,6 +7,7 @@ turn out to have been accepted and must then be paid from it.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import func, select, update
@@ -20,6 +21,7 @@ from service.db.models import (
     CampaignStatus,
     RecipientStatus,
     ReservationStatus,
+    recipient_status_is,
     utcnow,
 )
 from service.wallet import reservations
@@ -47,6 +49,49 @@ async def add_outcomes(session: AsyncSession, campaign_id: int, *, sent: int = 0
     )
 
 
+@dataclass(frozen=True)
+class Progress:
+    """The campaign row as an outcome update left it (see `lock_and_add_outcomes`)."""
+
+    status: str
+    shop_id: int
+    sent_count: int
+    failed_count: int
+    recipient_count: int
+
+
+async def lock_and_add_outcomes(
+    session: AsyncSession, campaign_id: int, *, sent: int, failed: int
+) -> Progress | None:
+    """`add_outcomes` as the statement that takes the campaign's row lock, returning what settling needs.
+
+    A recorded batch holds the campaign row from here to its commit, and every batch of the campaign
+    waits for it: one round trip here instead of three (lock, counters, re-read) shortens the part of a
+    batch that cannot run beside the others. An UPDATE locks `FOR NO KEY UPDATE`, which other batches'
+    ledger inserts (their foreign-key checks lock the row `FOR KEY SHARE`) do not wait for, while a
+    cancel's `lock_campaign` still does.
+    """
+    row = (
+        await session.execute(
+            update(Campaign)
+            .where(Campaign.id == campaign_id)
+            .values(
+                sent_count=Campaign.sent_count + sent,
+                failed_count=Campaign.failed_count + failed,
+                last_activity_at=utcnow(),
+            )
+            .returning(
+                Campaign.status,
+                Campaign.shop_id,
+                Campaign.sent_count,
+                Campaign.failed_count,
+                Campaign.recipient_count,
+            )
+        )
+    ).first()
+    return None if row is None else Progress(*row)
+
+
 async def status_counts(session: AsyncSession, campaign_id: int) -> dict[str, int]:
     rows = await session.execute(
         select(CampaignRecipient.status, func.count())
@@ -58,11 +103,17 @@ async def status_counts(session: AsyncSession, campaign_id: int) -> dict[str, in
     return counts
 
 
-async def settle_if_finished(session: AsyncSession, campaign_id: int) -> str | None:
+async def settle_if_finished(
+    session: AsyncSession, campaign_id: int, known: Progress | None = None
+) -> str | None:
     """Complete the campaign / release its reservation when nothing is left in flight. Caller's transaction.
 
-    The caller holds the campaign row lock. Returns the campaign's status after settling.
+    The caller holds the campaign row lock. Returns the campaign's status after settling. `known`: the row
+    as the caller's own locked update returned it, which spares re-reading a campaign still sending.
     """
+    unfinished = known is not None and known.sent_count + known.failed_count < known.recipient_count
+    if known is not None and known.status == CampaignStatus.SENDING and unfinished:
+        return known.status
     campaign = await session.get(Campaign, campaign_id, populate_existing=True)
     if campaign is None:
         return None
@@ -88,9 +139,7 @@ async def has_in_flight(session: AsyncSession, campaign_id: int) -> bool:
     """Whether any recipient is claimed with an unknown outcome (it may still turn out accepted)."""
     found = await session.scalar(
         select(CampaignRecipient.id)
-        .where(
-            CampaignRecipient.campaign_id == campaign_id, CampaignRecipient.status == RecipientStatus.SENDING
-        )
+        .where(CampaignRecipient.campaign_id == campaign_id, recipient_status_is(RecipientStatus.SENDING))
         .limit(1)
     )
     return found is not None
@@ -134,9 +183,7 @@ async def stop_campaign(
     )
     result = await session.execute(
         update(CampaignRecipient)
-        .where(
-            CampaignRecipient.campaign_id == campaign_id, CampaignRecipient.status == RecipientStatus.PENDING
-        )
+        .where(CampaignRecipient.campaign_id == campaign_id, recipient_status_is(RecipientStatus.PENDING))
         .values(status=RecipientStatus.CANCELLED, failure_reason=reason, status_updated_at=utcnow())
     )
     cancelled = int(result.rowcount)  # type: ignore[attr-defined]
@@ -158,7 +205,7 @@ async def cancel_recipients_of_contact(session: AsyncSession, contact_id: int, r
             select(CampaignRecipient.campaign_id)
             .where(
                 CampaignRecipient.contact_id == contact_id,
-                CampaignRecipient.status == RecipientStatus.PENDING,
+                recipient_status_is(RecipientStatus.PENDING),
             )
             .distinct()
         )
@@ -173,7 +220,7 @@ async def cancel_recipients_of_contact(session: AsyncSession, contact_id: int, r
             .where(
                 CampaignRecipient.campaign_id == campaign_id,
                 CampaignRecipient.contact_id == contact_id,
-                CampaignRecipient.status == RecipientStatus.PENDING,
+                recipient_status_is(RecipientStatus.PENDING),
             )
             .values(status=RecipientStatus.CANCELLED, failure_reason=reason, status_updated_at=utcnow())
         )

@@ -42,6 +42,7 @@ from service.db.models import (
     RecipientStatus,
     ReconcilePass,
     ReservationStatus,
+    recipient_status_is,
     utcnow,
 )
 from service.queue import enqueue_send_batches
@@ -223,7 +224,7 @@ async def _resolve_expired_claims(
                 )
                 .join(Campaign, Campaign.id == CampaignRecipient.campaign_id)
                 .where(
-                    CampaignRecipient.status == RecipientStatus.SENDING,
+                    recipient_status_is(RecipientStatus.SENDING),
                     CampaignRecipient.lease_expires_at <= now,
                 )
                 .order_by(CampaignRecipient.id)
@@ -306,7 +307,7 @@ async def _advance_campaigns(
                 select(CampaignRecipient.batch_no)
                 .where(
                     CampaignRecipient.campaign_id == campaign_id,
-                    CampaignRecipient.status == RecipientStatus.PENDING,
+                    recipient_status_is(RecipientStatus.PENDING),
                 )
                 .distinct()
             )

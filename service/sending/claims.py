@@ -17,7 +17,14 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service import safeguards
-from service.db.models import Campaign, CampaignRecipient, CampaignStatus, RecipientStatus, utcnow
+from service.db.models import (
+    Campaign,
+    CampaignRecipient,
+    CampaignStatus,
+    RecipientStatus,
+    recipient_status_is,
+    utcnow,
+)
 from service.settings import Settings
 from service.shops import installed_shop_lock
 
@@ -62,7 +69,7 @@ async def claim_batch(
         pending = (
             CampaignRecipient.campaign_id == campaign_id,
             CampaignRecipient.batch_no == batch_no,
-            CampaignRecipient.status == RecipientStatus.PENDING,
+            recipient_status_is(RecipientStatus.PENDING),
         )
         if not safeguards.is_on(settings, safeguards.CLAIM_BEFORE_SEND):
             # Unsafe variant (lab only): read the pending rows and send them as they are.

@@ -226,6 +226,15 @@ def _lock_order(report: DeliveryReport) -> int:
     return parsed[1] if parsed is not None else 2**63
 
 
+async def any_kept(session: AsyncSession, campaign_id: int) -> bool:
+    """Whether the campaign has kept reports at all (almost never): one indexed look, before a recorded
+    batch locks the campaign, so that `apply_pending`'s join runs only when it can find something."""
+    found = await session.scalar(
+        select(PendingDeliveryReport.id).where(PendingDeliveryReport.campaign_id == campaign_id).limit(1)
+    )
+    return found is not None
+
+
 async def apply_pending(session: AsyncSession, settings: Settings, campaign_id: int) -> int:
     """Apply the campaign's kept reports whose message id is now recorded. Caller's transaction."""
     pending = list(
