@@ -250,6 +250,15 @@ async def measure_send(
             process.wait(15)
 
 
+def add_send_latency(simulator_url: str, spread: str) -> None:
+    """A real provider's bulk call takes tens to hundreds of milliseconds; the fake answers at once unless
+    told. `spread`: `MS` fixed or `MIN-MAX` uniform, on every bulk send (the simulator's latency fault)."""
+    low, _, high = spread.partition("-")
+    params = {"min_ms": float(low), "max_ms": float(high)} if high else {"ms": float(low)}
+    rule = {"target": "mitto.send", "kind": "latency", "params": params}
+    httpx.post(f"{simulator_url}/control/faults", json=rule, timeout=5).raise_for_status()
+
+
 def driver_peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -326,10 +335,14 @@ async def bench_backend(backend: str, args: argparse.Namespace) -> dict[str, Any
                     )
                     loaded = await load_shop(settings, args.recipients, credits=args.recipients * 3)
                     campaign_id, _ = await measure_enqueue(loaded, settings)
+                    if args.mitto_latency_ms:
+                        add_send_latency(base_url(simulator), args.mitto_latency_ms)
                     send_seconds = await measure_send(
                         loaded, settings, campaign_id, batches, args.workers, args.concurrency, tmp
                     )
                     await loaded.engine.dispose()
+                    # The fake alone, below, is measured without the delay.
+                    httpx.delete(f"{base_url(simulator)}/control/faults", timeout=5).raise_for_status()
                 if simulator.pid is not None:
                     MEMORY_REPORT.setdefault(report_key(settings), {})["simulator (the provider's state)"] = (
                         peak_rss_mb(simulator.pid)
@@ -361,11 +374,17 @@ def main() -> None:
     parser.add_argument(
         "--repeat", type=int, default=3, help="enqueue measurements of each kind (best is kept)"
     )
+    parser.add_argument(
+        "--mitto-latency-ms",
+        default="",
+        help="delay the fake Mitto's bulk send during the send phase: MS or MIN-MAX (e.g. 50-300)",
+    )
     args = parser.parse_args()
     backends = ["sqlite", "postgresql"] if args.backend == "both" else [args.backend]
     rows = [asyncio.run(bench_backend(backend, args)) for backend in backends]
     print(
         f"\npipeline: {args.recipients} recipients, batches of {args.batch_size}, {args.workers} worker processes x {args.concurrency}"
+        + (f", bulk send delayed {args.mitto_latency_ms} ms" if args.mitto_latency_ms else "")
     )
     print(
         f"{'backend':<11} {'enqueue':>9} {'bare SQL':>9} {'ratio':>6}   {'send msg/s':>10} {'bare SQL':>9} {'ratio':>6}   {'fake Mitto alone':>16}"

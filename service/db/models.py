@@ -190,8 +190,8 @@ class CampaignRecipient(Base):
         UniqueConstraint("campaign_id", "contact_id"),
         UniqueConstraint("provider_message_id"),
         # Partial indexes: a row is in each only while its status needs it, so a claim (pending ->
-        # sending) and a record (sending -> sent) each write one index entry fewer per message than
-        # indexes with `status` as a column did, and neither index grows with messages already sent.
+        # sending) writes one index entry fewer per message and a record (sending -> sent) two fewer
+        # than indexes with `status` as a column did, and neither grows with messages already sent.
         # Queries must name the status as a literal (`recipient_status_is`) for PostgreSQL to use them.
         Index(
             "ix_campaign_recipients_pending",
