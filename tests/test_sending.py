@@ -11,12 +11,16 @@ import contextlib
 import time
 
 import pytest
-from sqlalchemy import insert
+from sqlalchemy import event, insert, text
 
 from service import failpoints, safeguards
+from service.campaigns.drafts import create_campaign
 from service.db.models import Contact, utcnow
 from service.failpoints import SimulatedCrash
 from service.sending.batch import BatchIncomplete
+from service.sending.claims import Claim
+from service.sending.record import _mark_sent
+from service.shops import install_shop
 from tests.support.lab import Lab
 
 
@@ -240,13 +244,6 @@ async def test_the_record_finds_its_rows_by_key_whatever_the_table_holds(lab: La
     messages at 200,000 rows in bench/pipeline.py, growing with the table. A guard: at this test's
     60,000 never-analysed rows the old statement's plan was by key too (its seq scan showed at bench
     sizes, with real rows and many runs), so this fails only if the record's plan scans the table."""
-    from sqlalchemy import event, text
-
-    from service.campaigns.drafts import create_campaign
-    from service.sending.claims import Claim
-    from service.sending.record import _mark_sent
-    from service.shops import install_shop
-
     postgres = lab.engine.dialect.name == "postgresql"
     async with lab.sessions() as session:
         shop = await install_shop(session, "plans.myshopify.com")

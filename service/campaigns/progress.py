@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Update, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.db.dialect import for_update
@@ -37,8 +37,8 @@ async def lock_campaign(session: AsyncSession, campaign_id: int) -> Campaign | N
     return await session.scalar(for_update(select(Campaign).where(Campaign.id == campaign_id)))
 
 
-async def add_outcomes(session: AsyncSession, campaign_id: int, *, sent: int = 0, failed: int = 0) -> None:
-    await session.execute(
+def _outcomes_update(campaign_id: int, sent: int, failed: int) -> Update:
+    return (
         update(Campaign)
         .where(Campaign.id == campaign_id)
         .values(
@@ -47,6 +47,10 @@ async def add_outcomes(session: AsyncSession, campaign_id: int, *, sent: int = 0
             last_activity_at=utcnow(),
         )
     )
+
+
+async def add_outcomes(session: AsyncSession, campaign_id: int, *, sent: int = 0, failed: int = 0) -> None:
+    await session.execute(_outcomes_update(campaign_id, sent, failed))
 
 
 @dataclass(frozen=True)
@@ -73,14 +77,7 @@ async def lock_and_add_outcomes(
     """
     row = (
         await session.execute(
-            update(Campaign)
-            .where(Campaign.id == campaign_id)
-            .values(
-                sent_count=Campaign.sent_count + sent,
-                failed_count=Campaign.failed_count + failed,
-                last_activity_at=utcnow(),
-            )
-            .returning(
+            _outcomes_update(campaign_id, sent, failed).returning(
                 Campaign.status,
                 Campaign.shop_id,
                 Campaign.sent_count,
@@ -111,8 +108,11 @@ async def settle_if_finished(
     The caller holds the campaign row lock. Returns the campaign's status after settling. `known`: the row
     as the caller's own locked update returned it, which spares re-reading a campaign still sending.
     """
-    unfinished = known is not None and known.sent_count + known.failed_count < known.recipient_count
-    if known is not None and known.status == CampaignStatus.SENDING and unfinished:
+    if (
+        known is not None
+        and known.status == CampaignStatus.SENDING
+        and known.sent_count + known.failed_count < known.recipient_count
+    ):
         return known.status
     campaign = await session.get(Campaign, campaign_id, populate_existing=True)
     if campaign is None:

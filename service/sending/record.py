@@ -234,25 +234,25 @@ async def _recipient_changes(
     return await _move_unsent(session, claim, outcomes, result, status == CampaignStatus.SENDING)
 
 
-async def _lock_campaign_and_settle_rows(
-    session: AsyncSession, claim: Claim, back_to_pending: list[int], result: Recorded
-) -> None:
-    """Lock the campaign (it serialises the tail of each batch's transaction), then correct for a cancel
-    that committed while the rows were being written: nothing goes back to pending in a stopped campaign."""
-    campaign = await progress.lock_campaign(session, claim.campaign_id)
-    if back_to_pending and (campaign is None or campaign.status != CampaignStatus.SENDING):
-        cancelled = await _cancel(session, back_to_pending, [recipient_status_is(RecipientStatus.PENDING)])
-        result.cancelled += len(cancelled)
-        result.back_to_pending -= len(cancelled)
+async def _cancel_if_stopped(
+    session: AsyncSession, campaign_status: str | None, back_to_pending: list[int], result: Recorded
+) -> int:
+    """Correct for a cancel that committed while the rows were being written: nothing goes back to
+    pending in a stopped campaign. Under the campaign lock; returns how many rows it cancelled."""
+    if not back_to_pending or campaign_status == CampaignStatus.SENDING:
+        return 0
+    cancelled = len(await _cancel(session, back_to_pending, [recipient_status_is(RecipientStatus.PENDING)]))
+    result.cancelled += cancelled
+    result.back_to_pending -= cancelled
+    return cancelled
 
 
-async def _release_and_count(session: AsyncSession, claim: Claim, result: Recorded) -> None:
+async def _release_unsent(session: AsyncSession, claim: Claim, result: Recorded) -> None:
     unsent = result.failed + result.cancelled
     if unsent:
         await reservations.release_part(
             session, shop_id=claim.shop_id, campaign_id=claim.campaign_id, credits=unsent * claim.segments
         )
-    await progress.add_outcomes(session, claim.campaign_id, sent=result.sent, failed=unsent)
 
 
 async def record_outcomes(
@@ -273,17 +273,11 @@ async def record_outcomes(
         known = await progress.lock_and_add_outcomes(
             session, claim.campaign_id, sent=result.sent, failed=result.failed + result.cancelled
         )
-        if back_to_pending and (known is None or known.status != CampaignStatus.SENDING):
-            # A cancel committed while the rows were written: nothing goes back to pending in a stopped
-            # campaign.
-            cancelled = len(
-                await _cancel(session, back_to_pending, [recipient_status_is(RecipientStatus.PENDING)])
-            )
-            result.cancelled += cancelled
-            result.back_to_pending -= cancelled
-            if cancelled:
-                await progress.add_outcomes(session, claim.campaign_id, failed=cancelled)
-                known = None  # settling re-reads the row
+        status = known.status if known else None
+        cancelled = await _cancel_if_stopped(session, status, back_to_pending, result)
+        if cancelled:
+            await progress.add_outcomes(session, claim.campaign_id, failed=cancelled)
+            known = None  # settling re-reads the row
         if result.sent_ids:
             credits = result.sent * claim.segments
             # Key: one attempt debits a recipient at most once (the conditional update), so the smallest
@@ -297,11 +291,7 @@ async def record_outcomes(
                 idempotency_key=f"debit:{claim.attempt_id}:{min(result.sent_ids)}",
             )
             result.debited_credits = credits
-        unsent = result.failed + result.cancelled
-        if unsent:
-            await reservations.release_part(
-                session, shop_id=claim.shop_id, campaign_id=claim.campaign_id, credits=unsent * claim.segments
-            )
+        await _release_unsent(session, claim, result)
         if reports_kept:
             # Delivery reports that beat this record are applied now that their message ids exist.
             await delivery_reports.apply_pending(session, settings, claim.campaign_id)
@@ -315,8 +305,12 @@ async def _record_then_debit_separately(session: AsyncSession, claim: Claim, out
     result = Recorded()
     async with session.begin():
         back_to_pending = await _recipient_changes(session, claim, outcomes, result)
-        await _lock_campaign_and_settle_rows(session, claim, back_to_pending, result)
-        await _release_and_count(session, claim, result)
+        campaign = await progress.lock_campaign(session, claim.campaign_id)
+        await _cancel_if_stopped(session, campaign.status if campaign else None, back_to_pending, result)
+        await _release_unsent(session, claim, result)
+        await progress.add_outcomes(
+            session, claim.campaign_id, sent=result.sent, failed=result.failed + result.cancelled
+        )
     await failpoints.hit("send.between_record_and_debit")
     accepted = len(outcomes.accepted)
     if accepted:
