@@ -15,7 +15,7 @@ from litestar import Litestar
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from saq.queue.redis import RedisQueue
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from stripe import StripeClient
 
 from service import deployment, logs, stack_dumps
@@ -23,6 +23,7 @@ from service.auth import provide_shop, session_guard
 from service.billing.api import BillingController
 from service.campaigns.api import CampaignsController
 from service.contacts.api import ContactsController
+from service.db.session import reading
 from service.health import HealthController
 from service.http import (
     EXCEPTION_HANDLERS,
@@ -37,6 +38,7 @@ from service.pagination import provide_page
 from service.rate_limits import RateLimiter, parse_limit, parse_limits
 from service.runtime import Runtime
 from service.settings import Settings
+from service.shops import SessionShop
 from service.wallet.api import WalletController
 from service.webhooks.api import WebhooksController
 from service.webhooks.report_batcher import DeliveryReportBatcher
@@ -67,6 +69,10 @@ def create_app(settings: Settings, redis_url: str) -> Litestar:
         async with runtime.sessions() as session:
             yield session
 
+    async def provide_reader() -> AsyncGenerator[AsyncConnection, None]:
+        async with reading(runtime.engine) as connection:
+            yield connection
+
     @asynccontextmanager
     async def lifespan(_app: Litestar) -> AsyncIterator[None]:
         stack_dumps.install()
@@ -89,6 +95,8 @@ def create_app(settings: Settings, redis_url: str) -> Litestar:
         "stripe_client": _constant(runtime.stripe),
         "report_batcher": _constant(batcher),
         "db_session": Provide(provide_session),
+        # Reads of the request path: Core on a pooled connection outside any transaction (db.session).
+        "reader": Provide(provide_reader),
         "sessions": _constant(runtime.sessions),
         "shop": Provide(provide_shop, sync_to_thread=False),
         "page": Provide(provide_page),
@@ -105,7 +113,7 @@ def create_app(settings: Settings, redis_url: str) -> Litestar:
             *([] if settings.metrics_port else [MetricsController]),
         ],
         dependencies=dependencies,
-        guards=[session_guard(settings, runtime.sessions, limiter)],
+        guards=[session_guard(settings, runtime.engine, limiter)],
         request_max_body_size=BODY_LIMIT_DEFAULT,
         signature_namespace={
             "Settings": Settings,
@@ -114,6 +122,8 @@ def create_app(settings: Settings, redis_url: str) -> Litestar:
             "StripeClient": StripeClient,
             "DeliveryReportBatcher": DeliveryReportBatcher,
             "AsyncSession": AsyncSession,
+            "AsyncConnection": AsyncConnection,
+            "SessionShop": SessionShop,
         },
         exception_handlers=EXCEPTION_HANDLERS,
         middleware=[RequestContextMiddleware()],

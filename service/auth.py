@@ -19,15 +19,14 @@ import structlog
 from litestar import Request
 from litestar.connection import ASGIConnection
 from litestar.handlers import BaseRouteHandler
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service import safeguards
-from service.db.models import Shop
 from service.errors import Unauthorized
 from service.metrics import RATE_LIMITED
 from service.rate_limits import RateLimiter, rate_class_of
 from service.settings import Settings
-from service.shops import shop_for_request
+from service.shops import SessionShop, shop_for_request
 
 SHOP_DOMAIN = re.compile(r"^[a-z0-9][a-z0-9-]{0,60}\.myshopify\.com$")
 CLOCK_SKEW_SECONDS = 10
@@ -135,7 +134,7 @@ def is_public(path: str) -> bool:
 
 
 def session_guard(
-    settings: Settings, sessions: async_sessionmaker[AsyncSession], limiter: RateLimiter | None = None
+    settings: Settings, engine: AsyncEngine, limiter: RateLimiter | None = None
 ) -> Callable[[ASGIConnection[Any, Any, Any, Any], BaseRouteHandler], Awaitable[None]]:
     """The app-wide guard: a private route's request is authenticated (token, then an installed shop)
     and counted against its shop's budget for the route's class (safeguard 9), before its body is read
@@ -169,15 +168,14 @@ def session_guard(
                 if not decision.allowed:
                     RATE_LIMITED.labels(route_class=route_class).inc()
             limiter.refuse(decision, f"{route_class} requests of this shop")
-        async with sessions() as session:
-            shop = await shop_for_request(session, domain)
+        shop = await shop_for_request(engine, domain)
         connection.state.shop = shop
         structlog.contextvars.bind_contextvars(shop_id=shop.id)
 
     return require_session
 
 
-def provide_shop(request: Request[Any, Any, Any]) -> Shop:
+def provide_shop(request: Request[Any, Any, Any]) -> SessionShop:
     """The `shop` dependency of every merchant route: the shop the guard authenticated."""
-    shop: Shop = request.state.shop
+    shop: SessionShop = request.state.shop
     return shop

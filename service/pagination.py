@@ -11,11 +11,10 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 from litestar.params import QueryParameter
-from sqlalchemy import Select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import Row, Select
+from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.orm import InstrumentedAttribute
 
-from service.db.session import read_only
 from service.errors import BadRequest
 
 DEFAULT_PAGE_SIZE = 100
@@ -57,15 +56,16 @@ async def provide_page(
 
 
 async def keyset_page(
-    session: AsyncSession, query: Select[Any], id_column: InstrumentedAttribute[int], page: Page
-) -> tuple[list[Any], int | None]:
-    """One page and the cursor of the next (None on the last page). Own transaction, read-only."""
+    connection: AsyncConnection, query: Select[Any], id_column: InstrumentedAttribute[int], page: Page
+) -> tuple[list[Row[Any]], int | None]:
+    """One page and the cursor of the next (None on the last page), as rows of the query's columns.
+
+    One statement, run as Core on a connection outside any transaction (`db.session.reading`): a page
+    is read as the rows stand, and the ORM's objects would only be copied into the answer's structs."""
     query = query.order_by(id_column).limit(page.limit + 1)
     if page.after is not None:
         query = query.where(id_column > page.after)
-    async with session.begin():
-        await read_only(session)
-        rows = list(await session.scalars(query))
+    rows = list(await connection.execute(query))
     items = rows[: page.limit]
     next_cursor = int(getattr(items[-1], id_column.key)) if len(rows) > page.limit else None
     return items, next_cursor

@@ -82,9 +82,9 @@ async def test_a_reinstalled_shop_works_again_and_only_through_the_install_step(
     await _uninstall(lab)
     async with lab.sessions() as session:
         with pytest.raises(Unauthorized):
-            await shop_for_request(session, SHOP)  # a valid token is not an install
+            await shop_for_request(lab.engine, SHOP)  # a valid token is not an install
         assert await reinstall_shop(session, SHOP) is True
-        assert (await shop_for_request(session, SHOP)).id == shop_id
+        assert (await shop_for_request(lab.engine, SHOP)).id == shop_id
         assert await reinstall_shop(session, SHOP) is False  # installed already
     campaign_id = await lab.campaign(shop_id)
     await lab.enqueue(shop_id, campaign_id)

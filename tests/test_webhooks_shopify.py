@@ -100,9 +100,8 @@ async def test_uninstall_stops_sending_campaigns_releases_credits_and_refuses_se
     campaign = await lab.campaign_row(campaign_id)
     assert (campaign.status, campaign.status_reason) == ("cancelled", "app_uninstalled")
     assert await lab.wallet(shop_id) == (100, 0)
-    async with lab.sessions() as session:
-        with pytest.raises(Unauthorized):
-            await shop_for_request(session, "alpha.myshopify.com")
+    with pytest.raises(Unauthorized):
+        await shop_for_request(lab.engine, "alpha.myshopify.com")
     # Customer webhooks for an uninstalled shop change nothing.
     assert await lab.deliver_shopify("customers/create", customer(), "evt-late") == "shop_inactive"
     await lab.assert_holds("I2", "I4")

@@ -8,16 +8,18 @@ import msgspec
 from litestar import Controller, Request, get, post
 from litestar.di import NamedDependency
 from litestar.params import HeaderParameter
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import Row
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from stripe import StripeClient
 
 from service.billing.checkout import create_checkout, purchases_page
-from service.db.models import BillingTransaction, Shop
+from service.db.models import BillingTransaction
 from service.http import documented_body, problems
 from service.input_rules import IDEMPOTENCY_KEY_SCHEMA, decode_json
 from service.pagination import Page
 from service.rate_limits import RouteClass, rate_class
 from service.settings import Settings
+from service.shops import SessionShop
 
 
 class CheckoutIn(msgspec.Struct):
@@ -41,7 +43,7 @@ class PurchaseView(msgspec.Struct):
     refund_shortfall: int
 
     @classmethod
-    def of(cls, billing: BillingTransaction) -> PurchaseView:
+    def of(cls, billing: BillingTransaction | Row[Any]) -> PurchaseView:
         return cls(
             billing_id=billing.id,
             session_id=billing.provider_ref,
@@ -81,7 +83,7 @@ class BillingController(Controller):
     async def checkout(
         self,
         request: Request[Any, Any, Any],
-        shop: NamedDependency[Shop],
+        shop: NamedDependency[SessionShop],
         db_session: NamedDependency[AsyncSession],
         settings: NamedDependency[Settings],
         stripe_client: NamedDependency[StripeClient],
@@ -114,9 +116,9 @@ class BillingController(Controller):
     )
     async def transactions(
         self,
-        shop: NamedDependency[Shop],
-        db_session: NamedDependency[AsyncSession],
+        shop: NamedDependency[SessionShop],
+        reader: NamedDependency[AsyncConnection],
         page: NamedDependency[Page],
     ) -> PurchasePage:
-        purchases, next_cursor = await purchases_page(db_session, shop.id, page)
+        purchases, next_cursor = await purchases_page(reader, shop.id, page)
         return PurchasePage([PurchaseView.of(b) for b in purchases], next_cursor)

@@ -11,8 +11,8 @@ import uuid
 from typing import Any
 
 import stripe
-from sqlalchemy import select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import Row, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from service.db.dialect import insert_ignoring_conflicts
 from service.db.models import BillingStatus, BillingTransaction, utcnow
@@ -56,11 +56,11 @@ def package_price(settings: Settings, credits: Any) -> int:
 
 
 async def purchases_page(
-    session: AsyncSession, shop_id: int, page: Page
-) -> tuple[list[BillingTransaction], int | None]:
+    connection: AsyncConnection, shop_id: int, page: Page
+) -> tuple[list[Row[Any]], int | None]:
     """The shop's purchases (with what was refunded of each), oldest first."""
     query = select(BillingTransaction).where(BillingTransaction.shop_id == shop_id)
-    return await keyset_page(session, query, BillingTransaction.id, page)
+    return await keyset_page(connection, query, BillingTransaction.id, page)
 
 
 async def create_checkout(

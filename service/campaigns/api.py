@@ -10,13 +10,14 @@ from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency
 from litestar.params import HeaderParameter, PathParameter
 from saq.queue.redis import RedisQueue
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import Row
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from service import failpoints, logs
 from service.campaigns import drafts
 from service.campaigns.drafts import MAX_BODY_CHARACTERS, MAX_NAME_CHARACTERS, CampaignDetail
 from service.campaigns.enqueue import EnqueueAccepted, enqueue_campaign
-from service.db.models import Campaign, Shop
+from service.db.models import Campaign
 from service.errors import ProblemError
 from service.http import documented_body, problems
 from service.input_rules import IDEMPOTENCY_KEY_SCHEMA, MAX_INT64, decode_json
@@ -25,6 +26,7 @@ from service.pagination import Page
 from service.queue import enqueue_send_batches
 from service.rate_limits import RouteClass, rate_class
 from service.settings import Settings
+from service.shops import SessionShop
 
 log = logs.get_logger(__name__)
 
@@ -64,7 +66,7 @@ class CampaignSummary(msgspec.Struct):
     last_activity_at: datetime
 
     @classmethod
-    def of(cls, campaign: Campaign) -> CampaignSummary:
+    def of(cls, campaign: Campaign | Row[Any]) -> CampaignSummary:
         return cls(
             id=campaign.id,
             name=campaign.name,
@@ -135,7 +137,7 @@ class CampaignsController(Controller):
     async def create(
         self,
         request: Request[Any, Any, Any],
-        shop: NamedDependency[Shop],
+        shop: NamedDependency[SessionShop],
         db_session: NamedDependency[AsyncSession],
     ) -> CampaignCreated:
         data = decode_json(await request.body())
@@ -152,11 +154,11 @@ class CampaignsController(Controller):
     )
     async def list_campaigns(
         self,
-        shop: NamedDependency[Shop],
-        db_session: NamedDependency[AsyncSession],
+        shop: NamedDependency[SessionShop],
+        reader: NamedDependency[AsyncConnection],
         page: NamedDependency[Page],
     ) -> CampaignPage:
-        rows, next_cursor = await drafts.list_campaigns(db_session, shop.id, page)
+        rows, next_cursor = await drafts.list_campaigns(reader, shop.id, page)
         return CampaignPage([CampaignSummary.of(c) for c in rows], next_cursor)
 
     @get(
@@ -166,9 +168,12 @@ class CampaignsController(Controller):
         responses=problems(400, 429, 401, 404, 503),
     )
     async def detail(
-        self, campaign_id: CampaignId, shop: NamedDependency[Shop], db_session: NamedDependency[AsyncSession]
+        self,
+        campaign_id: CampaignId,
+        shop: NamedDependency[SessionShop],
+        reader: NamedDependency[AsyncConnection],
     ) -> CampaignView:
-        return CampaignView.of_detail(await drafts.campaign_detail(db_session, shop.id, campaign_id))
+        return CampaignView.of_detail(await drafts.campaign_detail(reader, shop.id, campaign_id))
 
     @post(
         "/{campaign_id:int}/cancel",
@@ -178,7 +183,10 @@ class CampaignsController(Controller):
         responses=problems(400, 429, 401, 404, 409, 503, s409="The campaign has already finished"),
     )
     async def cancel(
-        self, campaign_id: CampaignId, shop: NamedDependency[Shop], db_session: NamedDependency[AsyncSession]
+        self,
+        campaign_id: CampaignId,
+        shop: NamedDependency[SessionShop],
+        db_session: NamedDependency[AsyncSession],
     ) -> CampaignView:
         return CampaignView.of_detail(await drafts.cancel_campaign(db_session, shop.id, campaign_id))
 
@@ -211,7 +219,7 @@ class CampaignsController(Controller):
         self,
         campaign_id: CampaignId,
         request: Request[Any, Any, Any],
-        shop: NamedDependency[Shop],
+        shop: NamedDependency[SessionShop],
         db_session: NamedDependency[AsyncSession],
         settings: NamedDependency[Settings],
         queue: NamedDependency[RedisQueue],

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import Row, bindparam, func, select
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from service.campaigns import progress
 from service.campaigns.segments import count_segments
@@ -18,7 +18,7 @@ from service.db.models import (
     LedgerKind,
     utcnow,
 )
-from service.db.session import read_only
+from service.db.session import reads_need_no_transaction
 from service.errors import CampaignNotCancellable, InvalidInput, NotFound
 from service.input_rules import text_problem
 from service.pagination import Page, keyset_page
@@ -66,36 +66,66 @@ async def get_campaign(session: AsyncSession, shop_id: int, campaign_id: int) ->
 
 
 async def list_campaigns(
-    session: AsyncSession, shop_id: int, page: Page
-) -> tuple[list[Campaign], int | None]:
-    return await keyset_page(session, select(Campaign).where(Campaign.shop_id == shop_id), Campaign.id, page)
+    connection: AsyncConnection, shop_id: int, page: Page
+) -> tuple[list[Row[Any]], int | None]:
+    return await keyset_page(
+        connection, select(Campaign).where(Campaign.shop_id == shop_id), Campaign.id, page
+    )
+
+
+@dataclass(frozen=True)
+class Reserved:
+    """What a campaign's credit reservation holds."""
+
+    amount: int
+    remaining: int
+    status: str
 
 
 @dataclass(frozen=True)
 class CampaignDetail:
-    """A campaign with what its recipient rows and the ledger say about it (not its own counters)."""
+    """A campaign with what its recipient rows and the ledger say about it (not its own counters).
+    `campaign` has the campaign table's columns."""
 
-    campaign: Campaign
+    campaign: Row[Any]
     counts: dict[str, int]
-    reservation: CreditReservation | None
+    reservation: Reserved | None
     debited: int
 
 
-async def campaign_detail(session: AsyncSession, shop_id: int, campaign_id: int) -> CampaignDetail:
-    """Status, counts by recipient status (from the rows themselves), credits reserved and debited."""
-    async with session.begin():
-        await read_only(session)
-        campaign = await get_campaign(session, shop_id, campaign_id)
-        counts = await progress.status_counts(session, campaign_id)
-        debited = await session.scalar(
-            select(func.coalesce(-func.sum(CreditLedgerEntry.amount), 0)).where(
-                CreditLedgerEntry.campaign_id == campaign_id, CreditLedgerEntry.kind == LedgerKind.DEBIT
-            )
+# The campaign with its reservation and its debits beside it: one statement, however many debits.
+_DEBITED = (
+    select(func.coalesce(-func.sum(CreditLedgerEntry.amount), 0))
+    .where(CreditLedgerEntry.campaign_id == Campaign.id, CreditLedgerEntry.kind == LedgerKind.DEBIT)
+    .scalar_subquery()
+)
+_DETAIL = (
+    select(
+        Campaign,
+        CreditReservation.amount.label("reservation_amount"),
+        CreditReservation.remaining.label("reservation_remaining"),
+        CreditReservation.status.label("reservation_status"),
+        _DEBITED.label("debited"),
+    )
+    .outerjoin(CreditReservation, CreditReservation.campaign_id == Campaign.id)
+    .where(Campaign.id == bindparam("campaign_id"), Campaign.shop_id == bindparam("shop_id"))
+)
+
+
+async def campaign_detail(connection: AsyncConnection, shop_id: int, campaign_id: int) -> CampaignDetail:
+    """Status, counts by recipient status (from the rows themselves), credits reserved and debited: two
+    statements (the campaign with its reservation and debits, then the counts), read as Core rows.
+    Another shop's campaign is indistinguishable from none."""
+    found = (await connection.execute(_DETAIL, {"campaign_id": campaign_id, "shop_id": shop_id})).first()
+    if found is None:
+        raise NotFound(f"campaign {campaign_id} not found")
+    counts = await progress.status_counts(connection, campaign_id)
+    reservation = None
+    if found.reservation_status is not None:
+        reservation = Reserved(
+            int(found.reservation_amount), int(found.reservation_remaining), str(found.reservation_status)
         )
-        reservation = await session.scalar(
-            select(CreditReservation).where(CreditReservation.campaign_id == campaign_id)
-        )
-    return CampaignDetail(campaign, counts, reservation, int(debited or 0))
+    return CampaignDetail(found, counts, reservation, int(found.debited or 0))
 
 
 async def cancel_campaign(session: AsyncSession, shop_id: int, campaign_id: int) -> CampaignDetail:
@@ -107,4 +137,6 @@ async def cancel_campaign(session: AsyncSession, shop_id: int, campaign_id: int)
         )
         if stopped is None:
             raise CampaignNotCancellable(f"campaign {campaign_id} is {campaign.status}")
-    return await campaign_detail(session, shop_id, campaign_id)
+    async with session.begin():
+        await reads_need_no_transaction(session)
+        return await campaign_detail(await session.connection(), shop_id, campaign_id)

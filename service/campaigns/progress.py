@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Update, func, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from service.db.dialect import for_update
 from service.db.models import (
@@ -89,8 +89,8 @@ async def lock_and_add_outcomes(
     return None if row is None else Progress(*row)
 
 
-async def status_counts(session: AsyncSession, campaign_id: int) -> dict[str, int]:
-    rows = await session.execute(
+async def status_counts(connection: AsyncConnection | AsyncSession, campaign_id: int) -> dict[str, int]:
+    rows = await connection.execute(
         select(CampaignRecipient.status, func.count())
         .where(CampaignRecipient.campaign_id == campaign_id)
         .group_by(CampaignRecipient.status)

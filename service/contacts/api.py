@@ -9,7 +9,8 @@ import anyio.to_thread
 import msgspec
 from litestar import Controller, Request, get, post
 from litestar.di import NamedDependency
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import Row
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from service.contacts.listing import list_contacts
 from service.contacts.upsert import (
@@ -20,13 +21,14 @@ from service.contacts.upsert import (
     upsert_contacts,
     validate_rows,
 )
-from service.db.models import Contact, Shop
+from service.db.models import Contact
 from service.errors import InvalidInput
 from service.http import documented_body, problems
 from service.input_rules import BODY_LIMIT_BULK, decode_json
 from service.pagination import Page
 from service.rate_limits import RouteClass, rate_class
 from service.settings import Settings
+from service.shops import SessionShop
 
 
 class ContactRowIn(msgspec.Struct, forbid_unknown_fields=True):
@@ -58,7 +60,7 @@ class ContactView(msgspec.Struct):
     updated_at: datetime
 
     @classmethod
-    def of(cls, contact: Contact) -> ContactView:
+    def of(cls, contact: Contact | Row[Any]) -> ContactView:
         return cls(
             contact.id,
             contact.phone_e164,
@@ -101,7 +103,7 @@ class ContactsController(Controller):
     async def upsert(
         self,
         request: Request[Any, Any, Any],
-        shop: NamedDependency[Shop],
+        shop: NamedDependency[SessionShop],
         db_session: NamedDependency[AsyncSession],
         settings: NamedDependency[Settings],
     ) -> UpsertSummary:
@@ -120,9 +122,9 @@ class ContactsController(Controller):
     )
     async def list_contacts(
         self,
-        shop: NamedDependency[Shop],
-        db_session: NamedDependency[AsyncSession],
+        shop: NamedDependency[SessionShop],
+        reader: NamedDependency[AsyncConnection],
         page: NamedDependency[Page],
     ) -> ContactPage:
-        contacts, next_cursor = await list_contacts(db_session, shop.id, page)
+        contacts, next_cursor = await list_contacts(reader, shop.id, page)
         return ContactPage([ContactView.of(c) for c in contacts], next_cursor)

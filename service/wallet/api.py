@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 import msgspec
 from litestar import Controller, get
 from litestar.di import NamedDependency
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import Row
+from sqlalchemy.ext.asyncio import AsyncConnection
 
-from service.db.models import CreditLedgerEntry, Shop
-from service.db.session import read_only
+from service.db.models import CreditLedgerEntry
 from service.http import problems
 from service.pagination import Page
 from service.rate_limits import RouteClass, rate_class
-from service.wallet.ledger import ledger_page, wallet_of
+from service.shops import SessionShop
+from service.wallet.ledger import ledger_page, wallet_balance
 
 
 class WalletView(msgspec.Struct):
@@ -33,7 +35,7 @@ class LedgerEntryView(msgspec.Struct):
     created_at: datetime
 
     @classmethod
-    def of(cls, entry: CreditLedgerEntry) -> LedgerEntryView:
+    def of(cls, entry: CreditLedgerEntry | Row[Any]) -> LedgerEntryView:
         return cls(
             entry.id,
             entry.amount,
@@ -61,12 +63,10 @@ class WalletController(Controller):
         opt=rate_class(RouteClass.GENERAL),
     )
     async def wallet(
-        self, shop: NamedDependency[Shop], db_session: NamedDependency[AsyncSession]
+        self, shop: NamedDependency[SessionShop], reader: NamedDependency[AsyncConnection]
     ) -> WalletView:
-        async with db_session.begin():
-            await read_only(db_session)
-            wallet = await wallet_of(db_session, shop.id)
-        return WalletView(wallet.balance, wallet.reserved, wallet.balance - wallet.reserved)
+        balance, reserved = await wallet_balance(reader, shop.id)
+        return WalletView(balance, reserved, balance - reserved)
 
     @get(
         "/transactions",
@@ -76,9 +76,9 @@ class WalletController(Controller):
     )
     async def transactions(
         self,
-        shop: NamedDependency[Shop],
-        db_session: NamedDependency[AsyncSession],
+        shop: NamedDependency[SessionShop],
+        reader: NamedDependency[AsyncConnection],
         page: NamedDependency[Page],
     ) -> LedgerPage:
-        entries, next_cursor = await ledger_page(db_session, shop.id, page)
+        entries, next_cursor = await ledger_page(reader, shop.id, page)
         return LedgerPage([LedgerEntryView.of(e) for e in entries], next_cursor)

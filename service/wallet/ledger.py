@@ -13,9 +13,10 @@ credit movement the ledger lacks is recorded by `adjust_credits` (the credit-rec
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import func, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import Row, bindparam, func, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from service.db.dialect import for_update, insert_ignoring_conflicts
 from service.db.models import (
@@ -273,6 +274,17 @@ async def debit_sent_messages(
     return True
 
 
+_BALANCE = select(Wallet.balance, Wallet.reserved).where(Wallet.shop_id == bindparam("shop_id"))
+
+
+async def wallet_balance(connection: AsyncConnection, shop_id: int) -> tuple[int, int]:
+    """A wallet's balance and reserved credits, as one row stands (the read a merchant polls)."""
+    row = (await connection.execute(_BALANCE, {"shop_id": shop_id})).first()
+    if row is None:
+        raise LookupError(f"shop {shop_id} has no wallet")
+    return int(row.balance), int(row.reserved)
+
+
 async def wallet_of(session: AsyncSession, shop_id: int) -> Wallet:
     wallet = await session.scalar(select(Wallet).where(Wallet.shop_id == shop_id))
     if wallet is None:
@@ -281,8 +293,8 @@ async def wallet_of(session: AsyncSession, shop_id: int) -> Wallet:
 
 
 async def ledger_page(
-    session: AsyncSession, shop_id: int, page: Page
-) -> tuple[list[CreditLedgerEntry], int | None]:
+    connection: AsyncConnection, shop_id: int, page: Page
+) -> tuple[list[Row[Any]], int | None]:
     """The shop's ledger entries, oldest first."""
     query = select(CreditLedgerEntry).where(CreditLedgerEntry.shop_id == shop_id)
-    return await keyset_page(session, query, CreditLedgerEntry.id, page)
+    return await keyset_page(connection, query, CreditLedgerEntry.id, page)
