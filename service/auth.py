@@ -86,6 +86,11 @@ def shop_from_authorization(settings: Settings, authorization: str | None) -> st
     Besides signature, audience, expiry and a consistent shop, a token must be short-lived: Shopify's
     last a minute, and a long-lived one (minted by whoever held the secret once) is refused, however
     valid its signature. The 401's text says what was wrong in words, never a library's class names."""
+    return _verified(settings, authorization)[0]
+
+
+def _verified(settings: Settings, authorization: str | None) -> tuple[str, float, float]:
+    """`shop_from_authorization`'s check, with the token's `nbf` and `exp` (for `VerifiedTokens`)."""
     if not authorization:
         raise Unauthorized("Authorization header is missing")
     scheme, _, token = authorization.partition(" ")
@@ -120,7 +125,36 @@ def shop_from_authorization(settings: Settings, authorization: str | None) -> st
     iss_host = urlsplit(str(claims["iss"])).hostname or ""
     if not is_shop_domain(dest_host) or iss_host != dest_host:
         raise Unauthorized("session token does not name a shop consistently (dest/iss)")
-    return dest_host
+    return dest_host, float(nbf), float(exp)
+
+
+class VerifiedTokens:
+    """Session tokens this process has verified, by their exact text, until they expire.
+
+    A merchant's browser sends the same token with every request until App Bridge hands it a fresh one
+    (a minute), so most requests would verify a token already verified: PyJWT's decode is about 90
+    microseconds of the API's CPU, a tenth of a whole wallet read. A token found here was verified in
+    full before (signature, audience, claims, lifetime); only the clock can change its answer, so its
+    `nbf` and `exp` are checked again on every use, and one that expired is verified afresh (and refused
+    with the usual words). Only accepted tokens are kept, at most `capacity`, the oldest dropped first:
+    nobody without the app's secret can fill it."""
+
+    def __init__(self, capacity: int = 4096) -> None:
+        self.capacity = capacity
+        self._domains: dict[str, tuple[str, float, float]] = {}  # token -> (domain, nbf, exp)
+
+    def domain(self, settings: Settings, authorization: str | None) -> str:
+        known = self._domains.get(authorization) if authorization else None
+        if known is not None:
+            domain, nbf, exp = known
+            if nbf - CLOCK_SKEW_SECONDS <= time.time() < exp + CLOCK_SKEW_SECONDS:
+                return domain
+            del self._domains[authorization]  # type: ignore[arg-type]
+        domain, nbf, exp = _verified(settings, authorization)
+        if len(self._domains) >= self.capacity:
+            del self._domains[next(iter(self._domains))]
+        self._domains[authorization] = (domain, nbf, exp)  # type: ignore[index]
+        return domain
 
 
 # Routes anyone may call: health and metrics (for load balancers and Prometheus), the OpenAPI, and the
@@ -141,6 +175,7 @@ def session_guard(
     or decoded: an anonymous caller cannot make the service parse anything, and a refused request
     changes nothing. The providers' webhooks are counted only against their own flood guard."""
     limited = limiter is not None and safeguards.is_on(settings, safeguards.TENANT_RATE_LIMITS)
+    tokens = VerifiedTokens()
 
     async def require_session(
         connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler
@@ -155,7 +190,7 @@ def session_guard(
                     RATE_LIMITED.labels(route_class="webhooks").inc()
                 limiter.refuse(decision, f"{provider} webhooks")
             return
-        domain = shop_from_authorization(settings, connection.headers.get("authorization"))
+        domain = tokens.domain(settings, connection.headers.get("authorization"))
         structlog.contextvars.bind_contextvars(shop_domain=domain)  # on every line, a refusal's too
         route_class = rate_class_of(handler)
         if limited and route_class is not None:
