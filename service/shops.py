@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import cast
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from service.db.apply_once import EffectResult
@@ -46,17 +46,23 @@ class ShopNotInstalled(Unauthorized):
     title = "This shop has uninstalled the app"
 
 
-def installed_shop_lock(shop_id: int) -> Any:
+_SHOPS = cast(Table, Shop.__table__)
+_INSTALLED_SHOP_LOCK = (
+    select(_SHOPS.c.active).where(_SHOPS.c.id == bindparam("lock_shop")).with_for_update(read=True)
+)
+
+
+async def holds_installed_shop(session: AsyncSession, shop_id: int) -> bool:
     """`SELECT active ... FOR SHARE` of the shop row: held by a transaction that starts sending work
     (enqueue, claiming a batch), so an uninstall (which updates the row) either commits first and is seen
-    here, or waits until this transaction committed and then finds, and stops, what it started.
-    SQLite's single writer gives the same order."""
-    return select(Shop.active).where(Shop.id == shop_id).with_for_update(read=True)
+    here (False), or waits until this transaction committed and then finds, and stops, what it started.
+    SQLite's single writer gives the same order. Caller's transaction."""
+    return bool(await session.scalar(_INSTALLED_SHOP_LOCK, {"lock_shop": shop_id}))
 
 
 async def require_installed(session: AsyncSession, shop_id: int) -> None:
     """Caller's transaction: refuse (401) unless the shop is installed, holding its row until commit."""
-    if not await session.scalar(installed_shop_lock(shop_id)):
+    if not await holds_installed_shop(session, shop_id):
         raise ShopNotInstalled("this shop has uninstalled the app; nothing was started")
 
 

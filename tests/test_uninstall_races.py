@@ -2,7 +2,7 @@
 
 Before the fix, an uninstall that committed while an enqueue was still in its transaction saw no
 `sending` campaign to cancel (the enqueue had not committed yet), and the enqueue then committed a
-campaign that sent for a shop that had left. Both now hold the shop's row (`shops.installed_shop_lock`):
+campaign that sent for a shop that had left. Both now hold the shop's row (`shops.holds_installed_shop`):
 whichever commits second sees the first.
 """
 

@@ -14,17 +14,18 @@ from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import msgspec
-from sqlalchemy import func, insert, literal, select, update
+from sqlalchemy import Integer, Table, bindparam, func, insert, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service import failpoints, input_rules, safeguards
 from service.campaigns import idempotency
 from service.campaigns.drafts import get_campaign
+from service.db.dialect import binds
 from service.db.models import Campaign, CampaignRecipient, CampaignStatus, Contact, RecipientStatus, utcnow
-from service.errors import CampaignNotDraft, NoRecipients, ProblemError, replayed_problem
+from service.errors import CampaignNotDraft, NoRecipients, NotFound, ProblemError, replayed_problem
 from service.settings import Settings
 from service.shops import require_installed
 from service.wallet import reservations
@@ -66,16 +67,17 @@ async def enqueue_campaign(
     if keyed:
         assert idempotency_key is not None
         key = input_rules.idempotency_key(idempotency_key)
-        async with session.begin():
-            await get_campaign(session, shop_id, campaign_id)  # 404 before a key is spent on nothing
-        stored = await idempotency.claim_key(
-            session,
-            settings,
-            shop_id=shop_id,
-            key=key,
-            campaign_id=campaign_id,
-            fingerprint=idempotency.fingerprint(campaign_id, request_body),
-        )
+        async with session.begin():  # the claim commits before the effects' transaction begins
+            if await session.scalar(_EXISTS, {"e_campaign": campaign_id, "e_shop": shop_id}) is None:
+                raise NotFound(f"campaign {campaign_id} not found")  # before a key is spent on nothing
+            stored = await idempotency.claim_key(
+                session,
+                settings,
+                shop_id=shop_id,
+                key=key,
+                campaign_id=campaign_id,
+                fingerprint=idempotency.fingerprint(campaign_id, request_body),
+            )
         if stored is not None:
             if stored.status >= 400:
                 raise replayed_problem(stored.body)
@@ -115,15 +117,14 @@ async def _enqueue_effects(
     async with outer:
         async with step():
             await require_installed(session, shop_id)  # an uninstall racing this enqueue: see shops
-            campaign = await get_campaign(session, shop_id, campaign_id)
-            await _move_to_sending(session, settings, campaign)
+            segments = await _move_to_sending(session, settings, shop_id, campaign_id)
         await failpoints.hit("enqueue.after_status_change")
         async with step():
-            recipient_count = await snapshot_recipients(session, settings, campaign)
+            recipient_count = await snapshot_recipients(session, settings, shop_id, campaign_id)
             if recipient_count == 0:
                 raise NoRecipients("no contact of this shop has consented to SMS")
         await failpoints.hit("enqueue.after_recipients")
-        credits = recipient_count * campaign.segments
+        credits = recipient_count * segments
         batch_count = -(-recipient_count // settings.batch_size)
         async with step():
             await reservations.reserve_credits(
@@ -134,16 +135,15 @@ async def _enqueue_effects(
                 expires_at=now + timedelta(seconds=settings.reservation_ttl_seconds),
             )
             await session.execute(
-                update(Campaign)
-                .where(Campaign.id == campaign_id)
-                .values(recipient_count=recipient_count, batch_count=batch_count)
+                _COUNTS,
+                {"c_campaign": campaign_id, "c_recipients": recipient_count, "c_batches": batch_count},
             )
         body = EnqueueAccepted(
             campaign_id=campaign_id,
             status=CampaignStatus.SENDING.value,
             recipient_count=recipient_count,
             batch_count=batch_count,
-            segments=campaign.segments,
+            segments=segments,
             reserved_credits=credits,
             enqueued_at=now,
         )
@@ -156,38 +156,71 @@ async def _enqueue_effects(
     return EnqueueOutcome(ENQUEUE_ACCEPTED, body, batches_to_queue=list(range(batch_count)))
 
 
-async def _move_to_sending(session: AsyncSession, settings: Settings, campaign: Campaign) -> None:
-    values = {"status": CampaignStatus.SENDING, "enqueued_at": utcnow(), "last_activity_at": utcnow()}
-    if safeguards.is_on(settings, safeguards.ENQUEUE_IDEMPOTENCY):
-        moved = await session.scalar(
-            update(Campaign)
-            .where(Campaign.id == campaign.id, Campaign.status == CampaignStatus.DRAFT)
-            .values(**values)
-            .returning(Campaign.id)
-        )
-        if moved is None:
-            raise CampaignNotDraft(f"campaign {campaign.id} is {campaign.status}, not a draft")
-        return
-    # Unsafe variant (lab only): check, then write. Two racing requests both pass the check.
-    if campaign.status != CampaignStatus.DRAFT:
-        raise CampaignNotDraft(f"campaign {campaign.id} is {campaign.status}, not a draft")
-    await session.execute(update(Campaign).where(Campaign.id == campaign.id).values(**values))
-
-
-async def snapshot_recipients(session: AsyncSession, settings: Settings, campaign: Campaign) -> int:
-    """One set-based INSERT ... SELECT of the consenting contacts, numbered into batches as it goes."""
-    batch_no = (func.row_number().over(order_by=Contact.id) - 1) // settings.batch_size
-    source = select(
-        literal(campaign.id),
-        literal(campaign.shop_id),
-        Contact.id,
-        Contact.phone_e164,
-        batch_no,
+# The enqueue's statements, built once (each call only binds its values): see `db.dialect.binds`.
+_CAMPAIGNS = cast(Table, Campaign.__table__)
+_CONTACTS = cast(Table, Contact.__table__)
+_EXISTS = select(_CAMPAIGNS.c.id).where(
+    _CAMPAIGNS.c.id == bindparam("e_campaign"), _CAMPAIGNS.c.shop_id == bindparam("e_shop")
+)
+_SENDING = {
+    "status": CampaignStatus.SENDING.value,
+    **binds(_CAMPAIGNS, enqueued_at="m_at", last_activity_at="m_activity_at"),
+}
+# Safeguard 1's race decider: draft -> sending as one conditional UPDATE (only one request can win it).
+_TO_SENDING = (
+    update(_CAMPAIGNS)
+    .where(
+        _CAMPAIGNS.c.id == bindparam("m_campaign"),
+        _CAMPAIGNS.c.shop_id == bindparam("m_shop"),
+        _CAMPAIGNS.c.status == CampaignStatus.DRAFT.value,
+    )
+    .values(_SENDING)
+    .returning(_CAMPAIGNS.c.segments)
+)
+_TO_SENDING_UNCHECKED = update(_CAMPAIGNS).where(_CAMPAIGNS.c.id == bindparam("m_campaign")).values(_SENDING)
+_COUNTS = (
+    update(_CAMPAIGNS)
+    .where(_CAMPAIGNS.c.id == bindparam("c_campaign"))
+    .values(binds(_CAMPAIGNS, recipient_count="c_recipients", batch_count="c_batches"))
+)
+_SNAPSHOT = insert(cast(Table, CampaignRecipient.__table__)).from_select(
+    ["campaign_id", "shop_id", "contact_id", "phone_e164", "batch_no", "status", "attempts"],
+    select(
+        bindparam("s_campaign", type_=_CAMPAIGNS.c.id.type),
+        bindparam("s_shop", type_=_CAMPAIGNS.c.shop_id.type),
+        _CONTACTS.c.id,
+        _CONTACTS.c.phone_e164,
+        (func.row_number().over(order_by=_CONTACTS.c.id) - 1) // bindparam("s_batch_size", type_=Integer),
         literal(RecipientStatus.PENDING.value),
         literal(0),
-    ).where(Contact.shop_id == campaign.shop_id, Contact.sms_consent.is_(True))
-    statement = insert(CampaignRecipient).from_select(
-        ["campaign_id", "shop_id", "contact_id", "phone_e164", "batch_no", "status", "attempts"], source
+    ).where(_CONTACTS.c.shop_id == bindparam("s_shop"), _CONTACTS.c.sms_consent.is_(True)),
+)
+
+
+async def _move_to_sending(session: AsyncSession, settings: Settings, shop_id: int, campaign_id: int) -> int:
+    """Draft -> sending; the campaign's segments per message. 404 for none of this shop's, 409 for a
+    campaign that is no longer a draft."""
+    now = utcnow()
+    values = {"m_campaign": campaign_id, "m_shop": shop_id, "m_at": now, "m_activity_at": now}
+    if safeguards.is_on(settings, safeguards.ENQUEUE_IDEMPOTENCY):
+        segments = await session.scalar(_TO_SENDING, values)
+        if segments is None:
+            campaign = await get_campaign(session, shop_id, campaign_id)  # 404, or what it is instead
+            raise CampaignNotDraft(f"campaign {campaign_id} is {campaign.status}, not a draft")
+        return int(segments)
+    # Unsafe variant (lab only): check, then write. Two racing requests both pass the check.
+    campaign = await get_campaign(session, shop_id, campaign_id)
+    if campaign.status != CampaignStatus.DRAFT:
+        raise CampaignNotDraft(f"campaign {campaign.id} is {campaign.status}, not a draft")
+    await session.execute(_TO_SENDING_UNCHECKED, values)
+    return campaign.segments
+
+
+async def snapshot_recipients(
+    session: AsyncSession, settings: Settings, shop_id: int, campaign_id: int
+) -> int:
+    """One set-based INSERT ... SELECT of the consenting contacts, numbered into batches as it goes."""
+    result = await session.execute(
+        _SNAPSHOT, {"s_campaign": campaign_id, "s_shop": shop_id, "s_batch_size": settings.batch_size}
     )
-    result = await session.execute(statement)
     return int(result.rowcount)  # type: ignore[attr-defined]

@@ -14,16 +14,17 @@ next request with the key then takes it over.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import Table, bindparam, delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.db.dialect import for_update, insert_ignoring_conflicts
+from service.db.dialect import binds, dialect_insert, dialect_name, for_update
 from service.db.models import EnqueueRequest, utcnow
 from service.errors import IdempotencyKeyInFlight, IdempotencyKeyReused
 from service.settings import Settings
@@ -40,74 +41,105 @@ def fingerprint(campaign_id: int, body: Any) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+_KEYS = cast(Table, EnqueueRequest.__table__)
+
+
+@functools.cache
+def _claim_statement(dialect: str) -> Any:
+    """The key's row, inserted unless it exists: built once per dialect (every keyed enqueue runs it)."""
+    return (
+        dialect_insert(dialect)(_KEYS)
+        .values(
+            binds(
+                _KEYS,
+                shop_id="k_shop",
+                idempotency_key="k_key",
+                campaign_id="k_campaign",
+                fingerprint="k_fingerprint",
+                locked_at="k_locked_at",
+                created_at="k_created_at",
+                expires_at="k_expires_at",
+            )
+        )
+        .on_conflict_do_nothing(index_elements=["shop_id", "idempotency_key"])
+        .returning(_KEYS.c.id)
+    )
+
+
 async def claim_key(
     session: AsyncSession, settings: Settings, *, shop_id: int, key: str, campaign_id: int, fingerprint: str
 ) -> StoredResponse | None:
-    """Hold the key for this request (None), or return the response to replay. Own transaction."""
+    """Hold the key for this request (None), or return the response to replay. Caller's transaction,
+    which commits the claim before the enqueue's own transaction begins (a duplicate then sees it)."""
     now = utcnow()
     expires_at = now + timedelta(seconds=settings.enqueue_key_ttl_seconds)
-    async with session.begin():
-        inserted = await session.scalar(
-            insert_ignoring_conflicts(session, EnqueueRequest, ["shop_id", "idempotency_key"])
+    inserted = await session.scalar(
+        _claim_statement(dialect_name(session)),
+        {
+            "k_shop": shop_id,
+            "k_key": key,
+            "k_campaign": campaign_id,
+            "k_fingerprint": fingerprint,
+            "k_locked_at": now,
+            "k_created_at": now,
+            "k_expires_at": expires_at,
+        },
+    )
+    if inserted is not None:
+        return None
+    existing = await session.scalar(
+        for_update(
+            select(EnqueueRequest).where(
+                EnqueueRequest.shop_id == shop_id, EnqueueRequest.idempotency_key == key
+            )
+        )
+    )
+    if existing is None:  # released between our insert and select; the client may simply retry
+        raise IdempotencyKeyInFlight("the key was just released; retry the request")
+    if existing.expires_at <= now:
+        await session.execute(
+            update(EnqueueRequest)
+            .where(EnqueueRequest.id == existing.id)
             .values(
-                shop_id=shop_id,
-                idempotency_key=key,
                 campaign_id=campaign_id,
                 fingerprint=fingerprint,
                 locked_at=now,
+                response_status=None,
+                response_body=None,
                 created_at=now,
                 expires_at=expires_at,
             )
-            .returning(EnqueueRequest.id)
         )
-        if inserted is not None:
-            return None
-        existing = await session.scalar(
-            for_update(
-                select(EnqueueRequest).where(
-                    EnqueueRequest.shop_id == shop_id, EnqueueRequest.idempotency_key == key
-                )
-            )
-        )
-        if existing is None:  # released between our insert and select; the client may simply retry
-            raise IdempotencyKeyInFlight("the key was just released; retry the request")
-        if existing.expires_at <= now:
-            await session.execute(
-                update(EnqueueRequest)
-                .where(EnqueueRequest.id == existing.id)
-                .values(
-                    campaign_id=campaign_id,
-                    fingerprint=fingerprint,
-                    locked_at=now,
-                    response_status=None,
-                    response_body=None,
-                    created_at=now,
-                    expires_at=expires_at,
-                )
-            )
-            return None
-        if existing.fingerprint != fingerprint:
-            raise IdempotencyKeyReused(
-                "this Idempotency-Key was first used for a different request",
-                campaign_id=existing.campaign_id,
-            )
-        if existing.response_status is not None and existing.response_body is not None:
-            return StoredResponse(existing.response_status, existing.response_body)
-        lock_age = (now - existing.locked_at).total_seconds() if existing.locked_at else None
-        if lock_age is not None and lock_age < settings.enqueue_lock_timeout_seconds:
-            raise IdempotencyKeyInFlight(
-                "a request with this Idempotency-Key is in progress",
-                headers={"Retry-After": str(max(1, int(settings.enqueue_lock_timeout_seconds - lock_age)))},
-            )
-        # The request that held the key died without finishing: take the key over, exactly once.
-        taken = await session.execute(
-            update(EnqueueRequest)
-            .where(EnqueueRequest.id == existing.id, EnqueueRequest.locked_at == existing.locked_at)
-            .values(locked_at=now)
-        )
-        if taken.rowcount != 1:  # type: ignore[attr-defined]
-            raise IdempotencyKeyInFlight("a request with this Idempotency-Key is in progress")
         return None
+    if existing.fingerprint != fingerprint:
+        raise IdempotencyKeyReused(
+            "this Idempotency-Key was first used for a different request",
+            campaign_id=existing.campaign_id,
+        )
+    if existing.response_status is not None and existing.response_body is not None:
+        return StoredResponse(existing.response_status, existing.response_body)
+    lock_age = (now - existing.locked_at).total_seconds() if existing.locked_at else None
+    if lock_age is not None and lock_age < settings.enqueue_lock_timeout_seconds:
+        raise IdempotencyKeyInFlight(
+            "a request with this Idempotency-Key is in progress",
+            headers={"Retry-After": str(max(1, int(settings.enqueue_lock_timeout_seconds - lock_age)))},
+        )
+    # The request that held the key died without finishing: take the key over, exactly once.
+    taken = await session.execute(
+        update(EnqueueRequest)
+        .where(EnqueueRequest.id == existing.id, EnqueueRequest.locked_at == existing.locked_at)
+        .values(locked_at=now)
+    )
+    if taken.rowcount != 1:  # type: ignore[attr-defined]
+        raise IdempotencyKeyInFlight("a request with this Idempotency-Key is in progress")
+    return None
+
+
+_STORE_RESPONSE = (
+    update(_KEYS)
+    .where(_KEYS.c.shop_id == bindparam("k_shop"), _KEYS.c.idempotency_key == bindparam("k_key"))
+    .values(locked_at=None, **binds(_KEYS, response_status="k_status", response_body="k_body"))
+)
 
 
 async def store_response(
@@ -115,9 +147,7 @@ async def store_response(
 ) -> None:
     """Record the outcome in the caller's transaction, i.e. in the same commit as the effects."""
     await session.execute(
-        update(EnqueueRequest)
-        .where(EnqueueRequest.shop_id == shop_id, EnqueueRequest.idempotency_key == key)
-        .values(response_status=status, response_body=body, locked_at=None)
+        _STORE_RESPONSE, {"k_shop": shop_id, "k_key": key, "k_status": status, "k_body": body}
     )
 
 

@@ -26,7 +26,7 @@ from service.db.models import (
     utcnow,
 )
 from service.settings import Settings
-from service.shops import installed_shop_lock
+from service.shops import holds_installed_shop
 
 
 @dataclass
@@ -57,7 +57,7 @@ async def claim_batch(
             return None
         # An uninstall that committed first is seen here (it also stopped the campaign); one that comes
         # later waits for this claim to commit, then cancels what is left (see `shops`).
-        if not await session.scalar(installed_shop_lock(campaign.shop_id)):
+        if not await holds_installed_shop(session, campaign.shop_id):
             return None
         claim = Claim(
             attempt_id=str(uuid.uuid4()),

@@ -7,18 +7,59 @@ every reservation change; "no live reservation on a finished campaign" (I4) is k
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime
+from typing import Any, cast
 
-from sqlalchemy import select, update
+from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.db.dialect import for_update, insert_ignoring_conflicts
+from service.db.dialect import binds, dialect_insert, dialect_name, for_update
 from service.db.models import CreditReservation, ReservationStatus, Wallet, utcnow
 from service.errors import InsufficientCredits
 
 
 def reservation_key(campaign_id: int) -> str:
     return f"campaign:{campaign_id}"
+
+
+_RESERVATIONS = cast(Table, CreditReservation.__table__)
+_WALLETS = cast(Table, Wallet.__table__)
+
+
+@functools.cache
+def _reserve_statement(dialect: str) -> Any:
+    """The campaign's reservation, inserted unless it exists: built once per dialect (every enqueue)."""
+    return (
+        dialect_insert(dialect)(_RESERVATIONS)
+        .values(
+            status=ReservationStatus.ACTIVE.value,
+            **binds(
+                _RESERVATIONS,
+                shop_id="r_shop",
+                campaign_id="r_campaign",
+                reservation_key="r_key",
+                amount="r_amount",
+                remaining="r_remaining",
+                expires_at="r_expires_at",
+                created_at="r_created_at",
+                updated_at="r_updated_at",
+            ),
+        )
+        .on_conflict_do_nothing(index_elements=["shop_id", "reservation_key"])
+        .returning(_RESERVATIONS.c.id)
+    )
+
+
+# Conditional update: the check and the reservation are one statement, so two racing campaigns cannot
+# both spend the same available credits.
+_CREDITS = bindparam("w_credits", type_=_WALLETS.c.reserved.type)
+_RESERVE_IF_AVAILABLE = (
+    update(_WALLETS)
+    .where(_WALLETS.c.shop_id == bindparam("w_shop"), _WALLETS.c.balance - _WALLETS.c.reserved >= _CREDITS)
+    .values(reserved=_WALLETS.c.reserved + _CREDITS, **binds(_WALLETS, updated_at="w_updated_at"))
+    .returning(_WALLETS.c.reserved)
+)
 
 
 async def reserve_credits(
@@ -30,29 +71,22 @@ async def reserve_credits(
     """
     now = utcnow()
     inserted = await session.scalar(
-        insert_ignoring_conflicts(session, CreditReservation, ["shop_id", "reservation_key"])
-        .values(
-            shop_id=shop_id,
-            campaign_id=campaign_id,
-            reservation_key=reservation_key(campaign_id),
-            amount=credits,
-            remaining=credits,
-            status=ReservationStatus.ACTIVE,
-            expires_at=expires_at,
-            created_at=now,
-            updated_at=now,
-        )
-        .returning(CreditReservation.id)
+        _reserve_statement(dialect_name(session)),
+        {
+            "r_shop": shop_id,
+            "r_campaign": campaign_id,
+            "r_key": reservation_key(campaign_id),
+            "r_amount": credits,
+            "r_remaining": credits,
+            "r_expires_at": expires_at,
+            "r_created_at": now,
+            "r_updated_at": now,
+        },
     )
     if inserted is None:
         return False
-    # Conditional update: the check and the reservation are one statement, so two racing campaigns
-    # cannot both spend the same available credits.
     reserved = await session.scalar(
-        update(Wallet)
-        .where(Wallet.shop_id == shop_id, Wallet.balance - Wallet.reserved >= credits)
-        .values(reserved=Wallet.reserved + credits, updated_at=now)
-        .returning(Wallet.reserved)
+        _RESERVE_IF_AVAILABLE, {"w_shop": shop_id, "w_credits": credits, "w_updated_at": now}
     )
     if reserved is None:
         wallet = await session.scalar(select(Wallet).where(Wallet.shop_id == shop_id))
