@@ -14,7 +14,8 @@ the HTTP stack's floor. With two trees, the last column is this tree's CPU per r
 
 Routes: `health`, `wallet`, `campaign` (one campaign's detail), `campaigns` (a page of 20), `create` (a
 draft), `enqueue` (a draft of ten recipients, a fresh key each: queues one send job), `import` (ten
-contacts upserted again). Delivery reports are `bench/webhooks.py`'s.
+contacts upserted again). Delivery reports are `bench/webhooks.py`'s. `--py-spy DIR` samples the API
+through each route's first measured turn (py-spy on PATH or beside this interpreter).
 """
 
 from __future__ import annotations
@@ -22,9 +23,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import shutil
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -155,9 +160,13 @@ async def bench(backend: str, args: argparse.Namespace) -> dict[str, Any]:
                         assert tree.process is not None
                         assert tree.process.pid is not None
                         calls = calls_for(route, settings, args.requests, campaign, spare)
+                        profile = profiling(args.py_spy, backend, route, tree, results.get((route, name)))
                         before = process_cpu_seconds(tree.process.pid)
                         result = await run_calls("lean", "127.0.0.1", tree.port, calls, args.concurrency)
                         spent = process_cpu_seconds(tree.process.pid) - before
+                        if profile is not None:
+                            profile.send_signal(signal.SIGINT)  # py-spy writes what it sampled, then exits
+                            profile.wait(timeout=30)
                         results.setdefault((route, name), []).append(result)
                         cpu[(route, name)] = cpu.get((route, name), 0.0) + spent
             finally:
@@ -181,6 +190,23 @@ async def bench(backend: str, args: argparse.Namespace) -> dict[str, Any]:
                 }
             )
     return {"backend": backend, "trees": [t.name for t in trees], "rows": rows}
+
+
+def profiling(
+    folder: str, backend: str, route: str, tree: Tree, earlier: list[LoadResult] | None
+) -> subprocess.Popen[bytes] | None:
+    """py-spy sampling the API process through the route's first measured turn on this tree
+    (`--py-spy DIR`: raw stacks, one file per backend, route and tree, for flame graphs or grep)."""
+    if not folder or earlier:
+        return None
+    assert tree.process is not None
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    out = Path(folder) / f"{backend}-{route}-{tree.name.replace(':', '-')}.txt"
+    spy_path = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    command = [spy_path, "record", "-r", "250", "-f", "raw", "-o", str(out), "-p", str(tree.process.pid)]
+    spy = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.5)  # attached before the turn starts
+    return spy
 
 
 async def forget_queue(redis: str, queue_name: str) -> None:
@@ -224,6 +250,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="turns each tree takes per route, ABBA order")
     parser.add_argument("--routes", default=",".join(ROUTES))
     parser.add_argument("--trees", default=str(ROOT), help="checkouts of the service, comma-separated")
+    parser.add_argument("--py-spy", default="", metavar="DIR", help="py-spy each route's first turn into DIR")
     args = parser.parse_args()
     for backend in ["sqlite", "postgresql"] if args.backend == "both" else [args.backend]:
         report(asyncio.run(bench(backend, args)))

@@ -6,15 +6,17 @@ half-lands. A field left out of a row keeps its stored value; a field sent as nu
 
 from __future__ import annotations
 
+import functools
 import re
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
+from sqlalchemy import Table
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.contacts.phones import InvalidPhone, normalize_phone
-from service.db.dialect import upsert_insert
+from service.db.dialect import dialect_insert, dialect_name
 from service.db.models import Contact, utcnow
 from service.errors import InvalidInput
 from service.input_rules import MAX_FIELD_ERRORS, is_storable_text, refuse_with_errors, text_problem
@@ -107,6 +109,19 @@ def _validate_row(row: Any, default_region: str) -> tuple[list[tuple[str, str]],
     return problems, value
 
 
+_CONTACTS = cast(Table, Contact.__table__)
+
+
+@functools.cache
+def _upsert_statement(dialect: str, present: frozenset[str]) -> Any:
+    """INSERT ... ON CONFLICT (shop, phone) DO UPDATE of the fields the rows carry: built once per
+    dialect and set of fields (eight at most), on the table, so an import never compiles one again."""
+    statement = dialect_insert(dialect)(_CONTACTS)
+    updates = {field: statement.excluded[field] for field in sorted(present)}
+    updates["updated_at"] = statement.excluded.updated_at
+    return statement.on_conflict_do_update(index_elements=["shop_id", "phone_e164"], set_=updates)
+
+
 async def upsert_contacts(session: AsyncSession, shop_id: int, rows: list[dict[str, Any]]) -> UpsertResult:
     """Write validated rows (own transaction). Duplicate phones in one request: the last row wins."""
     by_phone: dict[str, dict[str, Any]] = {}
@@ -131,16 +146,10 @@ async def upsert_contacts(session: AsyncSession, shop_id: int, rows: list[dict[s
                 }
                 for row in group
             ]
-            statement = upsert_insert(session, Contact)
-            updates = {field: statement.excluded[field] for field in present}
-            updates["updated_at"] = statement.excluded.updated_at
             # One statement, executed for every row (the driver's executemany): a 10,000-row import
             # holds SQLite's write lock a tenth as long as multi-row VALUES did, whose compiling was most
             # of the cost (bench/import_contacts.py).
-            await session.execute(
-                statement.on_conflict_do_update(index_elements=["shop_id", "phone_e164"], set_=updates),
-                values,
-            )
+            await session.execute(_upsert_statement(dialect_name(session), present), values)
     return UpsertResult(
         received=len(rows), upserted=len(by_phone), merged_duplicates=len(rows) - len(by_phone)
     )
