@@ -34,7 +34,9 @@ async def _script(engine: AsyncEngine) -> list[Any]:
         seen.append(("inserted pk", result.inserted_primary_key))
         result = await connection.execute(insert(items), [{"name": f"m{i}", "n": i} for i in range(5)])
         seen.append(("executemany rowcount", result.rowcount))
-        returned = await connection.execute(insert(items).values(name="r", n=7).returning(items.c.id, items.c.n))
+        returned = await connection.execute(
+            insert(items).values(name="r", n=7).returning(items.c.id, items.c.n)
+        )
         seen.append(("returning", [tuple(row) for row in returned]))
         moved = await connection.execute(update(items).where(items.c.n >= 3).values(n=items.c.n + 10))
         seen.append(("update rowcount", moved.rowcount))
