@@ -10,7 +10,6 @@ from typing import Any
 import jwt
 import pytest
 
-from service import auth
 from service.auth import CLOCK_SKEW_SECONDS, VerifiedTokens, issue_session_token, shop_from_authorization
 from service.errors import Unauthorized
 from service.settings import Settings
@@ -33,7 +32,7 @@ def decodes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         seen.append(token)
         return real(token, *args, **kwargs)
 
-    monkeypatch.setattr(auth.jwt, "decode", counting)
+    monkeypatch.setattr(jwt, "decode", counting)  # the module service.auth calls
     return seen
 
 
@@ -45,7 +44,7 @@ def _at(monkeypatch: pytest.MonkeyPatch, moment: float) -> None:
         def now(cls, tz: tzinfo | None = None) -> Frozen:
             return cls.fromtimestamp(moment, tz)
 
-    monkeypatch.setattr(auth.time, "time", lambda: moment)
+    monkeypatch.setattr(time, "time", lambda: moment)
     monkeypatch.setattr(jwt.api_jwt, "datetime", Frozen)
 
 

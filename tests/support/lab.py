@@ -142,7 +142,7 @@ class Lab:
     async def campaign(self, shop_id: int, body: str = "Spring sale: 20% off today") -> int:
         async with self.sessions() as session:
             campaign = await drafts.create_campaign(session, shop_id, "test campaign", body)
-            return campaign.id
+            return int(campaign.id)
 
     async def sending_campaign(
         self, recipients: int, credits: int | None = None, domain: str = "alpha.myshopify.com"
