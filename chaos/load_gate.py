@@ -125,6 +125,18 @@ def evaluate(
     failures = total.failures if total else sum(r.failures for r in rows)
     refused = min(unanswerable, failures)
     check("requests", requests, 1, requests >= 1, "Locust made no request")
+    if total is not None:
+        # The latency checks below are per class: a table whose classes lost their figures (a
+        # Locust that emptied them before they were written) would pass every one of them unjudged.
+        in_classes = sum(r.requests for r in rows)
+        check(
+            "classes_add_up",
+            in_classes,
+            requests,
+            in_classes == requests,
+            f"Locust's request classes hold {in_classes} of its {requests} requests: the figures by class "
+            "are incomplete, so their latency cannot be judged",
+        )
     ratio = (failures - refused) / requests if requests else 0.0
     bound = thresholds.max_failure_ratio
     check(

@@ -139,11 +139,15 @@ def _gate(environment: Environment, **_kwargs: Any) -> None:
     print(f"load gate {verdict}", file=sys.stderr, flush=True)
 
 
-@events.quit.add_listener
+@events.quitting.add_listener
 def _write_final_csv(**_kwargs: Any) -> None:
     """Locust writes its CSV files once a second and not at exit, so the last second's requests (longer
     if the process was starved of CPU) would be missing from `load_stats.csv`, which `smslab load` judges
-    and reports: after the runner stopped, the final figures replace each file whole."""
+    and reports: once the runner stopped, the final figures replace each file whole.
+
+    At `quitting`, not `quit`: between the two, Locust writes `--json-file` through `serialize_stats`,
+    which empties every request class as it reads it (Locust 2.47), and the per-class rows written at
+    `quit` were all zeros beside a full total, so the gate judged no class's latency at all."""
     environment = settings.get("environment")
     if environment is None or isinstance(environment.runner, WorkerRunner):
         return

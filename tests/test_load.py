@@ -76,6 +76,13 @@ def test_the_gate_fails_on_failures_and_slow_classes_but_not_on_the_noisy_tenant
     slow = StatRow("POST", "/api/campaigns", 10, 0, 5.0, 10, 20, 300)
     assert "POST /api/campaigns: p99 300 ms above 100 ms" in evaluate([slow], None, thresholds).why
     assert evaluate([], None, thresholds).why == ["Locust made no request"]
+    # A table whose classes lost their figures (Locust 2.47 empties them when it writes --json-file)
+    # judged no class's latency: it fails, however good the total looks.
+    emptied = [StatRow("POST", "/api/campaigns", 0, 0, 0.0, 0, 0, 0)]
+    total = StatRow("", "Aggregated", 1475, 0, 97.0, 74, 350, 490)
+    assert not evaluate(emptied, total, thresholds).passed
+    assert "request classes hold 0 of its 1475 requests" in evaluate(emptied, total, thresholds).why[0]
+    assert evaluate([*emptied, ok], StatRow("", "Aggregated", 100, 0, 50.0, 10, 20, 30), thresholds).passed
 
 
 def test_the_gate_holds_unreachable_requests_apart_from_5xx_and_timeouts() -> None:
@@ -248,6 +255,7 @@ def _locust_argv(
         "-u", str(users), "-r", str(users), "-t", f"{seconds}s", "-s", "5",
         "--csv", str(out / "load"), "--world", str(world), "--history-dir", str(out / "load_history"),
         "--gate-file", str(out / "load_gate.json"), "--p99-ms", "0", "--think", "0,0.05", *classes,
+        "--json-file", str(out / "load_stats"),  # as `smslab load` runs it (chaos.load.locust_argv)
     ]  # fmt: skip
 
 
@@ -288,8 +296,12 @@ def _locust_until(
 
 
 def _rows(out: Path) -> dict[str, dict[str, str]]:
+    """`load_stats.csv` by request class; its classes must add up to its total, as Locust counted it."""
     with (out / "load_stats.csv").open() as handle:
-        return {f"{r['Type']} {r['Name']}".strip(): r for r in csv.DictReader(handle)}
+        rows = {f"{r['Type']} {r['Name']}".strip(): r for r in csv.DictReader(handle)}
+    classes = sum(int(row["Request Count"]) for name, row in rows.items() if name != "Aggregated")
+    assert classes == int(rows["Aggregated"]["Request Count"]) > 0
+    return rows
 
 
 @pytest.mark.webhooks_to_api
@@ -389,6 +401,7 @@ def test_smslab_load_load_quick_end_to_end_on_sqlite(tmp_path: Path) -> None:
     assert done.returncode == (0 if verdict["passed"] else 1), done.stderr[-2000:]
     assert "load (Locust)" in done.stdout
     assert "load gate:" in done.stdout
+    _rows(run_dir)  # every request class's figures, not only the total
 
 
 @pytest.mark.slow
