@@ -225,10 +225,17 @@ def configure_logging(
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "saq", "sqlalchemy", "httpx", "litestar"):
+    for name in ("uvicorn", "uvicorn.error", "saq", "sqlalchemy", "httpx", "litestar"):
         lib_logger = logging.getLogger(name)
         lib_logger.handlers[:] = []
         lib_logger.propagate = True
+    # No access log: the API writes its own line per request (service.http, with the route template and
+    # the request id). uvicorn logs an access line whenever this logger reaches a handler, and its worker
+    # processes (`api --workers N`) set logging up after uvicorn silenced it: every request was logged
+    # twice there, the second line a sixth of the API's CPU under load.
+    access = logging.getLogger("uvicorn.access")
+    access.handlers[:] = []
+    access.propagate = False
     engine_log = logging.getLogger("sqlalchemy.engine.Engine")
     engine_log.filters[:] = [_SqlParametersRedacted()] if redaction else []
     # httpx logs every request line at INFO: too chatty for a send loop, and URLs may carry tokens.

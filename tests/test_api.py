@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
+from pathlib import Path
 from typing import Any
 
+import httpx
 import jwt
 from sqlalchemy import text
 
 from service.db import migrate
-from tests.support.api import Api, problem
+from tests.support.api import Api, problem, start_api
 from tests.support.lab import Lab, phone_numbers
 
 SHOP = "alpha.myshopify.com"
@@ -308,3 +311,26 @@ async def test_logs_carry_request_ids_and_no_personal_data_or_secrets(api: Api, 
     for secret in ("+12025550143", "2025550143", "ada@example.com", "bad@example.com", token, token[:40]):
         assert secret not in log
     assert api.settings.shopify_api_secret not in log
+
+
+# --- the request log -------------------------------------------------------------------------------------
+async def test_each_request_is_logged_once_by_one_api_process_or_two(lab: Lab, tmp_path: Path) -> None:
+    """One line per request, the API's own (route, status, request id); never uvicorn's access line
+    beside it. Its worker processes (`--workers 2`) once set logging up after uvicorn had silenced its
+    access log, and logged every request twice."""
+    for workers in (1, 2):
+        process = start_api(lab.settings, tmp_path / f"logs-{workers}", workers=workers)
+        port = process.argv[process.argv.index("--port") + 1]
+        try:
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+                for number in range(6):
+                    headers = {"X-Request-Id": f"once-{workers}-{number}"}
+                    assert (await client.get("/health", headers=headers)).status_code == 200
+        finally:
+            process.stop()
+        lines = [
+            json.loads(line) for line in process.log_path.read_text().splitlines() if line.startswith("{")
+        ]
+        assert not [line for line in lines if line.get("logger") == "uvicorn.access"], workers
+        mine = [line for line in lines if str(line.get("request_id", "")).startswith(f"once-{workers}-")]
+        assert [line["event"] for line in mine] == ["request"] * 6, workers

@@ -21,11 +21,13 @@ def service_env(settings: Settings, **extra: str) -> dict[str, str]:
     return env
 
 
-def start_api(settings: Settings, log_dir: Path, port: int | None = None, **extra_env: str) -> ManagedProcess:
+def start_api(
+    settings: Settings, log_dir: Path, port: int | None = None, workers: int = 1, **extra_env: str
+) -> ManagedProcess:
     port = port or free_port()
     process = ManagedProcess(
         "api",
-        service_argv("api", "--port", str(port)),
+        service_argv("api", "--port", str(port), "--workers", str(workers)),
         log_dir / "api.log",
         service_env(settings, **extra_env),
         ready_url=f"http://127.0.0.1:{port}/health",
