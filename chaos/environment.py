@@ -214,21 +214,35 @@ class Environment:
         assert self.redis_url is not None
         assert self.database_url is not None
         database_url, schema, seed, proxies = self.database_url, self.schema, self.seed, self.proxies
+        # Only what the nemesis puts a toxic on goes through a proxy: every byte through one is copied
+        # twice in this process, and under load (everything the service says to PostgreSQL and Redis)
+        # the proxies alone took a quarter of a core and put their latency on every round trip.
+        wanted = self.scenario.proxied
         target = urlsplit(self.redis_url)
-        proxies["redis"] = Proxy("redis", target.hostname or "127.0.0.1", target.port or 6379, seed)
+        if "redis" in wanted:
+            proxies["redis"] = Proxy("redis", target.hostname or "127.0.0.1", target.port or 6379, seed)
         self._simulator_port = free_port()
-        proxies["providers"] = Proxy("providers", "127.0.0.1", self._simulator_port, seed)
+        providers_port = self._simulator_port
+        if "providers" in wanted:
+            proxies["providers"] = Proxy("providers", "127.0.0.1", self._simulator_port, seed)
         service_db = database_url
-        if schema is not None:
+        if schema is not None and "db" in wanted:
             url = make_url(database_url)
             proxies["db"] = Proxy("db", url.host or "127.0.0.1", url.port or 5432, seed)
         for proxy in proxies.values():
             await proxy.start()
+        if "providers" in proxies:
+            providers_port = proxies["providers"].port
         if "db" in proxies:
             service_db = (
                 make_url(database_url)
                 .set(host="127.0.0.1", port=proxies["db"].port)
                 .render_as_string(hide_password=False)
+            )
+        redis_url = self.redis_url
+        if "redis" in proxies:
+            redis_url = urlunsplit(
+                target._replace(netloc=_netloc(target, "127.0.0.1", proxies["redis"].port))
             )
         services = self.scenario.services
         unsafe = bool(services.safeguards_off or services.worker_failpoints or services.api_failpoints)
@@ -238,12 +252,10 @@ class Environment:
                 database_url=service_db,
                 database_schema=schema,
                 database_application_name=self.database_application_name,
-                redis_url=urlunsplit(
-                    target._replace(netloc=_netloc(target, "127.0.0.1", proxies["redis"].port))
-                ),
+                redis_url=redis_url,
                 queue_name=f"lab-{self.folder.run_id}",
-                mitto_base_url=f"http://127.0.0.1:{proxies['providers'].port}/mitto",
-                stripe_api_base=f"http://127.0.0.1:{proxies['providers'].port}/stripe",
+                mitto_base_url=f"http://127.0.0.1:{providers_port}/mitto",
+                stripe_api_base=f"http://127.0.0.1:{providers_port}/stripe",
                 mitto_timeout_seconds=services.mitto_timeout_s,
                 batch_size=services.batch_size,
                 send_lease_seconds=services.lease_s,

@@ -193,6 +193,12 @@ class Scenario:
     source: str = ""  # the TOML as written
     document: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
+    @property
+    def proxied(self) -> frozenset[str]:
+        """The upstreams (of `PROXIES`) the nemesis puts a toxic on: the service reaches these through
+        the lab's TCP proxy, and every other one directly."""
+        return frozenset(str(rule.proxy) for rule in self.nemesis if rule.action == "toxic")
+
     def with_changes(self, changes: dict[str, Any]) -> Scenario:
         """The scenario with some fields changed (tables merged key by key), checked again like a file."""
         return parse_scenario(_merged(self.document or {"name": self.name}, changes))
