@@ -376,7 +376,11 @@ class LabUser(FastHttpUser):
 # --- merchants ------------------------------------------------------------------------------------------
 class MerchantUser(LabUser):
     """A shop's own session: bulk imports, campaigns created and enqueued (retried and duplicated with one
-    Idempotency-Key), polling, credits bought through the fake Stripe, drafts cancelled now and then."""
+    Idempotency-Key), polling, credits bought through the fake Stripe, drafts cancelled now and then.
+
+    Weighted as a merchant's dashboard is used: mostly polling (a campaign's progress, the wallet, the
+    list), a campaign created and enqueued one task in ten, each enqueue sending to the shop's contacts
+    (and bringing the provider's delivery reports back to the API: two or three per message)."""
 
     weight = 10
 
@@ -400,7 +404,7 @@ class MerchantUser(LabUser):
         )
         return int(created["id"]) if isinstance(created, dict) and "id" in created else None
 
-    @task(4)
+    @task(3)
     def create_and_enqueue(self) -> None:
         campaign = self._draft()
         if campaign is None:
@@ -467,17 +471,17 @@ class MerchantUser(LabUser):
         self.back_off()
         return kind, wait
 
-    @task(6)
+    @task(12)
     def poll_campaign(self) -> None:
         if self.campaigns:
             campaign = random.choice(self.campaigns[-20:])
             self._json("GET", f"/api/campaigns/{campaign}", "/api/campaigns/{id}")
 
-    @task(4)
+    @task(8)
     def wallet(self) -> None:
         self._json("GET", "/api/wallet", "/api/wallet")
 
-    @task(2)
+    @task(4)
     def list_campaigns(self) -> None:
         self._json("GET", "/api/campaigns?limit=20", "/api/campaigns?limit={n}")
 
