@@ -7,7 +7,6 @@ Idempotency-Key where it has one); anything else a 500 problem whose detail name
 
 from __future__ import annotations
 
-import re
 import time
 from typing import Any
 
@@ -30,7 +29,7 @@ from service.metrics import HTTP_LATENCY, HTTP_REQUESTS
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 REQUEST_ID_HEADER = "x-request-id"
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_REQUEST_ID_KEY = REQUEST_ID_HEADER.encode()  # ASGI header names are lower-case bytes
 
 log = logs.get_logger("service.http")
 
@@ -228,9 +227,8 @@ class RequestContextMiddleware(ASGIMiddleware):
     scopes = ("http",)  # type: ignore[assignment]
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
-        headers = dict(scope.get("headers") or [])
-        given = headers.get(REQUEST_ID_HEADER.encode(), b"").decode("latin-1")
-        request_id = given if _REQUEST_ID.match(given) else logs.new_request_id()
+        given = next((value for name, value in scope["headers"] if name == _REQUEST_ID_KEY), None)
+        request_id = logs.request_id_from(given.decode("latin-1") if given is not None else None)
         started = time.perf_counter()
         status_holder: dict[str, int] = {}
 

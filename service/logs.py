@@ -113,10 +113,15 @@ def _is_sensitive_name(key: str) -> bool:
     return bool(SENSITIVE_KEYS.search(_CAMEL.sub("_", key).replace("-", "_")))
 
 
+# Keys whose values are never personal data: written by the pipeline itself, or (`request_id`) made clean
+# where they are bound (`request_id_from`), once per request instead of on every line.
+_CLEAN_KEYS = frozenset({"timestamp", "level", "logger", "request_id"})
+
+
 def redact(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """structlog processor: the last step before rendering, so nothing escapes it."""
     for key in list(event_dict):
-        if key in ("timestamp", "level", "logger"):
+        if key in _CLEAN_KEYS:
             continue
         if _is_sensitive(key):
             event_dict[key] = REDACTED
@@ -140,6 +145,37 @@ def _render_exception_then_redact(
     # Tracebacks quote local values (an httpx error quotes the URL), so they are rendered first and redacted.
     event_dict = structlog.processors.format_exc_info(logger, method, event_dict)
     return redact(logger, method, event_dict)
+
+
+class _LineWriter:
+    """structlog's logger: each rendered line to the stream the root handler writes to (so both kinds of
+    line go to one place, in order, under the handler's lock, and a handler given another stream takes
+    ours with it)."""
+
+    def __init__(self, handler: logging.StreamHandler[Any], name: str | None) -> None:
+        self.handler = handler
+        self.name = name
+
+    def msg(self, message: str) -> None:
+        self.handler.acquire()
+        try:
+            stream = self.handler.stream
+            stream.write(message + "\n")
+            stream.flush()
+        finally:
+            self.handler.release()
+
+    debug = info = warning = warn = error = critical = exception = fatal = log = msg
+
+
+def _add_writer_name(
+    logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """`logger`: the name the line's logger was asked for (`get_logger(name)`), as stdlib lines carry."""
+    name = getattr(logger, "name", None)
+    if name is not None:
+        event_dict.setdefault("logger", name)
+    return event_dict
 
 
 class _SqlParametersRedacted(logging.Filter):
@@ -195,7 +231,6 @@ def configure_logging(
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
-        structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.StackInfoRenderer(),
         _render_exception_then_redact if redaction else structlog.processors.format_exc_info,
@@ -205,18 +240,8 @@ def configure_logging(
         if fmt == "json"
         else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     )
-    structlog.configure(
-        processors=[
-            structlog.stdlib.filter_by_level,
-            *shared,
-            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
-        ],
-        logger_factory=structlog.stdlib.LoggerFactory(),
-        wrapper_class=structlog.stdlib.BoundLogger,
-        cache_logger_on_first_use=True,
-    )
     formatter = structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=[structlog.stdlib.ExtraAdder(), *shared],
+        foreign_pre_chain=[structlog.stdlib.ExtraAdder(), structlog.stdlib.add_logger_name, *shared],
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
     )
     handler = logging.StreamHandler(sys.stderr)
@@ -225,6 +250,16 @@ def configure_logging(
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # Our own lines skip the standard library's logging: the same processors (redaction last), rendered
+    # and written by `_LineWriter` to the handler's stream. Through a stdlib `Logger` each line also built
+    # two `LogRecord`s and a formatter pass: 81 microseconds a line, half of what the API spends on a
+    # whole `GET /health`. Libraries' lines (uvicorn, SAQ, SQLAlchemy) still come through the handler.
+    structlog.configure(
+        processors=[_add_writer_name, *shared, renderer],
+        logger_factory=lambda *args: _LineWriter(handler, str(args[0]) if args else None),
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
+        cache_logger_on_first_use=True,
+    )
     for name in ("uvicorn", "uvicorn.error", "saq", "sqlalchemy", "httpx", "litestar"):
         lib_logger = logging.getLogger(name)
         lib_logger.handlers[:] = []
@@ -249,8 +284,20 @@ def new_request_id() -> str:
     return os.urandom(16).hex()
 
 
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+def request_id_from(given: str | None) -> str:
+    """The request id to bind: the one given (a client's `X-Request-Id`, a job's) if it is short, plain and
+    nothing redaction would mask (a phone number is not an id), else a new one. Bound ids are the one key
+    `redact` leaves alone, so this is where they are made safe."""
+    if given and _REQUEST_ID.match(given) and redact_text(given) == given:
+        return given
+    return new_request_id()
+
+
 def bind_request_id(request_id: str | None) -> str:
-    request_id = request_id or new_request_id()
+    request_id = request_id_from(request_id)
     structlog.contextvars.bind_contextvars(request_id=request_id)
     return request_id
 
@@ -261,6 +308,7 @@ def current_request_id() -> str | None:
 
 
 def get_logger(name: str) -> Any:
+    """A logger whose lines say `logger: name`, as the standard library's loggers' lines do."""
     return structlog.get_logger(name)
 
 

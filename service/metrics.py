@@ -69,6 +69,10 @@ LOG_REDACTIONS = Counter(
     "Values masked in log lines before rendering: `field` (a sensitive key), `text` (found inside text)",
     ["kind"],
 )
+# Exported at 0 from the start: the personal-data alert compares this series over time, and a series that
+# appears only at its first redaction (in a service whose lines never needed one) leaves it nothing to read.
+for _kind in ("field", "text"):
+    LOG_REDACTIONS.labels(kind=_kind)
 RECONCILE_ACTIONS = Counter(
     "smslab_reconcile_actions_total", "What the reconciler did, by kind of action", ["action"]
 )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
 import sys
 from pathlib import Path
 
@@ -403,3 +404,15 @@ def test_a_replayed_refusal_is_raised_as_its_own_kind_with_its_body() -> None:
     )
     gone = replayed_problem({"type": "https://x/problems/retired-kind", "title": "Old", "status": 418})
     assert (gone.status, gone.slug, gone.title) == (418, "retired-kind", "Old")
+
+
+def test_a_request_id_is_made_clean_where_it_is_bound_and_left_alone_on_every_line() -> None:
+    """`redact` skips `request_id` on every line, so the id bound is one redaction would not change: a
+    client's `X-Request-Id` that is a phone number (or not a plain token) is replaced by a fresh one."""
+    assert logs.request_id_from("trace-me-123") == "trace-me-123"
+    for unsafe in ("12025550143", "+12025550143", "ada@example.com", "a b", "x" * 65, "", None):
+        fresh = logs.request_id_from(unsafe)
+        assert fresh != unsafe
+        assert re.fullmatch(r"[0-9a-f]{32}", fresh)
+    line = logs.redact(None, "info", {"event": "request", "request_id": "0123456789abcdef0123456789abcdef"})
+    assert line["request_id"] == "0123456789abcdef0123456789abcdef"
