@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from service.db.apply_once import EffectResult
 from service.db.dialect import insert_ignoring_conflicts
 from service.db.models import Campaign, CampaignStatus, Shop, Wallet, utcnow
-from service.db.session import read_only, reading
+from service.db.session import create_sessionmaker, read_only, reading
 from service.errors import Unauthorized
 
 
@@ -87,7 +87,7 @@ async def shop_for_request(engine: AsyncEngine, domain: str) -> SessionShop:
     async with reading(engine) as connection:
         found = (await connection.execute(_INSTALLED, {"domain": domain})).first()
     if found is None:
-        async with AsyncSession(engine, expire_on_commit=False, autoflush=False) as session:
+        async with create_sessionmaker(engine)() as session:
             shop = await install_shop(session, domain)
         shop_id, active = shop.id, shop.active
     else:

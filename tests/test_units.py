@@ -416,3 +416,20 @@ def test_a_request_id_is_made_clean_where_it_is_bound_and_left_alone_on_every_li
         assert re.fullmatch(r"[0-9a-f]{32}", fresh)
     line = logs.redact(None, "info", {"event": "request", "request_id": "0123456789abcdef0123456789abcdef"})
     assert line["request_id"] == "0123456789abcdef0123456789abcdef"
+
+
+def test_bind_names_of_statements_built_once_never_name_a_column() -> None:
+    """An UPDATE executed with a parameter named after a column of its table also SETs that column, so
+    `binds` refuses a prefix that makes a bind name one of the table's columns."""
+    from typing import cast
+
+    from sqlalchemy import Table
+
+    from service.db.dialect import binds, bound
+    from service.db.models import Campaign
+
+    campaigns = cast(Table, Campaign.__table__)
+    assert set(binds(campaigns, "c_", "recipient_count")) == {"recipient_count"}
+    assert bound("c_", recipient_count=3) == {"c_recipient_count": 3}
+    with pytest.raises(ValueError, match="are columns of campaigns"):
+        binds(campaigns, "", "recipient_count")

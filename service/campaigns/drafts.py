@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from service.campaigns import progress
 from service.campaigns.segments import count_segments
-from service.db.dialect import binds
+from service.db.dialect import binds, bound
 from service.db.models import (
     Campaign,
     CampaignStatus,
@@ -44,15 +44,7 @@ _CREATE = (
     insert(_CAMPAIGNS)
     .values(
         status=CampaignStatus.DRAFT.value,
-        **binds(
-            _CAMPAIGNS,
-            shop_id="d_shop",
-            name="d_name",
-            body="d_body",
-            segments="d_segments",
-            created_at="d_created_at",
-            last_activity_at="d_activity_at",
-        ),
+        **binds(_CAMPAIGNS, "d_", "shop_id", "name", "body", "segments", "created_at", "last_activity_at"),
     )
     .returning(*_CAMPAIGNS.c)
 )
@@ -62,14 +54,15 @@ async def create_campaign(session: AsyncSession, shop_id: int, name: Any, body: 
     """A draft, as its row stands after the insert (every column; one statement built once)."""
     name, body = _validate(name, body)
     now = utcnow()
-    values = {
-        "d_shop": shop_id,
-        "d_name": name,
-        "d_body": body,
-        "d_segments": count_segments(body),
-        "d_created_at": now,
-        "d_activity_at": now,
-    }
+    values = bound(
+        "d_",
+        shop_id=shop_id,
+        name=name,
+        body=body,
+        segments=count_segments(body),
+        created_at=now,
+        last_activity_at=now,
+    )
     async with session.begin():
         return (await session.execute(_CREATE, values)).one()
 

@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from service import failpoints, input_rules, safeguards
 from service.campaigns import idempotency
 from service.campaigns.drafts import get_campaign
-from service.db.dialect import binds
+from service.db.dialect import binds, bound
 from service.db.models import Campaign, CampaignRecipient, CampaignStatus, Contact, RecipientStatus, utcnow
 from service.errors import CampaignNotDraft, NoRecipients, NotFound, ProblemError, replayed_problem
 from service.settings import Settings
@@ -136,7 +136,10 @@ async def _enqueue_effects(
             )
             await session.execute(
                 _COUNTS,
-                {"c_campaign": campaign_id, "c_recipients": recipient_count, "c_batches": batch_count},
+                {
+                    "c_campaign": campaign_id,
+                    **bound("c_", recipient_count=recipient_count, batch_count=batch_count),
+                },
             )
         body = EnqueueAccepted(
             campaign_id=campaign_id,
@@ -164,7 +167,7 @@ _EXISTS = select(_CAMPAIGNS.c.id).where(
 )
 _SENDING = {
     "status": CampaignStatus.SENDING.value,
-    **binds(_CAMPAIGNS, enqueued_at="m_at", last_activity_at="m_activity_at"),
+    **binds(_CAMPAIGNS, "m_", "enqueued_at", "last_activity_at"),
 }
 # Safeguard 1's race decider: draft -> sending as one conditional UPDATE (only one request can win it).
 _TO_SENDING = (
@@ -181,7 +184,7 @@ _TO_SENDING_UNCHECKED = update(_CAMPAIGNS).where(_CAMPAIGNS.c.id == bindparam("m
 _COUNTS = (
     update(_CAMPAIGNS)
     .where(_CAMPAIGNS.c.id == bindparam("c_campaign"))
-    .values(binds(_CAMPAIGNS, recipient_count="c_recipients", batch_count="c_batches"))
+    .values(binds(_CAMPAIGNS, "c_", "recipient_count", "batch_count"))
 )
 _SNAPSHOT = insert(cast(Table, CampaignRecipient.__table__)).from_select(
     ["campaign_id", "shop_id", "contact_id", "phone_e164", "batch_no", "status", "attempts"],
@@ -201,7 +204,11 @@ async def _move_to_sending(session: AsyncSession, settings: Settings, shop_id: i
     """Draft -> sending; the campaign's segments per message. 404 for none of this shop's, 409 for a
     campaign that is no longer a draft."""
     now = utcnow()
-    values = {"m_campaign": campaign_id, "m_shop": shop_id, "m_at": now, "m_activity_at": now}
+    values = {
+        "m_campaign": campaign_id,
+        "m_shop": shop_id,
+        **bound("m_", enqueued_at=now, last_activity_at=now),
+    }
     if safeguards.is_on(settings, safeguards.ENQUEUE_IDEMPOTENCY):
         segments = await session.scalar(_TO_SENDING, values)
         if segments is None:

@@ -24,7 +24,7 @@ from typing import Any, cast
 from sqlalchemy import Table, bindparam, delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.db.dialect import binds, dialect_insert, dialect_name, for_update
+from service.db.dialect import binds, bound, dialect_insert, dialect_name, for_update
 from service.db.models import EnqueueRequest, utcnow
 from service.errors import IdempotencyKeyInFlight, IdempotencyKeyReused
 from service.settings import Settings
@@ -44,23 +44,17 @@ def fingerprint(campaign_id: int, body: Any) -> str:
 _KEYS = cast(Table, EnqueueRequest.__table__)
 
 
+_CLAIMED = (
+    "shop_id", "idempotency_key", "campaign_id", "fingerprint", "locked_at", "created_at", "expires_at"
+)  # fmt: skip
+
+
 @functools.cache
 def _claim_statement(dialect: str) -> Any:
     """The key's row, inserted unless it exists: built once per dialect (every keyed enqueue runs it)."""
     return (
         dialect_insert(dialect)(_KEYS)
-        .values(
-            binds(
-                _KEYS,
-                shop_id="k_shop",
-                idempotency_key="k_key",
-                campaign_id="k_campaign",
-                fingerprint="k_fingerprint",
-                locked_at="k_locked_at",
-                created_at="k_created_at",
-                expires_at="k_expires_at",
-            )
-        )
+        .values(binds(_KEYS, "k_", *_CLAIMED))
         .on_conflict_do_nothing(index_elements=["shop_id", "idempotency_key"])
         .returning(_KEYS.c.id)
     )
@@ -75,15 +69,16 @@ async def claim_key(
     expires_at = now + timedelta(seconds=settings.enqueue_key_ttl_seconds)
     inserted = await session.scalar(
         _claim_statement(dialect_name(session)),
-        {
-            "k_shop": shop_id,
-            "k_key": key,
-            "k_campaign": campaign_id,
-            "k_fingerprint": fingerprint,
-            "k_locked_at": now,
-            "k_created_at": now,
-            "k_expires_at": expires_at,
-        },
+        bound(
+            "k_",
+            shop_id=shop_id,
+            idempotency_key=key,
+            campaign_id=campaign_id,
+            fingerprint=fingerprint,
+            locked_at=now,
+            created_at=now,
+            expires_at=expires_at,
+        ),
     )
     if inserted is not None:
         return None
@@ -138,7 +133,7 @@ async def claim_key(
 _STORE_RESPONSE = (
     update(_KEYS)
     .where(_KEYS.c.shop_id == bindparam("k_shop"), _KEYS.c.idempotency_key == bindparam("k_key"))
-    .values(locked_at=None, **binds(_KEYS, response_status="k_status", response_body="k_body"))
+    .values(locked_at=None, **binds(_KEYS, "k_", "response_status", "response_body"))
 )
 
 
@@ -147,7 +142,8 @@ async def store_response(
 ) -> None:
     """Record the outcome in the caller's transaction, i.e. in the same commit as the effects."""
     await session.execute(
-        _STORE_RESPONSE, {"k_shop": shop_id, "k_key": key, "k_status": status, "k_body": body}
+        _STORE_RESPONSE,
+        {"k_shop": shop_id, "k_key": key, **bound("k_", response_status=status, response_body=body)},
     )
 
 

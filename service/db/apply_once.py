@@ -34,11 +34,10 @@ from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import Table, bindparam, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service import failpoints, safeguards
-from service.db.dialect import dialect_name, insert_ignoring_conflicts
+from service.db.dialect import dialect_insert, dialect_name, insert_ignoring_conflicts
 from service.db.models import WebhookEvent, utcnow
 from service.settings import Settings
 
@@ -92,9 +91,8 @@ EVENT_COLUMNS = (
 def record_statement(dialect: str, returning: str = "id") -> Any:
     """INSERT ... ON CONFLICT DO NOTHING RETURNING `returning`, built once: every delivery takes this path.
     Executed with many rows (the report batcher), RETURNING names the events never seen before."""
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     return (
-        insert(_EVENTS)
+        dialect_insert(dialect)(_EVENTS)
         .values({name: bindparam(name, type_=_EVENTS.c[name].type) for name in EVENT_COLUMNS})
         .on_conflict_do_nothing(index_elements=["provider", "event_id"])
         .returning(_EVENTS.c[returning])

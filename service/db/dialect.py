@@ -19,9 +19,7 @@ def dialect_name(session: AsyncSession) -> str:
 
 def upsert_insert(session: AsyncSession, model: Any) -> Any:
     """An INSERT that supports ON CONFLICT on either backend (both spell it the same way)."""
-    if dialect_name(session) == "postgresql":
-        return postgresql.insert(model)
-    return sqlite.insert(model)
+    return dialect_insert(dialect_name(session))(model)
 
 
 def insert_ignoring_conflicts(session: AsyncSession, model: Any, index_elements: list[str]) -> Any:
@@ -33,14 +31,24 @@ def dialect_insert(dialect: str) -> Callable[..., Any]:
     return postgresql.insert if dialect == "postgresql" else sqlite.insert
 
 
-def binds(table: Table, **names: str) -> dict[str, BindParameter[Any]]:
-    """`column=bindparam(name)` with the column's type, for the `.values()` of a statement built once.
+def binds(table: Table, prefix: str, *columns: str) -> dict[str, BindParameter[Any]]:
+    """`column=bindparam(prefix + column)` with the column's type, for the `.values()` of a statement
+    built once; `bound(prefix, column=value, ...)` gives the values under the same names.
 
     The hot paths build their statements once (a statement object keeps its cache key; building one per
-    call and keying it again was a fifth of an enqueue's CPU) and pass values at execution under these
-    names. The names must not be a column's: an UPDATE executed with a parameter named after a column
-    of its table also SETs that column."""
+    call and keying it again was a fifth of an enqueue's CPU) and pass values at execution. The prefix
+    keeps the names off the table's own: an UPDATE executed with a parameter named after a column of its
+    table also SETs that column."""
+    names = {column: prefix + column for column in columns}
+    clashing = sorted(name for name in names.values() if name in table.c)
+    if clashing:
+        raise ValueError(f"bind names {clashing} are columns of {table.name}: choose another prefix")
     return {column: bindparam(name, type_=table.c[column].type) for column, name in names.items()}
+
+
+def bound(prefix: str, **values: Any) -> dict[str, Any]:
+    """Execution values for `binds(table, prefix, ...)`: `bound("k_", shop_id=3)` is `{"k_shop_id": 3}`."""
+    return {prefix + column: value for column, value in values.items()}
 
 
 def for_update(statement: LockableSelect) -> LockableSelect:

@@ -14,7 +14,7 @@ from typing import Any, cast
 from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.db.dialect import binds, dialect_insert, dialect_name, for_update
+from service.db.dialect import binds, bound, dialect_insert, dialect_name, for_update
 from service.db.models import CreditReservation, ReservationStatus, Wallet, utcnow
 from service.errors import InsufficientCredits
 
@@ -36,14 +36,15 @@ def _reserve_statement(dialect: str) -> Any:
             status=ReservationStatus.ACTIVE.value,
             **binds(
                 _RESERVATIONS,
-                shop_id="r_shop",
-                campaign_id="r_campaign",
-                reservation_key="r_key",
-                amount="r_amount",
-                remaining="r_remaining",
-                expires_at="r_expires_at",
-                created_at="r_created_at",
-                updated_at="r_updated_at",
+                "r_",
+                "shop_id",
+                "campaign_id",
+                "reservation_key",
+                "amount",
+                "remaining",
+                "expires_at",
+                "created_at",
+                "updated_at",
             ),
         )
         .on_conflict_do_nothing(index_elements=["shop_id", "reservation_key"])
@@ -57,7 +58,7 @@ _CREDITS = bindparam("w_credits", type_=_WALLETS.c.reserved.type)
 _RESERVE_IF_AVAILABLE = (
     update(_WALLETS)
     .where(_WALLETS.c.shop_id == bindparam("w_shop"), _WALLETS.c.balance - _WALLETS.c.reserved >= _CREDITS)
-    .values(reserved=_WALLETS.c.reserved + _CREDITS, **binds(_WALLETS, updated_at="w_updated_at"))
+    .values(reserved=_WALLETS.c.reserved + _CREDITS, **binds(_WALLETS, "w_", "updated_at"))
     .returning(_WALLETS.c.reserved)
 )
 
@@ -72,21 +73,22 @@ async def reserve_credits(
     now = utcnow()
     inserted = await session.scalar(
         _reserve_statement(dialect_name(session)),
-        {
-            "r_shop": shop_id,
-            "r_campaign": campaign_id,
-            "r_key": reservation_key(campaign_id),
-            "r_amount": credits,
-            "r_remaining": credits,
-            "r_expires_at": expires_at,
-            "r_created_at": now,
-            "r_updated_at": now,
-        },
+        bound(
+            "r_",
+            shop_id=shop_id,
+            campaign_id=campaign_id,
+            reservation_key=reservation_key(campaign_id),
+            amount=credits,
+            remaining=credits,
+            expires_at=expires_at,
+            created_at=now,
+            updated_at=now,
+        ),
     )
     if inserted is None:
         return False
     reserved = await session.scalar(
-        _RESERVE_IF_AVAILABLE, {"w_shop": shop_id, "w_credits": credits, "w_updated_at": now}
+        _RESERVE_IF_AVAILABLE, {"w_shop": shop_id, "w_credits": credits, **bound("w_", updated_at=now)}
     )
     if reserved is None:
         wallet = await session.scalar(select(Wallet).where(Wallet.shop_id == shop_id))
