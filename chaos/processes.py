@@ -102,7 +102,13 @@ class ManagedProcess:
             except httpx.HTTPError:
                 answer = None
             if answer is not None and answer.status_code < 500:
-                if self._answered_by_this(answer.headers.get("x-process-id")):
+                pid = answer.headers.get("x-process-id")
+                if pid is None and answer.status_code != 200:
+                    # Not ours (our servers name themselves, and answer /health with 200): a server that
+                    # holds the port. Ours then fails to bind and exits, which the next turn reports.
+                    time.sleep(0.1)
+                    continue
+                if self._answered_by_this(pid):
                     return
                 raise ProcessFailed(
                     f"{self.name}: another process (pid {answer.headers.get('x-process-id')}) answers at "

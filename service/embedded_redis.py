@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -43,7 +44,34 @@ def redis_server_binary() -> str:
     )
 
 
+# Ports handed out here come from below the kernel's ephemeral range. A port is only free until the
+# process it is meant for binds it; a port from the ephemeral range could meanwhile be given by the kernel
+# to anyone's `bind(0)` or outgoing connection (seen: a test's API started on a port a test server of
+# another pytest worker had been given, answering its requests with that server's 404s). Below the range,
+# only another caller of this function can pick it, at random among some 20,000.
+_LOW_PORT = 10_000
+_PICK = random.SystemRandom()  # not the `random` a seeded run replays: two runs of one seed pick apart
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 def free_port(host: str = "127.0.0.1") -> int:
+    """A port nobody listens on now, from below the ephemeral range where there is one."""
+    high = _ephemeral_low() - 1
+    if high - _LOW_PORT >= 1_000:
+        for _ in range(50):
+            port = _PICK.randint(_LOW_PORT, high)
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                try:
+                    sock.bind((host, port))
+                except OSError:
+                    continue
+                return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])

@@ -252,3 +252,45 @@ def test_a_process_that_will_not_stop_leaves_where_it_hung_in_its_log_and_is_kil
     finally:
         stuck.kill()
         polite.kill()
+
+
+def test_a_server_that_holds_the_port_is_not_taken_for_the_process_being_started(tmp_path: Path) -> None:
+    """A process whose port another server holds is not ready because that server answers: our servers
+    name themselves (X-Process-Id) and answer /health 200; a foreign 404 without a name was once taken as
+    ready, and the test then talked to that server."""
+    from chaos.processes import ManagedProcess, ProcessFailed
+
+    port = free_port()
+    squatter = subprocess.Popen(
+        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(100):
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 404:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.05)
+        never_binds = ManagedProcess(
+            "api",
+            [sys.executable, "-c", "import time; time.sleep(30)"],
+            tmp_path / "api.log",
+            ready_url=f"http://127.0.0.1:{port}/health",
+        )
+        never_binds.start()
+        try:
+            with pytest.raises(ProcessFailed, match="not ready"):
+                never_binds.wait_ready(timeout=1.5)
+        finally:
+            never_binds.kill()
+    finally:
+        squatter.kill()
+        squatter.wait()
+
+
+def test_free_ports_come_from_below_the_ephemeral_range() -> None:
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    assert all(10_000 <= free_port() < low for _ in range(20))
