@@ -39,7 +39,7 @@ from chaos.environment import ROOT, Services
 from chaos.harness import RunOptions
 from chaos.history import History
 from chaos.load import LOCUST_LOG, STOP_TIMEOUT_S, WORLD, LoadRun, for_load, locust_argv, merge_histories
-from chaos.load_gate import STATS_CSV, StatRow, rows_from_csv
+from chaos.load_gate import SHED_JSON, STATS_CSV, StatRow, rows_from_csv, shed_from_json
 from chaos.processes import ManagedProcess
 from chaos.scenario import Scenario, load_scenario, parse_scenario
 from chaos.workload import Workload
@@ -135,6 +135,7 @@ def summarize(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     p50 is the aggregate's, p95 and p99 the highest class's among those with at least 1 % of requests),
     failures; and each class."""
     rows, total = rows_from_csv(path)
+    shed = shed_from_json(path.parent / SHED_JSON)
     api = [r for r in rows if not r.name.startswith(SIMULATOR_PREFIX)]
     requests = sum(r.requests for r in api)
     busy = [r for r in api if r.requests >= 0.01 * max(1, requests)]
@@ -146,6 +147,11 @@ def summarize(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         "rps": round(sum(r.rps for r in api), 1),
         "requests": requests,
         "failures": sum(r.failures for r in api),
+        # 503 overloaded answers (successes in Locust's table): served is the rest
+        "shed": sum(shed.values()),
+        "served_rps": round(
+            sum(r.rps * (1 - shed.get(r.request_class, 0) / max(1, r.requests)) for r in api), 1
+        ),
         "p50_ms": total.p50_ms if total else 0.0,
         "p95_ms": total.p95_ms if total else 0.0,
         "p99_ms": total.p99_ms if total else 0.0,
@@ -291,7 +297,8 @@ def _line(step: Step) -> str:
     cpu += f"  |  API CPU per request {per_request:.1f} ms (/health {per_health:.1f} ms)"
     return (
         f"{step.users:>4} users: {api['rps']:>7.1f} API req/s  p50 {api['p50_ms']:>5.0f}  p95 "
-        f"{api['p95_ms']:>5.0f}  p99 {api['p99_ms']:>5.0f} ms  failures {api['failures']:>4}  |  "
+        f"{api['p95_ms']:>5.0f}  p99 {api['p99_ms']:>5.0f} ms  failures {api['failures']:>4}  "
+        f"shed {api['shed']:>5} (served {api['served_rps']:.1f}/s)  |  "
         f"/health {ceiling.get('rps', 0):>7.1f}/s  ratio {ratio:.2f}x  |  CPU/s: {cpu}"
     )
 
@@ -307,13 +314,26 @@ def main() -> None:
     parser.add_argument("--database", default=None, help="a PostgreSQL URL (default: SQLite)")
     parser.add_argument("--api-workers", type=int, default=0, help="API processes (default: the scenario's)")
     parser.add_argument("--locust-processes", type=int, default=0, help="Locust worker processes")
+    parser.add_argument(
+        "--max-in-flight", type=int, default=None, help="SMSLAB_API_MAX_IN_FLIGHT (0: no cap)"
+    )
+    parser.add_argument(
+        "--admission-wait", type=float, default=None, help="SMSLAB_API_ADMISSION_WAIT_SECONDS"
+    )
     parser.add_argument("--out", type=Path, default=Path("runs/bench"))
     args = parser.parse_args()
     counts = tuple(int(n) for n in args.users.split(","))
     scenario = load_scenario(args.scenario)
     changes: dict[str, Any] = {"load": {"processes": args.locust_processes}}
+    services: dict[str, Any] = {}
     if args.api_workers:
-        changes["services"] = {"api_workers": args.api_workers}
+        services["api_workers"] = args.api_workers
+    if args.max_in_flight is not None:
+        services["api_max_in_flight"] = args.max_in_flight
+    if args.admission_wait is not None:
+        services["api_admission_wait_s"] = args.admission_wait
+    if services:
+        changes["services"] = services
     scenario = scenario.with_changes(changes)
     # A measurement: the scenario's nemesis off (its provider faults stay); the chaos phase planned as
     # every step and its ceiling at their run time, which each exceeds by Locust's start and stop (so the
@@ -340,15 +360,19 @@ def main() -> None:
     lab = BenchRun(options)
     verdict = asyncio.run(lab.execute())
     load_after = os.getloadavg()
-    print("\n| users | API req/s | p50 ms | p95 ms | p99 ms | failures | /health req/s | ratio | CPU per s |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print(
+        "\n| users | API req/s | served req/s | p50 ms | p95 ms | p99 ms | failures | shed (503 overloaded) "
+        "| /health req/s | ratio | CPU per s |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for step in lab.steps:
         api, ceiling = step.api, step.ceiling
         ratio = api["rps"] / ceiling["rps"] if ceiling.get("rps") else 0.0
         cpu = ", ".join(f"{name} {value:.2f}" for name, value in step.cpu.items())
         print(
-            f"| {step.users} | {api['rps']:.1f} | {api['p50_ms']:.0f} | {api['p95_ms']:.0f} | "
-            f"{api['p99_ms']:.0f} | {api['failures']} | {ceiling.get('rps', 0):.1f} | {ratio:.2f}x | {cpu} |"
+            f"| {step.users} | {api['rps']:.1f} | {api['served_rps']:.1f} | {api['p50_ms']:.0f} | "
+            f"{api['p95_ms']:.0f} | {api['p99_ms']:.0f} | {api['failures']} | {api['shed']} | "
+            f"{ceiling.get('rps', 0):.1f} | {ratio:.2f}x | {cpu} |"
         )
     best = max(lab.steps, key=lambda s: s.api.get("rps", 0))
     print(f"\nrequest classes at {best.users} users (the highest throughput):\n")

@@ -79,6 +79,8 @@ async def bench(backend: str, args: argparse.Namespace, stack: str = "auto/auto"
         tmp = Path(tmp_name)
         async with fresh_database(backend, tmp) as (database_url, schema), redis_url(tmp) as redis:
             settings = bench_settings(database_url, schema, redis, "http://127.0.0.1:9/mitto", tmp)
+            if args.max_in_flight is not None:
+                settings = settings.with_overrides(api_max_in_flight=args.max_in_flight)
             loaded = await load_shop(settings, args.reports, credits=args.reports * 2)
             messages = await mark_all_sent(loaded, settings)
             port = free_port()
@@ -195,6 +197,9 @@ def main() -> None:
     )
     parser.add_argument("--reports", type=int, default=20_000)
     parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument(
+        "--max-in-flight", type=int, default=None, help="SMSLAB_API_MAX_IN_FLIGHT (default: the service's)"
+    )
     parser.add_argument("--api-workers", type=int, default=1, help="API processes (uvicorn workers)")
     parser.add_argument("--backend", choices=["sqlite", "postgresql", "both"], default="postgresql")
     parser.add_argument(

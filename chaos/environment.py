@@ -270,6 +270,8 @@ class Environment:
                 lab_allow_unsafe=unsafe,
                 safeguards_off=frozenset(services.safeguards_off),
                 failpoint_seed=seed,
+                api_max_in_flight=services.api_max_in_flight,
+                api_admission_wait_seconds=services.api_admission_wait_s,
             )
         )
 

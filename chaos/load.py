@@ -143,6 +143,8 @@ def locust_argv(plan: LoadPlan, run_dir: Path, api_url: str) -> list[str]:
         f"{thresholds.max_failure_ratio:g}",
         "--max-unreachable-ratio",
         f"{thresholds.max_unreachable_ratio:g}",
+        "--max-shed-ratio",
+        f"{thresholds.max_shed_ratio:g}",
         "--p95-ms",
         f"{thresholds.p95_ms:g}",
         "--p99-ms",

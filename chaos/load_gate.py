@@ -7,11 +7,18 @@ judged again anywhere). A request class is one row of Locust's table: method and
 (`POST /api/campaigns/{id}/enqueue`). Rows whose name ends in `NOISY_SUFFIX` are the noisy tenant's: it
 is refused on purpose, so its latency is not gated (its 429s are successes; its 5xx and timeouts still
 fail).
+
+A 503 `overloaded` with `Retry-After` is what a full API process owes a client (service/admission.py):
+it changed nothing and says when to come back, so it is not a failure; such refusals ("shed") are
+counted by class (`load_shed.json`, written beside the table by the master) and gated apart, by
+`max_shed_ratio`: a scenario below saturation bounds them near zero, one past it lets them be the
+answer.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,6 +27,7 @@ from typing import Any
 NOISY_SUFFIX = " (noisy tenant)"
 STATS_CSV = "load_stats.csv"
 FAILURES_CSV = "load_failures.csv"
+SHED_JSON = "load_shed.json"  # {request class: 503 overloaded answers}
 AGGREGATED = "Aggregated"
 # Failures whose error names one of these got no answer because no API process was there: the port
 # refused the connection (a killed API, not yet back), or the connection was cut before any answer (the
@@ -42,6 +50,9 @@ class Thresholds:
     p95_ms: float = 0.0  # each request class's 95th percentile
     p99_ms: float = 1000.0  # each request class's 99th percentile
     min_rps: float = 0.0  # requests per second over the whole run
+    # Requests refused 503 overloaded with Retry-After (admission control) / requests: the owed answer
+    # past saturation, so unbounded by default; a scenario below saturation bounds it.
+    max_shed_ratio: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -106,13 +117,17 @@ def rows_from_csv(path: Path) -> tuple[list[StatRow], StatRow | None]:
 
 
 def evaluate(
-    rows: list[StatRow], total: StatRow | None, thresholds: Thresholds, unanswerable: int = 0
+    rows: list[StatRow],
+    total: StatRow | None,
+    thresholds: Thresholds,
+    unanswerable: int = 0,
+    shed: dict[str, int] | None = None,
 ) -> GateResult:
     """Each threshold against the figures; the gate passes only if every check does, and only if Locust
     made any request at all (a load test that sent nothing passes nothing). `unanswerable`: how many of
     the failures found no API process to answer them (Locust's error table: `UNREACHABLE`), judged
     apart: that is what a killed API gives while it restarts, where a 5xx or a timeout is the service
-    failing under load."""
+    failing under load. `shed`: each request class's 503 overloaded answers (successes in the table)."""
     result = GateResult(True)
 
     def check(what: str, value: float, bound: float, ok: bool, sentence: str) -> None:
@@ -155,6 +170,16 @@ def evaluate(
         refused_ratio <= thresholds.max_unreachable_ratio,
         f"unreachable {refused_ratio:.2%}, above {thresholds.max_unreachable_ratio:.2%} ({refused} of "
         f"{requests} requests refused or cut before an answer: no API process there)",
+    )
+    shed_count = sum((shed or {}).values())
+    shed_ratio = shed_count / requests if requests else 0.0
+    check(
+        "shed_ratio",
+        shed_ratio,
+        thresholds.max_shed_ratio,
+        shed_ratio <= thresholds.max_shed_ratio,
+        f"shed {shed_ratio:.2%}, above {thresholds.max_shed_ratio:.2%} ({shed_count} of {requests} requests "
+        "refused 503 overloaded: the API was past saturation)",
     )
     rps = total.rps if total else sum(r.rps for r in rows)
     if thresholds.min_rps:
@@ -202,7 +227,17 @@ def evaluate_folder(run_dir: Path, thresholds: Thresholds) -> GateResult:
     if not path.exists():
         return GateResult(False, [], [f"no {STATS_CSV}: Locust did not finish its run"])
     rows, total = rows_from_csv(path)
-    return evaluate(rows, total, thresholds, unreachable_from_csv(run_dir / FAILURES_CSV))
+    unanswerable = unreachable_from_csv(run_dir / FAILURES_CSV)
+    return evaluate(rows, total, thresholds, unanswerable, shed_from_json(run_dir / SHED_JSON))
+
+
+def shed_from_json(path: Path) -> dict[str, int]:
+    """`load_shed.json`: each request class's 503 overloaded answers ({} without the file: none counted)."""
+    try:
+        counts = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return {str(name): int(count) for name, count in counts.items()} if isinstance(counts, dict) else {}
 
 
 def summary(run_dir: Path) -> list[dict[str, Any]]:
@@ -211,12 +246,14 @@ def summary(run_dir: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     rows, total = rows_from_csv(path)
+    shed = shed_from_json(run_dir / SHED_JSON)
     listed = [*sorted(rows, key=lambda r: -r.requests), *([total] if total else [])]
     return [
         {
             "request_class": "total" if row is total else row.request_class,
             "requests": row.requests,
             "failures": row.failures,
+            "shed": sum(shed.values()) if row is total else shed.get(row.request_class, 0),
             "rps": round(row.rps, 1),
             "p50_ms": row.p50_ms,
             "p95_ms": row.p95_ms,

@@ -256,15 +256,17 @@ def print_verdict(verdict: dict[str, Any], run_dir: str) -> None:
 
 
 def load_table(load: dict[str, Any]) -> Table:
-    """Locust's figures by request class, as its own table shows them, the total last."""
+    """Locust's figures by request class, as its own table shows them, the total last; `shed` counts the
+    503 overloaded answers among the requests (successes in Locust's table, service/admission.py)."""
     table = Table(title="load (Locust)", show_lines=False)
-    for column in ("request class", "requests", "failed", "req/s", "p50 ms", "p95 ms", "p99 ms"):
+    for column in ("request class", "requests", "failed", "shed", "req/s", "p50 ms", "p95 ms", "p99 ms"):
         table.add_column(column, justify="left" if column == "request class" else "right")
     for row in load.get("summary", []):
         table.add_row(
             row["request_class"],
             str(row["requests"]),
             str(row["failures"]),
+            str(row.get("shed", 0)),
             f"{row['rps']:g}",
             f"{row['p50_ms']:g}",
             f"{row['p95_ms']:g}",

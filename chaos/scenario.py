@@ -22,7 +22,7 @@ from chaos.proxy import Toxic, ToxicError
 from service import failpoints, safeguards
 from service.contacts.upsert import MAX_CONTACTS_PER_REQUEST
 from service.rate_limits import parse_limits
-from service.settings import lease_problem
+from service.settings import Settings, lease_problem
 from simulator.faults import FaultSpecError, parse_rules
 from simulator.mitto import parse_final_mix
 
@@ -53,6 +53,9 @@ class Services:
     api_failpoints: str = ""
     log_sql: bool = False
     rate_limits: str = ""  # SMSLAB_RATE_LIMITS: over the service's defaults, e.g. "imports=4/minute burst=1"
+    # Admission control of each API process (service/admission.py), by default the service's own.
+    api_max_in_flight: int = Settings.api_max_in_flight  # SMSLAB_API_MAX_IN_FLIGHT (0: no cap)
+    api_admission_wait_s: float = Settings.api_admission_wait_seconds  # SMSLAB_API_ADMISSION_WAIT_SECONDS
 
 
 @dataclass(frozen=True)
@@ -278,6 +281,8 @@ def _services(table: Any) -> Services:
             "workers": lambda w, v: _int(w, v, 1),
             "worker_concurrency": lambda w, v: _int(w, v, 1),
             "api_workers": lambda w, v: _int(w, v, 1),
+            "api_max_in_flight": lambda w, v: _int(w, v, 0),
+            "api_admission_wait_s": lambda w, v: _float(w, v, 0.0),
             "lease_s": lambda w, v: _float(w, v, 0.5),
             "reconcile_interval_s": lambda w, v: _float(w, v, 0.2),
             "batch_size": lambda w, v: _int(w, v, 1),
@@ -446,6 +451,7 @@ def _thresholds(table: Any) -> Thresholds:
         {
             "max_failure_ratio": lambda w, v: _float(w, v, 0.0, 1.0),
             "max_unreachable_ratio": lambda w, v: _float(w, v, 0.0, 1.0),
+            "max_shed_ratio": lambda w, v: _float(w, v, 0.0, 1.0),
             "p95_ms": _float,
             "p99_ms": _float,
             "min_rps": _float,

@@ -18,7 +18,10 @@ info with its key and answer, as `history.jsonl`), one file per Locust process i
 Outcomes: 5xx, timeouts and refused connections are failures; so is a 429 without `Retry-After` and any
 4xx a correct client never earns (400, 401, 404...). Answers the service owes a merchant under contention
 (402 no credits, 409 key in flight or no longer a draft, 422 nothing to send, 429 with `Retry-After`)
-are successes in Locust's table: the service answered as it must.
+are successes in Locust's table: the service answered as it must. So is a 503 `overloaded` with
+`Retry-After` (a full API process refusing before doing anything, service/admission.py): every user
+obeys it, it is recorded in the history as a definite refusal, and each class's count of them ("shed")
+goes to `load_shed.json` beside the table, where the gate's `max_shed_ratio` bounds it.
 """
 
 from __future__ import annotations
@@ -49,9 +52,17 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `locust -f loadtests/locustfile.py` from a checkout
     sys.path.insert(0, str(ROOT))
 
-from chaos.load_gate import NOISY_SUFFIX, StatRow, Thresholds, evaluate, unreachable  # noqa: E402
+from chaos.load_gate import (  # noqa: E402
+    NOISY_SUFFIX,
+    SHED_JSON,
+    StatRow,
+    Thresholds,
+    evaluate,
+    unreachable,
+)
 
 EXPECTED_REFUSALS = {402, 409, 422}
+OVERLOADED = "overloaded"  # the problem type of a full API process's 503 (service/admission.py)
 # Each API request class's operation name in the history (the lab's own where it has one: I9 holds every
 # one of them to the scenario's latency bound while a shop floods; `chaos/operations.py` API_OPERATIONS).
 OPERATIONS = {
@@ -85,6 +96,7 @@ def _options(parser: Any) -> None:
     group.add_argument("--think", default="0,0.1", help="a user's pause between tasks: LOW,HIGH seconds")
     group.add_argument("--max-failure-ratio", type=float, default=Thresholds.max_failure_ratio)
     group.add_argument("--max-unreachable-ratio", type=float, default=Thresholds.max_unreachable_ratio)
+    group.add_argument("--max-shed-ratio", type=float, default=Thresholds.max_shed_ratio)
     group.add_argument("--p95-ms", type=float, default=Thresholds.p95_ms, help="per request class; 0: off")
     group.add_argument("--p99-ms", type=float, default=Thresholds.p99_ms, help="per request class; 0: off")
     group.add_argument("--min-rps", type=float, default=Thresholds.min_rps)
@@ -122,6 +134,7 @@ def _gate(environment: Environment, **_kwargs: Any) -> None:
         options.p95_ms,
         options.p99_ms,
         options.min_rps,
+        options.max_shed_ratio,
     )
     refused = sum(
         error.occurrences for error in environment.stats.errors.values() if unreachable(str(error.error))
@@ -131,6 +144,7 @@ def _gate(environment: Environment, **_kwargs: Any) -> None:
         _row(environment.stats.total),
         thresholds,
         refused,
+        dict(_shed),
     )
     environment.process_exit_code = 0 if result.passed else 1
     if options.gate_file:
@@ -155,6 +169,9 @@ def _write_final_csv(**_kwargs: Any) -> None:
     if not prefix:
         return
     tables = StatsCSV(environment, PERCENTILES_TO_REPORT)
+    shed = Path(prefix).parent / SHED_JSON
+    shed.with_suffix(".final").write_text(json.dumps(dict(sorted(_shed.items())), indent=1))
+    shed.with_suffix(".final").replace(shed)
     for suffix, write in (
         ("stats", tables.requests_csv),
         ("failures", tables.failures_csv),
@@ -181,6 +198,37 @@ def _row(entry: Any) -> StatRow:
 
 
 # --- what every user shares -------------------------------------------------------------------------
+# 503 overloaded answers by request class ("GET /api/wallet"), in this process; a worker sends its own to
+# the master with each stats report (Locust's report_to_master / worker_report events), so the master,
+# which gates and writes the table, holds them all.
+_shed: dict[str, int] = {}
+
+
+@events.report_to_master.add_listener
+def _send_shed(data: dict[str, Any], **_kwargs: Any) -> None:
+    data["smslab_shed"] = dict(_shed)
+    _shed.clear()
+
+
+@events.worker_report.add_listener
+def _receive_shed(data: dict[str, Any], **_kwargs: Any) -> None:
+    for name, count in (data.get("smslab_shed") or {}).items():
+        _shed[name] = _shed.get(name, 0) + int(count)
+
+
+def shed(response: Any) -> bool:
+    """A full API process's refusal: 503, problem `overloaded`, a Retry-After of at least 1 s."""
+    if response.status_code != 503 or not retry_after_ok(response):
+        return False
+    problem = body_of(response)
+    return isinstance(problem, dict) and str(problem.get("type", "")).endswith("/" + OVERLOADED)
+
+
+def retry_after_s(headers: Any, cap: float = 2.0) -> float:
+    value = headers.get("Retry-After") if headers else None
+    return min(float(value), cap) if isinstance(value, str) and value.isdigit() else 1.0
+
+
 _users = itertools.count()
 _history: dict[str, Any] = {}
 
@@ -325,15 +373,18 @@ class LabUser(FastHttpUser):
                     kind, answer = "ok", {"status": status}
                 else:
                     problem = body_of(response)
-                    kind = "info" if status >= 500 else "fail"
                     answer = {
                         "status": status,
                         "problem": str(problem.get("type", "")).rsplit("/", 1)[-1]
                         if isinstance(problem, dict)
                         else None,
                     }
-                    if status == 429:
+                    # A shed request was refused before anything ran: a definite refusal, not unknown.
+                    kind = "info" if status >= 500 and answer["problem"] != OVERLOADED else "fail"
+                    if status in (429, 503):
                         answer["retry_after"] = headers.get("Retry-After") if headers else None
+                    if answer["problem"] == OVERLOADED:
+                        self.pause_s = max(self.pause_s, retry_after_s(headers))  # come back when told
         except Exception as exc:
             answer = {"error": type(exc).__name__}
             raise
@@ -364,6 +415,10 @@ class LabUser(FastHttpUser):
         self.backoff_s = 0.0  # an answer: somebody is listening again
         if 200 <= status < 300 or status in (expected or set()):
             response.success()
+        elif shed(response):
+            response.success()  # the answer a full process owes; counted apart, and obeyed by the caller
+            request_class = f"{response.request_meta['request_type']} {response.request_meta['name']}"
+            _shed[request_class] = _shed.get(request_class, 0) + 1
         elif status == 429:
             if retry_after_ok(response):
                 response.success()
@@ -448,13 +503,13 @@ class MerchantUser(LabUser):
                 elif status < 300:
                     kind, answer = "ok", {"status": status, "response": body}
                 else:
-                    kind = "info" if status >= 500 else "fail"
                     problem = str(body.get("type", "")).rsplit("/", 1)[-1] if isinstance(body, dict) else None
+                    kind = "info" if status >= 500 and problem != OVERLOADED else "fail"
                     answer = {"status": status, "problem": problem}
-                    if status == 429:
+                    if status == 429 or problem == OVERLOADED:
+                        # Refused before the key was claimed: retried with the same key when told.
                         answer["retry_after"] = response.headers.get("Retry-After")
-                        obeyed = retry_after_ok(response)
-                        wait = min(float(answer["retry_after"] or 1), 2.0) if obeyed else 1.0
+                        wait = retry_after_s(response.headers)
         except Exception as exc:
             answer = {"error": type(exc).__name__}
             raise

@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from stripe import StripeClient
 
 from service import deployment, logs, stack_dumps
+from service.admission import AdmissionMiddleware
 from service.auth import provide_shop, session_guard
 from service.billing.api import BillingController
 from service.campaigns.api import CampaignsController
@@ -126,7 +127,15 @@ def create_app(settings: Settings, redis_url: str) -> Litestar:
             "SessionShop": SessionShop,
         },
         exception_handlers=EXCEPTION_HANDLERS,
-        middleware=[RequestContextMiddleware()],
+        # Outermost first: a refused request still gets its request id, its log line and its count.
+        middleware=[
+            RequestContextMiddleware(),
+            *(
+                [AdmissionMiddleware(settings.api_max_in_flight, settings.api_admission_wait_seconds)]
+                if settings.api_max_in_flight
+                else []
+            ),
+        ],
         lifespan=[lifespan],
         openapi_config=OpenAPIConfig(
             title="SMS lab reference service",

@@ -68,7 +68,10 @@ _DESCRIPTIONS = {
     404: "No such resource for this shop",
     409: "Conflicts with the resource's state or with a request still in flight; see `type`",
     422: "The request was understood but its content is invalid; `errors` names each field",
-    503: "A dependency (database, queue or payment provider) is unavailable; retry after `Retry-After`",
+    503: (
+        "A dependency (database, queue or payment provider) is unavailable, or this API process is over"
+        " capacity (`overloaded`: nothing was done); retry after `Retry-After`"
+    ),
 }
 
 

@@ -46,6 +46,11 @@ HTTP_LATENCY = Histogram(
     ["route", "method"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )
+HTTP_SHED = Counter(
+    "smslab_http_shed_total",
+    "Requests an API process refused with 503 overloaded (admission control: every slot taken), by route",
+    ["route"],
+)
 ENQUEUES = Counter("smslab_enqueues_total", "Enqueue requests by outcome", ["outcome"])
 MESSAGES_SENT = Counter("smslab_messages_sent_total", "Messages the provider accepted, recorded as sent")
 MESSAGES_FAILED = Counter(

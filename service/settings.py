@@ -92,6 +92,10 @@ class Settings:
     rate_limits: str = ""  # over the defaults of `rate_limits.DEFAULT_LIMITS`, e.g. "strict=30/minute"
     webhook_rate_limit: str = "5000/second"
     rate_limit_when_redis_down: str = "allow"
+    # Admission control (`service.admission`): the requests one API process serves at once, and how long
+    # a request waits for a slot before it is answered 503 overloaded with Retry-After. 0: no cap.
+    api_max_in_flight: int = 32
+    api_admission_wait_seconds: float = 0.5
 
     # Prometheus: the directory every process of this host writes its counters to (multiprocess mode:
     # one scrape shows them all; empty it before the processes start), a token that /metrics then
@@ -188,6 +192,7 @@ def _number(
 _positive_int = _number(int, 1)
 _whole_number = _number(int, 0)
 _positive_float = _number(float, 0, exclusive=True)
+_non_negative_float = _number(float, 0)
 
 
 def _boolean(name: str, raw: str) -> bool:
@@ -329,6 +334,8 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "rate_limits": _rate_limits,
     "webhook_rate_limit": _one_rate_limit,
     "rate_limit_when_redis_down": _choice(("allow", "deny")),
+    "api_max_in_flight": _whole_number,
+    "api_admission_wait_seconds": _non_negative_float,
     "metrics_dir": lambda _n, raw: Path(raw),
     "metrics_token": lambda _n, raw: raw.strip(),
     "metrics_port": _whole_number,

@@ -591,10 +591,13 @@ def test_i6_clean_history_with_retries_in_flight_conflicts_and_unknowns() -> Non
         enqueue(4, "ok", "k1", **ACCEPTED),  # the retry, answered from the stored response
         enqueue(5, "ok", "k1", **ACCEPTED),
         enqueue(6, "fail", "k2", campaign=2, status=402, problem="insufficient-credits"),
+        # refused by a full API process before the key was claimed, then retried with it and accepted
+        enqueue(7, "fail", "k3", campaign=3, status=503, problem="overloaded"),
+        enqueue(8, "ok", "k3", campaign=3, status=202, response={"campaign_id": 3, "recipient_count": 2}),
     ]
     result = i6_one_enqueue.check(history)
     assert result.valid is True, result.witnesses
-    assert result.counts["campaigns_enqueued"] == 1
+    assert result.counts["campaigns_enqueued"] == 2
 
 
 @pytest.mark.parametrize(

@@ -99,6 +99,33 @@ def test_the_gate_holds_unreachable_requests_apart_from_5xx_and_timeouts() -> No
     assert not evaluate(rows, None, killing, unanswerable=0).passed
 
 
+def test_the_gate_counts_503_overloaded_apart_and_bounds_it_only_where_the_scenario_says(
+    tmp_path: Path,
+) -> None:
+    """A full API process's 503 overloaded is a success in Locust's table (the answer owed past
+    saturation); the gate bounds the share of them by `max_shed_ratio`, from `load_shed.json` when it
+    judges a run folder again."""
+    from chaos.load_gate import SHED_JSON, evaluate_folder, summary
+
+    rows = [StatRow("GET", "/api/wallet", 1000, 0, 50.0, 10, 20, 30)]
+    shed = {"GET /api/wallet": 40}
+    assert evaluate(rows, None, Thresholds(p99_ms=0), shed=shed).passed  # past saturation: owed
+    below = Thresholds(p99_ms=0, max_shed_ratio=0.01)
+    result = evaluate(rows, None, below, shed=shed)
+    assert not result.passed
+    assert result.why == [
+        "shed 4.00%, above 1.00% (40 of 1000 requests refused 503 overloaded: the API was past saturation)"
+    ]
+    (tmp_path / "load_stats.csv").write_text(
+        "Type,Name,Request Count,Failure Count,Requests/s,50%,95%,99%\n"
+        "GET,/api/wallet,1000,0,50.0,10,20,30\n,Aggregated,1000,0,50.0,10,20,30\n"
+    )
+    assert evaluate_folder(tmp_path, below).passed  # no load_shed.json: none counted
+    (tmp_path / SHED_JSON).write_text(json.dumps(shed))
+    assert not evaluate_folder(tmp_path, below).passed
+    assert [row["shed"] for row in summary(tmp_path)] == [40, 40]
+
+
 def test_the_metrics_observation_counts_the_storms_posts_exactly(tmp_path: Path) -> None:
     from chaos.checker.load_run import storm_deliveries
     from chaos.checker.observations import DeliveryTally, metrics_against_truth
@@ -370,6 +397,48 @@ async def test_the_gate_fails_locusts_exit_code_on_a_5xx(lab: Lab, api: Api, tmp
     # a second, never at exit)
     requests = next(check["value"] for check in gate["checks"] if check["check"] == "requests")
     assert int(rows["Aggregated"]["Request Count"]) >= requests
+
+
+@pytest.mark.webhooks_to_api
+async def test_a_full_api_processs_503_overloaded_is_obeyed_counted_apart_and_gated(
+    lab: Lab, api: Api, tmp_path: Path
+) -> None:
+    """An API process that serves one request at a time and lets none wait: merchants see 503
+    overloaded with Retry-After, which is their owed answer (no failure in Locust's table), is recorded
+    as a definite refusal (an enqueue retried with its key), and is counted by class for the gate."""
+    from chaos.load_gate import SHED_JSON, evaluate_folder
+
+    world = await _world(lab, api, tmp_path / "world.json")
+    full = start_api(
+        lab.settings,
+        tmp_path / "full-logs",
+        SMSLAB_API_MAX_IN_FLIGHT="1",
+        SMSLAB_API_ADMISSION_WAIT_SECONDS="0",
+    )
+    try:
+        host = f"http://127.0.0.1:{full.argv[full.argv.index('--port') + 1]}"
+        done = _locust_until(
+            world,
+            tmp_path,
+            host,
+            "MerchantUser",
+            until=lambda entries: sum(1 for e in entries if e["value"].get("problem") == "overloaded") >= 5,
+        )
+    finally:
+        full.stop()
+    gate = json.loads((tmp_path / "load_gate.json").read_text())
+    assert done.returncode == 0, (gate["why"], done.stderr[-3000:])
+    shed = json.loads((tmp_path / SHED_JSON).read_text())
+    assert sum(shed.values()) >= 5
+    assert set(shed) <= set(_rows(tmp_path))
+    refused = [e for e in _history_entries(tmp_path) if e["value"].get("problem") == "overloaded"]
+    assert {(e["type"], e["value"]["status"], e["value"]["retry_after"]) for e in refused} == {
+        ("fail", 503, "1")
+    }
+    by_check = {check["check"]: check for check in gate["checks"]}
+    assert by_check["failure_ratio"]["value"] == 0
+    assert by_check["shed_ratio"]["value"] > 0
+    assert not evaluate_folder(tmp_path, Thresholds(p99_ms=0, max_shed_ratio=0.0001)).passed
 
 
 # --- `smslab load` end to end ----------------------------------------------------------------------------

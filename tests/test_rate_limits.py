@@ -285,7 +285,11 @@ class History:
         if took is None:
             return
         kind = "info" if status is None or status >= 500 else "ok" if status < 300 else "fail"
+        if value.get("problem") == "overloaded":
+            kind = "fail"  # refused before anything ran, as the load users record it
         answer = {"shop": shop, **value, "status": status}
+        if status == 503:
+            answer["retry_after"] = "1"
         if status == 429:
             answer["retry_after"] = value.pop("retry_after", "1")
         self.entries.append(
@@ -364,6 +368,21 @@ def test_i9_a_flood_served_past_its_budget_or_refused_without_retry_after_is_cau
     bare.flood(5.5, 0.01, 503)
     result = i9_tenant_isolation.check(bare.entries, ISOLATION)
     assert {w["kind"] for w in result.witnesses} == {"no_retry_after", "flood_unanswered"}
+
+
+def test_i9_another_shop_refused_503_overloaded_during_the_flood_was_starved() -> None:
+    """A process the flood filled refusing another shop is the starvation I9 exists for, however fast
+    the refusal; the flood's own 503 overloaded answers are neither unanswered nor served."""
+    history = isolated_run()
+    for n in range(12):  # within 3 s: over the budget if they counted as served
+        history.flood(1.0 + n * 0.25, 0.01, 503, problem="overloaded")
+    assert i9_tenant_isolation.check(history.entries, ISOLATION).valid is True
+    history.call("wallet", BETA, 2.0, 0.01, 503, problem="overloaded")
+    result = i9_tenant_isolation.check(history.entries, ISOLATION)
+    assert result.valid is False
+    assert [(w["kind"], w["why"]) for w in result.witnesses] == [
+        ("starved", "refused 503 overloaded: the API process was full while the flood was served")
+    ]
 
 
 def test_i9_without_a_flood_has_nothing_to_judge_and_says_so() -> None:

@@ -5,10 +5,10 @@ Ground truth: the history the clients recorded (what the API actually answered).
 - one key got 202 responses with different bodies (the stored response was not replayed);
 - one key got a 202 and, before or after it, a definite refusal (`campaign-not-draft`, 402, 422):
   a request with that key was executed again instead of being answered from the stored response.
-A 409 `idempotency-key-in-flight` (the first request still running), a 429 `rate-limited` (refused
-before the key was claimed, so a retry with it may well succeed) and outcomes that are unknown
-(timeouts, 5xx) are not violations. Order does not matter: with the key stored, no request with it can
-ever be refused for a reason its twin did not meet. Safeguard: the idempotent enqueue (1).
+A 409 `idempotency-key-in-flight` (the first request still running), a 429 `rate-limited` or a 503
+`overloaded` (refused before the key was claimed, so a retry with it may well succeed) and outcomes
+that are unknown (timeouts, 5xx) are not violations. Order does not matter: with the key stored, no
+request with it can ever be refused for a reason its twin did not meet. Safeguard: the idempotent enqueue (1).
 
 Enqueues were sent but not one was decided (every answer a timeout, a cut connection, a 5xx, a 429 or an
 in-flight 409): then nothing was judged, and I6 is unknown, not valid. A CI matrix run once passed
@@ -28,7 +28,8 @@ ID = "I6"
 TITLE = "one enqueue per campaign; same key, same response"
 IN_FLIGHT = "idempotency-key-in-flight"
 RATE_LIMITED = "rate-limited"
-NOT_A_DECISION = {IN_FLIGHT, RATE_LIMITED}  # answers that decided nothing about the key
+OVERLOADED = "overloaded"  # a full API process's 503, before any handler ran (service/admission.py)
+NOT_A_DECISION = {IN_FLIGHT, RATE_LIMITED, OVERLOADED}  # answers that decided nothing about the key
 
 
 def check(history: list[dict[str, Any]]) -> CheckResult:

@@ -2,15 +2,16 @@
 
 Ground truth: the clients' history only (what the API answered, and when the client saw it). While a
 shop floods (its operations carry `flood` in the history: the noisy tenant's), three things must hold:
-- every other shop's request to the API that overlapped the flood is answered (no 5xx, no timeout)
-  within the scenario's `latency_bound_s` (a `starved` witness: the request, how long it took, and how
+- every other shop's request to the API that overlapped the flood is answered (no 5xx, no timeout, and
+  not refused 503 `overloaded` by a process the flood filled) within the scenario's `latency_bound_s`
+  (a `starved` witness: the request, how long it took, and how
   many of the flood's requests were in flight when it was sent);
 - every request of the flooding shop is answered, never with a 5xx or a timeout (`flood_unanswered`), and
   every 429 carries a `Retry-After` of at least one whole second (`no_retry_after`);
 - no request past the shop's budget is served (`over_limit`): the flood's requests the API served (any
   answer but 429) in any one period of a route class's limit are at most what GCRA admits in that time
-  (the burst, then one per interval). Counted conservatively, from invocation to completion: a request
-  is only counted inside a window it was wholly inside.
+  (the burst, then one per interval; a 503 `overloaded` is not served). Counted conservatively, from
+  invocation to completion: a request is only counted inside a window it was wholly inside.
 The limits come from the run's manifest (the service's settings), the same whether or not the safeguard
 was on: with it off, the flood is served as it comes, and both the others' latency and the budget show
 it. Safeguard: the tenant rate limits (9).
@@ -50,6 +51,7 @@ LEAD_S = 1.0  # before a fault's logged time: the nemesis logs an action once it
 DISRUPTING = ("kill_api", "restart_redis", "cut_db_connections")
 DISRUPTED_PROXIES = ("db", "redis")
 INTERRUPTED = "interrupted"  # the load generator's own stop cut the call short (loadtests/locustfile.py)
+OVERLOADED = "overloaded"  # a full API process refused the call before any handler ran (service/admission.py)
 
 
 def disruptions(run_dir: Path, manifest: dict[str, Any]) -> list[dict[str, Any]]:
@@ -109,6 +111,7 @@ def _call(start: dict[str, Any], end: dict[str, Any] | None) -> dict[str, Any]:
         "answered_at": end["time"] if end is not None else None,
         "kind": end["type"] if end is not None else INFO,
         "status": answer.get("status"),
+        "problem": answer.get("problem"),
         "error": answer.get("error"),
         "retry_after": answer.get("retry_after"),
     }
@@ -194,12 +197,15 @@ def check(
     for call in others:
         took = None if call["answered_at"] is None else call["answered_at"] - call["invoked_at"]
         why = None
-        late = call["kind"] == INFO or (took is not None and took > bound_s)
+        refused = call["problem"] == OVERLOADED
+        late = call["kind"] == INFO or refused or (took is not None and took > bound_s)
         if late and windows and _overlaps(call, windows, RECOVERY_S):
             excused += 1
             continue
         if call["kind"] == INFO:
             why = f"answered {call['status']}" if call["status"] else f"no answer ({call['error']})"
+        elif refused:
+            why = "refused 503 overloaded: the API process was full while the flood was served"
         elif took is not None and took > bound_s:
             why = f"took {_ms(took)} ms, over the bound of {_ms(bound_s)} ms"
         if why is None:
@@ -272,7 +278,7 @@ def _over_limit(result: CheckResult, flood: list[dict[str, Any]], limits: dict[s
     classes = 0
     by_class: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for call in flood:
-        if call["kind"] != INFO and call["status"] != 429:
+        if call["kind"] != INFO and call["status"] != 429 and call["problem"] != OVERLOADED:
             by_class[(call["shop"], call["route_class"])].append(call)
     for (shop, route_class), served in sorted(by_class.items()):
         limit = limits.get(route_class)
