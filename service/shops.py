@@ -56,7 +56,8 @@ async def holds_installed_shop(session: AsyncSession, shop_id: int) -> bool:
     """`SELECT active ... FOR SHARE` of the shop row: held by a transaction that starts sending work
     (enqueue, claiming a batch), so an uninstall (which updates the row) either commits first and is seen
     here (False), or waits until this transaction committed and then finds, and stops, what it started.
-    SQLite's single writer gives the same order. Caller's transaction."""
+    SQLite's single writer gives the same order. Caller's transaction. (A batch's claim takes the same
+    lock in the statement that reads its campaign: `sending.claims._CLAIMABLE`.)"""
     return bool(await session.scalar(_INSTALLED_SHOP_LOCK, {"lock_shop": shop_id}))
 
 

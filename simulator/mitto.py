@@ -166,6 +166,7 @@ class FakeMitto:
         results: list[dict[str, Any]] = []
         records: list[dict[str, Any]] = []
         stored: list[StoredMessage] = []
+        digests: dict[str, str] = {}  # a bulk is one campaign's text, sent to many: hashed once
         for message in messages:
             to = message["to"]
             if not E164.match(to):
@@ -200,7 +201,7 @@ class FakeMitto:
                     "reference": message["reference"],
                     "to": to,
                     "from": message["from"],
-                    "text_sha256": hashlib.sha256(message["text"].encode()).hexdigest(),
+                    "text_sha256": digests.get(message["text"]) or _digest(digests, message["text"]),
                 }
             )
             stored.append(StoredMessage(message_id, message["reference"], to, "Accepted", now))
@@ -300,6 +301,11 @@ class FakeMitto:
     def close(self) -> None:
         self.ledger.close()
         self.dlr_ledger.close()
+
+
+def _digest(digests: dict[str, str], text: str) -> str:
+    digest = digests[text] = hashlib.sha256(text.encode()).hexdigest()
+    return digest
 
 
 def _validate_message(message: Any, index: int) -> None:
