@@ -30,6 +30,10 @@ from service.db.models import (
 from service.db.session import read_only
 from service.embedded_redis import EmbeddedRedis
 
+# How often settling looks: three counts on the database and one question to the simulator, each a
+# millisecond or two; at 0.5 s a settled run waited 0.25 s on average for nothing.
+SETTLE_POLL_S = 0.2
+
 
 async def heal(services: Services, proxies: Mapping[str, Proxy], redis: EmbeddedRedis | None) -> None:
     """Toxics removed, proxies enabled, Redis back, the simulator's faults cleared, and every service
@@ -115,4 +119,4 @@ async def settle(
             for process in services.service:
                 if not process.alive:
                     process.start()  # a process that died while settling is restarted
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(SETTLE_POLL_S)

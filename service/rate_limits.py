@@ -153,6 +153,40 @@ redis.call('SET', KEYS[1], new_tat, 'PX', math.ceil((new_tat - now) / 1000) + 1)
 local remaining = math.floor((burst - (new_tat - now)) / interval)
 return {1, remaining, new_tat - now, 0}
 """
+# The same for `count` requests to one bucket at once (ARGV[3]), as `count` runs of `_GCRA` in a row
+# would decide them: the first `admitted` are allowed (TAT advancing one interval each), the rest
+# refused. Returns {admitted, TAT - now before them}; `_expand` gives each request its own answer.
+_GCRA_MANY = """
+local now_parts = redis.call('TIME')
+local now = tonumber(now_parts[1]) * 1000000 + tonumber(now_parts[2])
+local interval = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local count = tonumber(ARGV[3])
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+local admitted = math.floor((now + burst - tat) / interval)
+if admitted > count then admitted = count end
+if admitted < 0 then admitted = 0 end
+if admitted > 0 then
+  local new_tat = tat + admitted * interval
+  redis.call('SET', KEYS[1], new_tat, 'PX', math.ceil((new_tat - now) / 1000) + 1)
+end
+return {admitted, tat - now}
+"""
+
+
+def _expand(admitted: int, base_us: int, interval_us: int, burst_us: int, count: int) -> list[list[int]]:
+    """`_GCRA_MANY`'s answer as the `count` answers of `_GCRA` one after another ({allowed, remaining,
+    reset, retry after}, microseconds), TAT starting `base_us` after now."""
+    answers = []
+    for i in range(1, count + 1):
+        if i <= admitted:
+            tat = base_us + i * interval_us
+            answers.append([1, (burst_us - tat) // interval_us, tat, 0])
+        else:
+            tat = base_us + admitted * interval_us
+            answers.append([0, 0, tat, tat + interval_us - burst_us])
+    return answers
 
 
 @dataclass(frozen=True)
@@ -208,6 +242,7 @@ class RateLimiter:
         # Short timeouts: a limiter that waits for a dead Redis would make every request wait.
         self._redis = aioredis.from_url(redis_url, socket_timeout=0.25, socket_connect_timeout=0.25)
         self._script = self._redis.register_script(_GCRA)
+        self._many = self._redis.register_script(_GCRA_MANY)
         # Checks waiting for the next pipeline; non-empty exactly while a flush is scheduled.
         self._waiting: list[tuple[str, int, int, asyncio.Future[list[int]]]] = []
         self._flushes: set[asyncio.Task[None]] = set()
@@ -268,23 +303,46 @@ class RateLimiter:
                 future.set_result(result)
 
     async def _run_batch(self, batch: list[tuple[str, int, int]]) -> list[Any]:
-        """EVALSHA for each; where Redis lost the script (a restart, SCRIPT FLUSH), load it and run
-        those again."""
+        """The checks of one pipeline; where Redis lost a script (a restart, SCRIPT FLUSH), load both and
+        run those checks again."""
         self.checks += len(batch)
         results = await self._pipeline(batch)
         missing = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
         if missing:
             await self._redis.script_load(_GCRA)
+            await self._redis.script_load(_GCRA_MANY)
             for i, result in zip(missing, await self._pipeline([batch[i] for i in missing]), strict=True):
                 results[i] = result
         return results
 
     async def _pipeline(self, batch: list[tuple[str, int, int]]) -> list[Any]:
+        """One command per bucket: checks of one bucket asked in the same turn (a storm of one provider's
+        delivery reports, a flooding shop) are one `_GCRA_MANY` instead of one script run each, so the
+        API encodes, and Redis runs, one command per bucket however many requests share it."""
         self.round_trips += 1
+        buckets: dict[tuple[str, int, int], list[int]] = {}
+        for index, check in enumerate(batch):
+            buckets.setdefault(check, []).append(index)
         pipe = self._redis.pipeline(transaction=False)
-        for key, interval_us, tolerance_us in batch:
-            pipe.evalsha(self._script.sha, 1, key, interval_us, tolerance_us)
-        return list(await pipe.execute(raise_on_error=False))
+        for (key, interval_us, tolerance_us), indices in buckets.items():
+            if len(indices) == 1:
+                pipe.evalsha(self._script.sha, 1, key, interval_us, tolerance_us)
+            else:
+                pipe.evalsha(self._many.sha, 1, key, interval_us, tolerance_us, len(indices))
+        answers = await pipe.execute(raise_on_error=False)
+        results: list[Any] = [None] * len(batch)
+        for (check, indices), answer in zip(buckets.items(), answers, strict=True):
+            _key, interval_us, tolerance_us = check
+            if len(indices) == 1 or isinstance(answer, Exception):
+                for index in indices:
+                    results[index] = answer
+                continue
+            admitted, base_us = (int(value) for value in answer)
+            for index, one in zip(
+                indices, _expand(admitted, base_us, interval_us, tolerance_us, len(indices)), strict=True
+            ):
+                results[index] = one
+        return results
 
     async def for_shop(self, domain: str, route_class: str) -> Decision | None:
         limit = self.limits[route_class]

@@ -241,6 +241,57 @@ async def test_checks_asked_together_share_a_round_trip_and_each_bucket_admits_e
     assert limiter.round_trips < 10, limiter.round_trips  # batched: not one round trip per check
 
 
+def test_many_checks_of_one_bucket_are_answered_as_one_check_after_another() -> None:
+    """`_GCRA_MANY`'s arithmetic (`_expand`) against `_GCRA`'s, run request by request in Python."""
+    import random
+
+    from service.rate_limits import _expand
+
+    def one_by_one(tat: int, interval: int, burst: int, count: int) -> list[list[int]]:
+        now, answers = 0, []
+        for _ in range(count):
+            tat = max(tat, now)
+            new_tat = tat + interval
+            if now < new_tat - burst:
+                answers.append([0, 0, tat - now, new_tat - burst - now])
+                continue
+            tat = new_tat
+            answers.append([1, (burst - (new_tat - now)) // interval, new_tat - now, 0])
+        return answers
+
+    rng = random.Random(7)
+    for _ in range(2000):
+        interval = rng.randint(1, 1_000_000)
+        burst = interval * rng.randint(1, 20)
+        count = rng.randint(2, 40)
+        tat = rng.randint(0, burst + 3 * interval)  # after now (a TAT in the past counts as now)
+        admitted = max(0, min(count, (burst - tat) // interval))
+        assert _expand(admitted, tat, interval, burst, count) == one_by_one(tat, interval, burst, count)
+
+
+async def test_one_buckets_checks_in_one_turn_are_one_command_and_decide_as_one_by_one(
+    tmp_path: Path,
+) -> None:
+    """Twelve requests at once to one bucket (a provider's storm): its burst of five admitted with the
+    remaining counts of five checks in a row, the rest refused with a Retry-After."""
+    redis = EmbeddedRedis(tmp_path / "redis")
+    limiter = RateLimiter(
+        redis.start(), {"general": parse_limit("10/second burst=5")}, parse_limit("5000/second")
+    )
+    try:
+        decisions = await asyncio.gather(*(limiter.for_shop(ALPHA, "general") for _ in range(12)))
+    finally:
+        await limiter.close()
+        redis.stop()
+    answered = [d for d in decisions if d is not None]
+    assert len(answered) == 12
+    assert [d.remaining for d in answered if d.allowed] == [4, 3, 2, 1, 0]
+    refused = [d for d in answered if not d.allowed]
+    assert len(refused) == 7
+    assert all(0 < d.retry_after_s <= 0.1 for d in refused)
+    assert limiter.round_trips <= 3
+
+
 async def test_a_redis_that_lost_the_script_is_given_it_again_and_no_check_is_lost(tmp_path: Path) -> None:
     """A Redis restarted or flushed forgets loaded scripts: every check of the batch that met
     NOSCRIPT is run again after loading it, rather than answered as Redis unavailable."""
