@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from stripe import StripeClient
 
 from service import deployment, logs, stack_dumps
-from service.admission import AdmissionMiddleware
+from service.admission import AdmissionMiddleware, export_routes
 from service.auth import provide_shop, session_guard
 from service.billing.api import BillingController
 from service.campaigns.api import CampaignsController
@@ -147,6 +147,8 @@ def create_app(settings: Settings, redis_url: str) -> Litestar:
     )
     allow_every_method_in_options(app)
     resolve_dependencies_one_by_one(app)
+    if settings.api_max_in_flight:
+        export_routes(app)
     return app
 
 

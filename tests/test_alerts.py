@@ -42,6 +42,7 @@ REQUIRED = {
     "SmslabRateLimiterUnavailable",
     "SmslabDoubleSendSuspected",
     "SmslabPersonalDataInLogs",
+    "SmslabApiOverloaded",
 }
 DURATION = re.compile(r"^\d+[smhd]$")
 
