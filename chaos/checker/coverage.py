@@ -18,10 +18,11 @@ import json
 import re
 import tomllib
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from chaos.checker.evidence import Acceptance, DatabaseSnapshot
+from chaos.checker.evidence import AcceptedLike, DatabaseSnapshot
 from chaos.checker.snapshot_io import SERVICE_COUNTS
 from chaos.history import INVOKE
 from chaos.scenario import Minimums, Scenario, ScenarioError, parse_scenario
@@ -49,7 +50,7 @@ def _workload(
     manifest: dict[str, Any],
     history: list[dict[str, Any]],
     snapshot: DatabaseSnapshot,
-    acceptances: list[Acceptance],
+    acceptances: Sequence[AcceptedLike],
 ) -> dict[str, Any]:
     by_kind: dict[str, Counter[str]] = defaultdict(Counter)
     for entry in history:
@@ -189,7 +190,7 @@ def assess(
     manifest: dict[str, Any],
     history: list[dict[str, Any]],
     snapshot: DatabaseSnapshot,
-    acceptances: list[Acceptance],
+    acceptances: Sequence[AcceptedLike],
 ) -> dict[str, Any]:
     """The verdict's coverage section, with `shortfalls` against the scenario's minimums."""
     scenario = load_scenario_as_run(run_dir)

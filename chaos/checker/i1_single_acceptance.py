@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import operator
 from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
 
-from chaos.checker.evidence import Acceptance, DatabaseSnapshot
+from chaos.checker.evidence import Acceptance, AcceptedLike, DatabaseSnapshot
 from chaos.checker.result import CheckResult
 
 ID = "I1"
@@ -23,11 +24,17 @@ _TO = operator.attrgetter("to")
 _RECIPIENT = operator.attrgetter("recipient_id")
 
 
-def _triples(acceptances: list[Acceptance]) -> set[tuple[int | None, str, str]]:
+def _triples(acceptances: Sequence[AcceptedLike]) -> set[tuple[int | None, str, str]]:
     return {(a.campaign_id, a.to, a.reference) for a in acceptances}
 
 
-def check(acceptances: list[Acceptance], snapshot: DatabaseSnapshot) -> CheckResult:
+def check(
+    acceptances: Sequence[AcceptedLike],
+    snapshot: DatabaseSnapshot,
+    whole: Callable[[set[str]], dict[str, list[Acceptance]]] | None = None,
+) -> CheckResult:
+    """`whole`: the full acceptances of some references (message ids, times), for the witnesses, when
+    `acceptances` are `AcceptedSend`s that leave them out."""
     result = CheckResult(ID, TITLE, True)
     references = list(map(_REFERENCE, acceptances))
     distinct = set(references)
@@ -55,9 +62,12 @@ def check(acceptances: list[Acceptance], snapshot: DatabaseSnapshot) -> CheckRes
         other_references.update((key, refs) for key, refs in by_phone.items() if len(refs) > 1)
     unexpected = len(acceptances) - sum(map(recipients.__contains__, map(_RECIPIENT, acceptances)))
     groups: dict[str, list[Acceptance]] = defaultdict(list)
-    if doubled:
+    if doubled and whole is not None:
+        groups.update(whole(doubled))
+    elif doubled:
         for acceptance in acceptances:
             if acceptance.reference in doubled:
+                assert isinstance(acceptance, Acceptance), "AcceptedSends need `whole` for their witnesses"
                 groups[acceptance.reference].append(acceptance)
     extra = 0
     for reference, group in groups.items():

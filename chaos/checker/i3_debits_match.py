@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import operator
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from typing import cast
 
-from chaos.checker.evidence import Acceptance, DatabaseSnapshot
+from chaos.checker.evidence import AcceptedLike, DatabaseSnapshot
 from chaos.checker.result import CheckResult
 from service.db.models import LedgerKind
 
@@ -24,7 +25,7 @@ ID = "I3"
 TITLE = "credits debited per campaign = messages the provider accepted for it"
 
 
-def check(acceptances: list[Acceptance], snapshot: DatabaseSnapshot) -> CheckResult:
+def check(acceptances: Sequence[AcceptedLike], snapshot: DatabaseSnapshot) -> CheckResult:
     result = CheckResult(ID, TITLE, True)
     counted = Counter(map(_CAMPAIGN, acceptances))
     counted.pop(None, None)  # a reference this service never made: I1 counts those

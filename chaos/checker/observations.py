@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from chaos.checker.coverage import load_scenario_as_run
-from chaos.checker.evidence import Acceptance, DatabaseSnapshot, DeliveryOutcome
+from chaos.checker.evidence import AcceptedLike, DatabaseSnapshot, DeliveryOutcome
 from chaos.metrics_scrape import last_scrape
 
 
@@ -117,7 +117,7 @@ def _lost_to_deaths(run_dir: Path) -> tuple[int, str]:
 
 def metrics_against_truth(
     run_dir: Path,
-    acceptances: list[Acceptance],
+    acceptances: Sequence[AcceptedLike],
     snapshot: DatabaseSnapshot,
     deliveries: DeliveryTally | None,
     outside: DeliveryTally | None = None,

@@ -37,10 +37,11 @@ from chaos.checker.causes import Causes, concerned
 from chaos.checker.causes import attach as attach_causes
 from chaos.checker.coverage import assess
 from chaos.checker.evidence import (
+    acceptances_with,
     iter_delivery_attempts,
     iter_delivery_outcomes,
     iter_reports,
-    load_acceptances,
+    load_accepted_sends,
     load_stripe_truth,
 )
 from chaos.checker.observations import DeliveryTally, metrics_against_truth
@@ -232,7 +233,7 @@ def _check(
 ) -> dict[str, Any]:
     simulator_dir = run_dir / "simulator"
     database_dir = run_dir / "database"
-    acceptances = load_acceptances(simulator_dir)
+    acceptances = load_accepted_sends(simulator_dir)
     snapshot = load_saved_snapshot(database_dir)
     history = read_history(run_dir / "history.jsonl")
     # read by I8 only if its scan found a bare digit run to compare
@@ -251,7 +252,9 @@ def _check(
         guarded(
             i1_single_acceptance.ID,
             i1_single_acceptance.TITLE,
-            lambda: i1_single_acceptance.check(acceptances, snapshot),
+            lambda: i1_single_acceptance.check(
+                acceptances, snapshot, lambda references: acceptances_with(simulator_dir, references)
+            ),
         ),
         guarded(i2_nothing_stuck.ID, i2_nothing_stuck.TITLE, nothing_stuck),
         guarded(
