@@ -83,6 +83,25 @@ def test_a_clean_run_holds_every_invariant_and_writes_the_verdict(run_dir: Path)
     assert saved["evidence"]["acceptances"] == 300
 
 
+def test_the_checking_process_holds_recipients_without_what_only_i7_reads(run_dir: Path) -> None:
+    """`leave_out` frees the columns the checking process never reads (I7 reads its own copy of the
+    table in the delivery helper); every other column is as saved."""
+    from chaos.checker.run import RECIPIENT_COLUMNS_FOR_I7_ONLY
+    from chaos.checker.snapshot_io import load_saved_snapshot
+
+    whole = load_saved_snapshot(run_dir / "database")
+    lean = load_saved_snapshot(run_dir / "database", leave_out=RECIPIENT_COLUMNS_FOR_I7_ONLY)
+    assert len(lean.recipients) == len(whole.recipients) == 300
+    for key, row in whole.recipients.items():
+        kept = lean.recipients[key]
+        assert kept["phone_e164"] is None
+        assert kept["provider_message_id"] is None
+        assert row["phone_e164"] is not None
+        for column in ("id", "campaign_id", "status", "attempts", "failure_reason"):
+            assert kept[column] == row[column]
+    assert lean.campaigns == whole.campaigns
+
+
 def test_i1_a_double_send(run_dir: Path) -> None:
     accepted = run_dir / "simulator" / "mitto_accepted.jsonl"
     first = rows(accepted)[0]
